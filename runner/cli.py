@@ -1,0 +1,286 @@
+"""The ``nnrun`` command line: the only module that prints.
+
+Every outcome of ``nnrun preprocess`` ends here: a human report on stderr and,
+with ``--json``, exactly one JSON object on stdout; the exit code comes from
+:func:`runner.errors.exit_code_for`, the one place that maps outcomes to codes.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import importlib
+
+import typer
+
+from runner import __version__
+from runner.dataset import parse_dataset_id
+from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted, exit_code_for
+from runner.options import DEFAULT_NPFP, PreprocessOptions, spread_multi_value_options
+from runner.report import RunReport, dumps, render_human
+from runner.run import DEFAULT_IMAGE, Preprocess, RunSettings
+
+app = typer.Typer(
+    name="nnrun",
+    help="Run nnU-Net v2 preprocessing under a hard memory cap in Docker, and say exactly what went wrong.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _parser_exception_types(name: str) -> tuple[type, ...]:
+    """click's exception classes, wherever this typer keeps them (recent typer vendors click)."""
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+_USAGE_ERRORS = _parser_exception_types("UsageError")
+_EXITS = _parser_exception_types("Exit")
+_ABORTS = _parser_exception_types("Abort")
+
+# nnU-Net arguments after `--`, split off by main() before click parses the rest.
+_NNUNET_EXTRA: list[str] = []
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+class StderrProgress:
+    """Progress on stderr: a redrawn line on a terminal, plain lines elsewhere."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self._last_pct = -1
+
+    def stage(self, message: str) -> None:
+        if not self.quiet:
+            _err(f"nnrun: {message}")
+
+    def file_check(self, done: int, total: int) -> None:
+        if self.quiet or total == 0:
+            return
+        pct = int(100 * done / total)
+        if self.tty:
+            bar = "#" * (pct // 4)
+            sys.stderr.write(f"\r  files checked [{bar:<25}] {done}/{total}")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        elif pct // 25 != self._last_pct // 25 or done == total:
+            _err(f"  files checked: {done}/{total}")
+        self._last_pct = pct
+
+    def nnunet_output(self, chunk: bytes) -> None:
+        if not self.quiet:
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.flush()
+
+
+class _Interrupts:
+    """Turn the first SIGINT/SIGTERM into RunInterrupted; later ones wait for the clean-up."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, _frame):
+        if self.received is None:
+            self.received = signum
+            raise RunInterrupted(signum)
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        return False
+
+
+def _crash_log(exc: BaseException) -> str:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nnrun"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        base = Path("/tmp")
+    path = base / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return str(path)
+
+
+def _finish(report: RunReport, as_json: bool, quiet: bool) -> None:
+    if not quiet or report.outcome is not Outcome.OK:
+        _err(render_human(report))
+    if as_json:
+        sys.stdout.write(dumps(report) + "\n")
+        sys.stdout.flush()
+    raise typer.Exit(report.exit_code)
+
+
+def _report_for_error(err: NnrunError) -> RunReport:
+    report = RunReport(outcome=err.outcome, message=err.one_line(), hint=err.hint)
+    if isinstance(err, RunInterrupted):
+        report.interrupt_signal = err.signum
+    return report
+
+
+@app.command("preprocess", context_settings={"help_option_names": ["-h", "--help"]})
+def preprocess_command(
+    dataset: List[str] = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name). One dataset per run."),
+    mem: str = typer.Option(..., "--mem", help="Hard memory cap of the container, docker syntax: 16g, 4096m, 2.5g. "
+                                              "Swap is off (memory == memory+swap)."),
+    configurations: Optional[List[str]] = typer.Option(None, "-c", help="nnU-Net configurations "
+                                                                        "[default: 2d 3d_fullres 3d_lowres]."),
+    np_: Optional[List[int]] = typer.Option(None, "-np", help="Preprocessing workers: one value, or one per "
+                                                             "configuration [nnU-Net default: 2d 8, 3d_fullres 4, 3d_lowres 8]."),
+    npfp: int = typer.Option(DEFAULT_NPFP, "-npfp", help="Fingerprint extraction workers."),
+    verify_dataset_integrity: bool = typer.Option(False, "--verify_dataset_integrity",
+                                                  help="Run nnU-Net's dataset integrity check first."),
+    no_pp: bool = typer.Option(False, "--no_pp", help="Only fingerprint and planning, no preprocessing."),
+    clean: bool = typer.Option(False, "--clean", help="Recompute the fingerprint even if one exists."),
+    planner: str = typer.Option("ExperimentPlanner", "-pl", help="Experiment planner class."),
+    fpe: str = typer.Option("DatasetFingerprintExtractor", "-fpe", help="Fingerprint extractor class."),
+    gpu_memory_target: Optional[float] = typer.Option(None, "-gpu_memory_target", help="GPU memory target in GB."),
+    preprocessor_name: str = typer.Option("DefaultPreprocessor", "-preprocessor_name", help="Preprocessor class."),
+    overwrite_target_spacing: Optional[List[float]] = typer.Option(None, "-overwrite_target_spacing",
+                                                                   help="Custom 3d_fullres target spacing (3 numbers)."),
+    overwrite_plans_name: Optional[str] = typer.Option(None, "-overwrite_plans_name", help="Custom plans identifier."),
+    verbose: bool = typer.Option(False, "--verbose", help="nnU-Net's verbose output."),
+    no_pbar: bool = typer.Option(False, "--no_pbar", help="Turn off nnU-Net's progress bars."),
+    image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The nnrun image to run."),
+    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]. Mounted read-only."),
+    preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
+                                               help="nnU-Net preprocessed folder [default: $nnUNet_preprocessed]."),
+    skip_file_check: bool = typer.Option(False, "--skip-file-check",
+                                         help="Skip reading every image and label to the end before the run."),
+    shm_size: str = typer.Option("256m", "--shm-size", help="Size of /dev/shm in the container (counts against the cap)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the outcome on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; the report only when not ok."),
+) -> None:
+    """Run nnUNetv2_plan_and_preprocess in a memory-capped container and diagnose the outcome.
+
+    Exit codes: 0 ok, 2 bad input, 3 out of memory, 4 nnU-Net error, 5 killed,
+    6 infrastructure, 130/143 interrupted, 1 nnrun bug.
+
+    Arguments after `--` go to nnUNetv2_plan_and_preprocess verbatim.
+    """
+    try:
+        if len(dataset) != 1:
+            raise BadInputError(f"one dataset per run (got -d {' '.join(dataset)}): run nnrun once per dataset, "
+                                f"so each gets its own cap, report and exit code")
+        extra_args = tuple(_NNUNET_EXTRA)
+        if no_pbar:
+            extra_args = ("--no_pbar", *extra_args)
+        opts = PreprocessOptions(
+            dataset_id=parse_dataset_id(dataset[0]),
+            configurations=tuple(configurations) if configurations else PreprocessOptions.configurations,
+            np=tuple(np_) if np_ else None,
+            npfp=npfp,
+            verify_dataset_integrity=verify_dataset_integrity,
+            no_pp=no_pp,
+            clean=clean,
+            planner=planner,
+            fingerprint_extractor=fpe,
+            gpu_memory_target=gpu_memory_target,
+            preprocessor_name=preprocessor_name,
+            overwrite_target_spacing=tuple(overwrite_target_spacing) if overwrite_target_spacing else None,
+            overwrite_plans_name=overwrite_plans_name,
+            verbose=verbose,
+            extra_args=extra_args,
+        )
+        passthrough: list[str] = []
+        for flag, value, default in (("--image", image, DEFAULT_IMAGE), ("--raw", raw, None),
+                                     ("--preprocessed", preprocessed, None), ("--shm-size", shm_size, "256m")):
+            if value != default:
+                passthrough += [flag, value]
+        settings = RunSettings(mem=mem, image=image, raw_root=raw, preprocessed_root=preprocessed,
+                               skip_file_check=skip_file_check, shm_size=shm_size, passthrough_argv=passthrough)
+        from runner.docker_engine import DockerEngine  # the Docker SDK loads only when a run needs it
+        with _Interrupts():
+            report = Preprocess(opts, settings, DockerEngine, StderrProgress(quiet)).run()
+    except NnrunError as err:
+        report = _report_for_error(err)
+    _finish(report, as_json, quiet)
+
+
+@app.command("make-demo")
+def make_demo_command(
+    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
+) -> None:
+    """Write the synthetic demo dataset Dataset501_Demo (idempotent, a few seconds)."""
+    from runner.demo import make_demo
+    root = raw or os.environ.get("nnUNet_raw")
+    if not root:
+        _err("nnrun: bad_input: no raw folder: pass --raw DIR or set nnUNet_raw")
+        raise typer.Exit(exit_code_for(Outcome.BAD_INPUT))
+    path = make_demo(Path(root))
+    print(path)
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print nnrun's version."""
+    print(__version__)
+
+
+def _wants_json(argv: list[str]) -> bool:
+    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: returns the exit code (also for usage errors, which are bad_input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(app)
+    head, tail = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    _NNUNET_EXTRA[:] = tail
+    try:
+        code = command.main(args=spread_multi_value_options(head), prog_name="nnrun", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except _EXITS as done:
+        return done.exit_code
+    except _USAGE_ERRORS as err:
+        report = RunReport(outcome=Outcome.BAD_INPUT, message=" ".join(err.format_message().split()),
+                           hint="see nnrun preprocess --help")
+        _err(render_human(report) + " (see nnrun --help)")
+        if _wants_json(argv):
+            sys.stdout.write(dumps(report) + "\n")
+        return report.exit_code
+    except (*_ABORTS, KeyboardInterrupt):
+        report = RunReport(outcome=Outcome.INTERRUPTED, message="interrupted", interrupt_signal=signal.SIGINT)
+        _err(render_human(report))
+        if _wants_json(argv):
+            sys.stdout.write(dumps(report) + "\n")
+        return report.exit_code
+    except Exception as exc:  # noqa: BLE001 - a bug in nnrun: one line and the log path
+        path = _crash_log(exc)
+        report = RunReport(outcome=Outcome.BUG, message=f"{type(exc).__name__}: {exc}", log_path=path)
+        _err(f"nnrun: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:200]} "
+             f"(full log: {path}; please report it)")
+        if _wants_json(argv):
+            sys.stdout.write(dumps(report) + "\n")
+        return report.exit_code
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,199 @@
+"""The one module that imports the Docker SDK.
+
+It turns Docker SDK objects and exceptions into the plain data of
+:mod:`runner.engine` and nnrun's own errors.  Nothing connects at import time:
+a :class:`DockerEngine` connects on first use.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from runner.engine import ContainerSpec, ContainerState, EngineInfo, ImageInfo
+from runner.errors import InfraError
+
+SETUP_HINT = "run scripts/setup.sh, which installs and starts Docker and builds the image"
+
+
+def _daemon_hint(base_url: str) -> str:
+    return (f"is dockerd running and is {base_url} the right address? "
+            f"Start it (e.g. `dockerd &` or `systemctl start docker`), fix DOCKER_HOST, or {SETUP_HINT}")
+
+
+class DockerEngine:
+    """Docker (or Podman's Docker-compatible API) behind nnrun's Engine protocol."""
+
+    def __init__(self, base_url: str | None = None, timeout_s: int = 60) -> None:
+        self.base_url = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        self.timeout_s = timeout_s
+        self._client: docker.DockerClient | None = None
+
+    # -- connection ---------------------------------------------------------
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                client = docker.DockerClient(base_url=self.base_url, timeout=self.timeout_s)
+                client.ping()
+            except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as err:
+                raise InfraError(f"Docker daemon not reachable at {self.base_url}",
+                                 hint=_daemon_hint(self.base_url)) from err
+            self._client = client
+        return self._client
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """Run an SDK call and turn its failures into InfraError."""
+        try:
+            return fn(*args, **kwargs)
+        except docker.errors.NotFound:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as err:
+            raise InfraError(f"Docker failed to {what}: {_short(err)}", hint=_daemon_hint(self.base_url)) from err
+
+    # -- Engine protocol ----------------------------------------------------
+    def info(self) -> EngineInfo:
+        raw = self._call("report its info", self.client.info)
+        version = self._call("report its version", self.client.version)
+        name = "podman" if any("podman" in str(c.get("Name", "")).lower()
+                               for c in version.get("Components", []) or []) else "docker"
+        cgroup_version = raw.get("CgroupVersion")
+        return EngineInfo(
+            name=name,
+            server_version=str(version.get("Version", "?")),
+            mem_total_bytes=int(raw.get("MemTotal") or 0),
+            cgroup_version=int(cgroup_version) if str(cgroup_version or "").isdigit() else None,
+            cgroup_driver=raw.get("CgroupDriver"),
+            kernel_version=raw.get("KernelVersion"),
+            base_url=self.base_url,
+        )
+
+    def image(self, ref: str) -> ImageInfo:
+        try:
+            img = self._call(f"inspect image {ref}", self.client.images.get, ref)
+        except docker.errors.NotFound:
+            raise InfraError(f"image {ref} not found", hint=SETUP_HINT) from None
+        return ImageInfo(ref=ref, image_id=img.id, labels=dict(img.labels or {}),
+                         repo_digests=list(img.attrs.get("RepoDigests") or []))
+
+    def create(self, spec: ContainerSpec) -> str:
+        kwargs = host_config_kwargs(spec)
+        try:
+            container = self._call("create the container", self.client.containers.create,
+                                   spec.image, command=spec.command, **kwargs)
+        except docker.errors.NotFound:
+            raise InfraError(f"image {spec.image} not found", hint=SETUP_HINT) from None
+        return container.id
+
+    def start(self, container_id: str) -> None:
+        container = self._container(container_id)
+        try:
+            self._call("start the container", container.start)
+        except docker.errors.NotFound as err:
+            raise InfraError(f"container could not start: {_short(err)}") from err
+
+    def state(self, container_id: str) -> ContainerState:
+        container = self._container(container_id)
+        self._call("inspect the container", container.reload)
+        st = container.attrs.get("State", {})
+        return ContainerState(
+            container_id=container.id,
+            status=str(st.get("Status", "")),
+            running=bool(st.get("Running")),
+            exit_code=st.get("ExitCode") if not st.get("Running") else None,
+            oom_killed=bool(st.get("OOMKilled")),
+            pid=int(st["Pid"]) if st.get("Pid") else None,
+            error=st.get("Error") or None,
+        )
+
+    def wait(self, container_id: str, timeout_s: float | None = None) -> int:
+        container = self._container(container_id)
+        try:
+            result = container.wait(timeout=timeout_s)
+        except requests.exceptions.ReadTimeout:
+            raise TimeoutError(f"container {container_id[:12]} still running after {timeout_s} s") from None
+        except requests.exceptions.ConnectionError as err:
+            # A read timeout surfaces as ConnectionError in some urllib3 versions.
+            if "timed out" in str(err).lower():
+                raise TimeoutError(f"container {container_id[:12]} still running") from None
+            raise InfraError(f"lost the Docker daemon while waiting: {_short(err)}") from err
+        return int(result.get("StatusCode", -1))
+
+    def logs(self, container_id: str) -> Iterator[bytes]:
+        container = self._container(container_id)
+        return self._call("stream the logs", container.logs, stream=True, follow=True, stdout=True, stderr=True)
+
+    def stop(self, container_id: str, timeout_s: int = 10) -> None:
+        try:
+            self._container(container_id).stop(timeout=timeout_s)
+        except docker.errors.NotFound:
+            pass
+
+    def kill(self, container_id: str) -> None:
+        try:
+            self._container(container_id).kill()
+        except (docker.errors.NotFound, docker.errors.APIError):
+            pass
+
+    def remove(self, container_id: str) -> None:
+        try:
+            self._container(container_id).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+    def oom_event_count(self, container_id: str, since: float, until: float) -> int:
+        """How many ``oom`` events Docker sent for the container (cgroup v1: limit hits, not kills)."""
+        events = self._call("read events", self.client.events, since=int(since), until=int(until) + 1,
+                            filters={"container": container_id, "event": "oom"}, decode=True)
+        try:
+            return sum(1 for _ in events)
+        finally:
+            events.close()
+
+    def list_containers(self, label: str) -> list[str]:
+        found = self._call("list containers", self.client.containers.list, all=True, filters={"label": label})
+        return [c.id for c in found]
+
+    # -- helpers ------------------------------------------------------------
+    def _container(self, container_id: str):
+        return self._call("find the container", self.client.containers.get, container_id)
+
+
+def host_config_kwargs(spec: ContainerSpec) -> dict:
+    """The Docker SDK ``containers.create`` arguments for a spec (also used by tests and compose checks)."""
+    kwargs: dict = {
+        "mem_limit": spec.mem_limit_bytes,
+        "memswap_limit": spec.mem_limit_bytes,   # equal to the cap: no swap
+        "environment": dict(spec.environment),
+        "labels": dict(spec.labels),
+        "volumes": {m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts},
+        "detach": True,
+        "init": False,                           # the supervisor is PID 1 on purpose
+    }
+    if spec.user:
+        kwargs["user"] = spec.user
+    if spec.name:
+        kwargs["name"] = spec.name
+    if spec.shm_size_bytes:
+        kwargs["shm_size"] = spec.shm_size_bytes
+    if spec.pids_limit:
+        kwargs["pids_limit"] = spec.pids_limit
+    if spec.network_disabled:
+        kwargs["network_mode"] = "none"
+    if spec.read_only_rootfs:
+        kwargs["read_only"] = True
+    if spec.tmpfs:
+        kwargs["tmpfs"] = dict(spec.tmpfs)
+    if spec.cap_drop_all:
+        kwargs["cap_drop"] = ["ALL"]
+    if spec.no_new_privileges:
+        kwargs["security_opt"] = ["no-new-privileges"]
+    return kwargs
+
+
+def _short(err: Exception) -> str:
+    text = getattr(err, "explanation", None) or str(err)
+    return " ".join(str(text).split())[:300]

@@ -1,0 +1,113 @@
+"""Host-side sampler of a container's memory cgroup.
+
+Reads the container's cgroup files (under a root path it is given, so tests
+can point it at a fixture tree) about ten times a second while the container
+runs, and keeps what the diagnosis needs: the peak of anonymous memory (page
+cache is reported apart: the cgroup's total usage reaches the cap even in good
+runs), the ``oom_kill`` counter, and the cap.
+
+When the host cannot read the cgroup (a remote or rootless daemon) the
+summary says so, and the in-container supervisor's readings stand alone.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.cgroup import find_container_cgroup, read_memory_counters
+from runner.errors import CgroupReadError
+
+DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class MonitorSummary:
+    readable: bool
+    cgroup_dir: str | None
+    cgroup_version: int | None
+    samples: int
+    limit_bytes: int | None
+    peak_anon_bytes: int | None
+    peak_usage_bytes: int | None
+    oom_kill_first: int | None
+    oom_kill_last: int | None
+    error: str | None
+
+
+class CgroupMonitor:
+    def __init__(self, container_id: str, cgroup_root: Path = DEFAULT_CGROUP_ROOT,
+                 interval_s: float = 0.1, locate_timeout_s: float = 5.0) -> None:
+        self.container_id = container_id
+        self.cgroup_root = Path(cgroup_root)
+        self.interval_s = interval_s
+        self.locate_timeout_s = locate_timeout_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.cgroup_dir: Path | None = None
+        self.version: int | None = None
+        self.samples = 0
+        self.limit: int | None = None
+        self.peak_anon: int | None = None
+        self.peak_usage: int | None = None
+        self.oom_first: int | None = None
+        self.oom_last: int | None = None
+        self.error: str | None = None
+
+    def sample(self) -> bool:
+        """Take one reading; False when the cgroup cannot be read (yet, or any more)."""
+        if self.cgroup_dir is None:
+            self.cgroup_dir = find_container_cgroup(self.cgroup_root, self.container_id)
+            if self.cgroup_dir is None:
+                return False
+        try:
+            c = read_memory_counters(self.cgroup_dir)
+        except CgroupReadError as err:
+            self.error = str(err)
+            return False
+        self.samples += 1
+        self.version = c.version
+        self.limit = c.limit_bytes
+        if c.anon_bytes is not None:
+            self.peak_anon = max(self.peak_anon or 0, c.anon_bytes)
+        for value in (c.usage_bytes, c.peak_usage_bytes):
+            if value is not None:
+                self.peak_usage = max(self.peak_usage or 0, value)
+        if c.oom_kill is not None:
+            if self.oom_first is None:
+                self.oom_first = c.oom_kill
+            self.oom_last = max(self.oom_last or 0, c.oom_kill)
+        return True
+
+    def _loop(self) -> None:
+        started = time.monotonic()
+        while not self._stop.is_set():
+            ok = self.sample()
+            if not ok and self.samples == 0 and time.monotonic() - started > self.locate_timeout_s:
+                self.error = self.error or f"no memory cgroup for container {self.container_id[:12]} under {self.cgroup_root}"
+                return
+            self._stop.wait(self.interval_s)
+
+    def start(self) -> "CgroupMonitor":
+        self._thread = threading.Thread(target=self._loop, name="cgroup-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> MonitorSummary:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self.sample()  # one last reading if the cgroup is still there
+        return MonitorSummary(
+            readable=self.samples > 0,
+            cgroup_dir=str(self.cgroup_dir) if self.cgroup_dir else None,
+            cgroup_version=self.version,
+            samples=self.samples,
+            limit_bytes=self.limit,
+            peak_anon_bytes=self.peak_anon,
+            peak_usage_bytes=self.peak_usage,
+            oom_kill_first=self.oom_first,
+            oom_kill_last=self.oom_last,
+            error=None if self.samples else self.error,
+        )

@@ -1,0 +1,382 @@
+"""``nnrun preprocess``: pre-flight, one container run under a memory cap, diagnosis.
+
+This module orchestrates; it never prints.  Progress goes to a
+:class:`ProgressSink` the CLI provides, and the result is a
+:class:`~runner.report.RunReport`.  Expected failures before the container
+starts are raised as :class:`~runner.errors.NnrunError`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from runner import __version__
+from runner.dataset import RawDataset, load_raw_dataset
+from runner.diagnosis import RunFacts, Verdict, WorkerExit, classify, describe_phase, recommend
+from runner.engine import ContainerSpec, Engine, Mount
+from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted
+from runner.monitor import DEFAULT_CGROUP_ROOT, CgroupMonitor, MonitorSummary
+from runner.nifti import check_files, read_header
+from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv, validate
+from runner.outputs import cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
+from runner.report import RunReport
+from runner.supervisor import NNUNET_LOG, STATUS_FILE
+from runner.units import format_bytes, format_mem_arg, parse_mem
+
+DEFAULT_IMAGE = f"nnrun:{__version__}"
+CONTAINER_RAW = "/data/raw"
+CONTAINER_PREPROCESSED = "/data/preprocessed"
+CONTAINER_RUN_DIR = "/nnrun/run"
+RUN_LABEL = "io.nnrun.run-id"
+STOP_TIMEOUT_S = 10
+
+
+class ProgressSink(Protocol):
+    def stage(self, message: str) -> None: ...
+    def file_check(self, done: int, total: int) -> None: ...
+    def nnunet_output(self, chunk: bytes) -> None: ...
+
+
+class NullSink:
+    def stage(self, message: str) -> None: pass
+    def file_check(self, done: int, total: int) -> None: pass
+    def nnunet_output(self, chunk: bytes) -> None: pass
+
+
+@dataclass
+class RunSettings:
+    """nnrun's own options (as opposed to nnU-Net's)."""
+
+    mem: str
+    image: str = DEFAULT_IMAGE
+    raw_root: str | None = None
+    preprocessed_root: str | None = None
+    skip_file_check: bool = False
+    shm_size: str = "256m"
+    cgroup_root: Path = DEFAULT_CGROUP_ROOT
+    check_workers: int = 2
+    passthrough_argv: list[str] = field(default_factory=list)   # nnrun options to repeat in advice
+
+
+def _resolve_root(given: str | None, env_name: str, flag: str) -> Path:
+    value = given or os.environ.get(env_name)
+    if not value:
+        raise BadInputError(f"no {env_name} folder: pass {flag} DIR or set the {env_name} environment variable")
+    return Path(value).expanduser().resolve()
+
+
+def preflight(opts: PreprocessOptions, settings: RunSettings, sink: ProgressSink) -> tuple[int, RawDataset, Path]:
+    """Everything that can be checked without Docker.  Raises BadInputError."""
+    validate(opts)
+    mem_bytes = parse_mem(settings.mem)
+    raw_root = _resolve_root(settings.raw_root, "nnUNet_raw", "--raw")
+    dataset = load_raw_dataset(raw_root, opts.dataset_id)
+    preprocessed_root = _resolve_root(settings.preprocessed_root, "nnUNet_preprocessed", "--preprocessed")
+    if preprocessed_root.exists() and not preprocessed_root.is_dir():
+        raise BadInputError(f"--preprocessed {preprocessed_root} is not a folder")
+    if raw_root == preprocessed_root:
+        raise BadInputError("the raw and preprocessed folders must differ")
+    if not settings.skip_file_check:
+        files = list(dataset.all_files())
+        sink.stage(f"checking {len(files)} image and label files of {dataset.name} to the end")
+        problems = check_files(files, workers=settings.check_workers, progress=sink.file_check)
+        if problems:
+            first = problems[0]
+            more = f" (and {len(problems) - 1} more damaged file(s))" if len(problems) > 1 else ""
+            raise BadInputError(first.message + more, hint=first.hint)
+    return mem_bytes, dataset, preprocessed_root
+
+
+def shape_mismatches(dataset: RawDataset) -> list[str]:
+    """Cases whose label's shape differs from their image's, from headers only."""
+    found = []
+    for case in dataset.cases:
+        try:
+            image = read_header(case.images[0])
+            label = read_header(case.label)
+        except NnrunError:
+            continue
+        if tuple(image.shape[:3]) != tuple(label.shape[:3]):
+            found.append(f"{case.case_id} (image {'x'.join(map(str, image.shape))}, "
+                         f"label {'x'.join(map(str, label.shape))})")
+    return found
+
+
+def build_spec(opts: PreprocessOptions, settings: RunSettings, dataset: RawDataset, preprocessed_dataset: Path,
+               run_dir: Path, mem_bytes: int, run_id: str) -> ContainerSpec:
+    command = ["--run-dir", CONTAINER_RUN_DIR]
+    if opts.verify_dataset_integrity:
+        command.append("--verify")
+    command += ["--", *nnunet_argv(opts)]
+    env = {
+        "nnUNet_raw": CONTAINER_RAW,
+        "nnUNet_preprocessed": CONTAINER_PREPROCESSED,
+        "nnUNet_results": "/tmp/nnUNet_results",
+        "PYTHONUNBUFFERED": "1",
+        "HOME": "/tmp",
+    }
+    if os.environ.get("NNRUN_TEST_OOM_VICTIM"):
+        env["NNRUN_TEST_OOM_VICTIM"] = os.environ["NNRUN_TEST_OOM_VICTIM"]
+    return ContainerSpec(
+        image=settings.image,
+        command=command,
+        mem_limit_bytes=mem_bytes,
+        user=f"{os.getuid()}:{os.getgid()}",
+        environment=env,
+        mounts=[
+            Mount(str(Path(dataset.path).resolve()), f"{CONTAINER_RAW}/{dataset.name}", read_only=True),
+            Mount(str(preprocessed_dataset), f"{CONTAINER_PREPROCESSED}/{dataset.name}"),
+            Mount(str(run_dir), CONTAINER_RUN_DIR),
+        ],
+        labels={RUN_LABEL: run_id, "io.nnrun.dataset": dataset.name, "io.nnrun.version": __version__},
+        name=f"nnrun-{run_id}",
+        shm_size_bytes=parse_mem(settings.shm_size),
+    )
+
+
+def _read_status(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _last_log_line(log_path: Path) -> str | None:
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - 8192))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = [ln.strip() for ln in tail.replace("\r", "\n").splitlines() if ln.strip()]
+    return lines[-1] if lines else None
+
+
+def _pick(*values):
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def gather_facts(status: dict | None, summary: MonitorSummary, exit_code: int | None, engine_oom_killed: bool,
+                 engine_oom_events: int, interrupt_signal: int | None) -> RunFacts:
+    status = status or {}
+    starts = [v for v in (status.get("oom_kill_start"), summary.oom_kill_first) if v is not None]
+    return RunFacts(
+        container_exit_code=exit_code,
+        supervisor_ran=bool(status) and status.get("returncode") is not None or bool(status.get("start_error")),
+        nnunet_returncode=status.get("returncode"),
+        main_pid=status.get("main_pid"),
+        main_ended=status.get("ended"),
+        phase=status.get("phase"),
+        configuration=status.get("configuration"),
+        oom_kill_before=min(starts) if starts else None,
+        oom_kill_after=_pick(status.get("oom_kill_end"), summary.oom_kill_last),
+        engine_oom_killed=engine_oom_killed,
+        engine_oom_events=engine_oom_events,
+        worker_exits=tuple(WorkerExit(w["pid"], w["t"], w["main_alive"], w.get("oom_kill_before"),
+                                      w.get("oom_kill_after")) for w in status.get("worker_exits", [])),
+        interrupt_signal=interrupt_signal,
+        exception_line=status.get("last_exception_line"),
+        start_error=status.get("start_error"),
+        watchdog_fired=bool(status.get("watchdog_fired")),
+    )
+
+
+class Preprocess:
+    """One ``nnrun preprocess`` run."""
+
+    def __init__(self, opts: PreprocessOptions, settings: RunSettings, engine_factory: Callable[[], Engine],
+                 sink: ProgressSink | None = None) -> None:
+        self.opts = opts
+        self.settings = settings
+        self.engine_factory = engine_factory
+        self.sink = sink or NullSink()
+        self.container_id: str | None = None
+        self.engine: Engine | None = None
+
+    def run(self) -> RunReport:
+        opts, settings, sink = self.opts, self.settings, self.sink
+        mem_bytes, dataset, preprocessed_root = preflight(opts, settings, sink)
+        sink.stage("connecting to the container engine")
+        engine = self.engine = self.engine_factory()
+        info = engine.info()
+        if info.mem_total_bytes and mem_bytes > info.mem_total_bytes:
+            raise BadInputError(f"--mem {settings.mem} is more than the Docker host's memory "
+                                f"({format_bytes(info.mem_total_bytes)})",
+                                hint=f"give at most {format_bytes(info.mem_total_bytes)}")
+        image = engine.image(settings.image)
+
+        preprocessed_dataset = preprocessed_root / dataset.name
+        preprocessed_dataset.mkdir(parents=True, exist_ok=True)
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+        run_dir = new_run_dir(preprocessed_dataset, run_id)
+        log_path = run_dir / NNUNET_LOG
+        spec = build_spec(opts, settings, dataset, preprocessed_dataset, run_dir, mem_bytes, run_id)
+        workers = {"npfp": opts.npfp, "np": opts.workers_per_configuration()}
+        report = RunReport(outcome=Outcome.BUG, message="", dataset=dataset.name,
+                           configurations=list(opts.configurations), workers=workers,
+                           nnunet_argv=nnunet_argv(opts), image=settings.image, image_id=image.image_id,
+                           run_id=run_id, run_dir=str(run_dir), log_path=str(log_path), limit_bytes=mem_bytes)
+
+        sink.stage(f"starting nnU-Net in {settings.image} under a {format_bytes(mem_bytes)} cap "
+                   f"(nnU-Net log: {log_path})")
+        started = time.time()
+        interrupt: int | None = None
+        exit_code: int | None = None
+        monitor: CgroupMonitor | None = None
+        log_thread: threading.Thread | None = None
+        try:
+            self.container_id = engine.create(spec)
+            try:
+                engine.start(self.container_id)
+            except NnrunError as err:
+                report.outcome, report.message, report.phase = Outcome.INFRA, err.one_line(), "startup"
+                return report
+            monitor = CgroupMonitor(self.container_id, settings.cgroup_root).start()
+            log_thread = threading.Thread(target=self._pump_logs, name="logs", daemon=True)
+            log_thread.start()
+            exit_code = engine.wait(self.container_id)
+        except RunInterrupted as stop:
+            interrupt = stop.signum
+            if self.container_id:
+                try:
+                    engine.stop(self.container_id, timeout_s=STOP_TIMEOUT_S)
+                    exit_code = engine.wait(self.container_id, timeout_s=STOP_TIMEOUT_S + 5)
+                except (NnrunError, TimeoutError, RunInterrupted):
+                    pass
+        finally:
+            summary = monitor.stop() if monitor else MonitorSummary(False, None, None, 0, None, None, None,
+                                                                   None, None, "monitor not started")
+            engine_oom_killed, engine_events = False, 0
+            if self.container_id:
+                try:
+                    state = engine.state(self.container_id)
+                    engine_oom_killed = state.oom_killed
+                    if exit_code is None:
+                        exit_code = state.exit_code
+                except (NnrunError, Exception):  # noqa: BLE001 - best effort before removal
+                    pass
+                if log_thread is not None:
+                    log_thread.join(timeout=2)
+            status = _read_status(run_dir)
+            counter_readable = summary.oom_kill_last is not None or (status or {}).get("oom_kill_end") is not None
+            if self.container_id and not counter_readable:
+                try:
+                    engine_events = engine.oom_event_count(self.container_id, started, time.time())
+                except Exception:  # noqa: BLE001 - only a fallback
+                    engine_events = 0
+            if self.container_id:
+                engine.remove(self.container_id)
+        ended = time.time()
+
+        facts = gather_facts(status, summary, exit_code, engine_oom_killed, engine_events, interrupt)
+        verdict = classify(facts)
+        self._fill(report, facts, verdict, status, summary, dataset, preprocessed_dataset, mem_bytes,
+                   info.mem_total_bytes, log_path, started, ended)
+        if verdict.outcome is not Outcome.OK:
+            report.removed_outputs = remove_paths(incomplete_outputs(
+                preprocessed_dataset, facts.phase, facts.configuration, opts.plans_name, started))
+        self._write_report(run_dir, report)
+        return report
+
+    # -- helpers ------------------------------------------------------------
+    def _pump_logs(self) -> None:
+        try:
+            for chunk in self.engine.logs(self.container_id):
+                self.sink.nnunet_output(chunk)
+        except Exception:  # noqa: BLE001 - the stream ends when the container goes away
+            return
+
+    def _fill(self, report: RunReport, facts: RunFacts, verdict: Verdict, status: dict | None,
+              summary: MonitorSummary, dataset: RawDataset, preprocessed_dataset: Path, mem_bytes: int,
+              host_mem: int, log_path: Path, started: float, ended: float) -> None:
+        opts = self.opts
+        status = status or {}
+        o = verdict.outcome
+        report.outcome = o
+        report.interrupt_signal = facts.interrupt_signal
+        report.container_exit_code = facts.container_exit_code
+        report.duration_s = round(ended - started, 2)
+        report.oom_kills = verdict.oom_kills
+        report.oom_source = verdict.oom_source
+        report.engine_oom_killed = facts.engine_oom_killed
+        report.engine_oom_events = facts.engine_oom_events
+        report.limit_bytes = summary.limit_bytes or status.get("limit_bytes") or mem_bytes
+        report.peak_anon_bytes = _pick(summary.peak_anon_bytes, status.get("peak_anon_bytes"))
+        report.peak_usage_bytes = _pick(summary.peak_usage_bytes, status.get("peak_usage_bytes"))
+        report.cgroup_reader = "host" if summary.readable else ("container" if status.get("cgroup_version") else None)
+        phase = facts.phase if facts.phase in ("startup", "verify", "fingerprint", "planning", "preprocessing") else None
+        report.phase = None if o is Outcome.OK else phase
+        report.configuration = facts.configuration if report.phase == "preprocessing" else None
+        workers = (opts.npfp if phase in ("verify", "fingerprint")
+                   else opts.workers_per_configuration().get(facts.configuration or "", 1))
+        progress = (status.get("progress") or {}).get("Extracting dataset fingerprint")
+        in_flight = cases_in_flight([c.case_id for c in dataset.cases], phase, facts.configuration, workers,
+                                    preprocessed_dataset, opts.plans_name, progress[0] if progress else None)
+        if o in (Outcome.OOM, Outcome.ERROR, Outcome.KILLED, Outcome.INTERRUPTED):
+            report.cases_in_flight = in_flight
+            report.cases_exact = False
+        report.victims = [v.to_dict() for v in verdict.victims]
+        report.victim = verdict.victim
+        where = describe_phase(phase, facts.configuration)
+        cap = format_bytes(report.limit_bytes)
+        peak = (f"; anonymous memory peaked at {format_bytes(report.peak_anon_bytes)} of the {cap} cap"
+                if report.peak_anon_bytes else "")
+        if o is Outcome.OK:
+            report.message = (f"{dataset.name} preprocessed ({' '.join(opts.configurations)}) in "
+                              f"{report.duration_s:.1f} s{peak}")
+        elif o is Outcome.OOM:
+            first = verdict.victims[0] if verdict.victims else None
+            who = ("nnU-Net's main process" if first and first.role == "main"
+                   else f"a worker process{f' (pid {first.pid})' if first and first.pid else ''}")
+            flight = f" (cases in flight: {', '.join(in_flight)})" if in_flight and (not first or first.role == "worker") else ""
+            report.message = f"the kernel OOM-killed {who} during {where}{flight}{peak}"
+            rec = recommend(verdict, phase, facts.configuration, opts, report.limit_bytes, host_mem)
+            if rec is not None:
+                report.recommendation_text = rec.text
+                if rec.options is not None and rec.mem_bytes is not None:
+                    argv = nnrun_argv(rec.options, format_mem_arg(rec.mem_bytes)
+                                      if rec.mem_bytes != mem_bytes else self.settings.mem,
+                                      self.settings.passthrough_argv)
+                    report.recommendation_argv = argv
+                    report.recommendation = " ".join(argv)
+        elif o is Outcome.ERROR:
+            line = facts.exception_line or _last_log_line(log_path) or f"exit status {facts.nnunet_returncode}"
+            detail = ""
+            if "broadcast" in line or "shape" in line.lower():
+                bad = shape_mismatches(dataset)
+                if bad:
+                    detail = f"; label and image shapes differ in case {', '.join(bad)}"
+            report.message = f"nnU-Net failed during {where}: {line}{detail}"
+            report.error_detail = line
+            report.hint = "fix the cause above; the full traceback is in the nnU-Net log"
+        elif o is Outcome.KILLED:
+            how = (f"nnU-Net was killed by signal {-facts.nnunet_returncode}"
+                   if facts.nnunet_returncode is not None and facts.nnunet_returncode < 0
+                   else f"the container was killed (exit code {facts.container_exit_code})")
+            report.message = (f"{how} during {where}, without an OOM kill: stopped from outside "
+                              f"(docker kill, a scheduler or an admin?)")
+            report.hint = "run the same command again"
+        elif o is Outcome.INTERRUPTED:
+            import signal as _signal
+            name = _signal.Signals(facts.interrupt_signal).name
+            report.message = f"interrupted by {name} during {where}: container stopped and removed"
+        elif o is Outcome.INFRA:
+            report.message = (f"the container exited with code {facts.container_exit_code} before nnU-Net ran"
+                              + (f": {facts.start_error}" if facts.start_error else ""))
+            report.phase = "startup"
+
+    def _write_report(self, run_dir: Path, report: RunReport) -> None:
+        from runner.report import dumps
+        try:
+            tmp = run_dir / "report.json.tmp"
+            tmp.write_text(dumps(report) + "\n")
+            os.replace(tmp, run_dir / "report.json")
+        except OSError:
+            pass
