@@ -343,7 +343,10 @@ class Supervisor:
         self.emit("supervisor_start", command=self.command, cgroup_version=self.cgroup_version,
                   limit_bytes=self.limit_bytes, oom_kill=self.oom_kill_start, cgroup_error=self.cgroup_error)
 
-        main_adj = 1000 if self.test_oom_victim == "main" else NNUNET_OOM_SCORE_ADJ
+        # With the test hook, the intended victim gets the maximum score and
+        # everything else 0, which makes the kernel's choice certain: a process
+        # at 1000 scores its rss plus the whole cap, more than any other can.
+        main_adj = {"main": 1000, "worker": 0}.get(self.test_oom_victim or "", NNUNET_OOM_SCORE_ADJ)
 
         def _prepare_child() -> None:
             _set_oom_score_adj(os.getpid(), main_adj)

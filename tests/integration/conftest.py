@@ -1,0 +1,115 @@
+"""Integration suite: a real Docker engine, the real nnrun image, real nnU-Net, real OOM kills.
+
+Every test here is marked ``docker``.  The README's test command
+(scripts/test.sh) sets the engine and the image up first; when they are
+missing these tests fail (they are the point of the suite) unless
+NNRUN_SKIP_DOCKER=1 is set for a quick local run of the pure suite.
+
+Cleanup registry: every container nnrun starts carries the label
+``io.nnrun.run-id``; after each test the suite asserts none is left, and
+removes strays so one failure does not cascade.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from runner import __version__
+from runner.demo import make_demo
+
+IMAGE = os.environ.get("NNRUN_IMAGE", f"nnrun:{__version__}")
+RUN_LABEL = "io.nnrun.run-id"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.docker)
+
+
+def _docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def nnrun_containers() -> list[str]:
+    out = _docker("ps", "-aq", "--no-trunc", "--filter", f"label={RUN_LABEL}", check=False).stdout
+    return [line for line in out.split() if line]
+
+
+@pytest.fixture(scope="session")
+def docker_ready():
+    if os.environ.get("NNRUN_SKIP_DOCKER") == "1":
+        pytest.skip("NNRUN_SKIP_DOCKER=1")
+    probe = _docker("info", check=False, timeout=30)
+    if probe.returncode != 0:
+        pytest.fail("no Docker engine answers: run scripts/setup.sh (scripts/test.sh does it for you)")
+    image = _docker("image", "inspect", IMAGE, check=False)
+    if image.returncode != 0:
+        pytest.fail(f"image {IMAGE} missing: run scripts/build-image.sh")
+    return IMAGE
+
+
+@pytest.fixture(autouse=True)
+def no_container_left_behind(request):
+    """The cleanup registry: no test may leave an nnrun container behind."""
+    if "docker" not in request.keywords:
+        yield
+        return
+    before = set(nnrun_containers())
+    yield
+    deadline = time.time() + 15
+    left = set(nnrun_containers()) - before
+    while left and time.time() < deadline:   # removal may still be under way
+        time.sleep(0.5)
+        left = set(nnrun_containers()) - before
+    if left:
+        _docker("rm", "-f", *left, check=False)
+        pytest.fail(f"test left {len(left)} nnrun container(s) behind: {sorted(c[:12] for c in left)}")
+
+
+@pytest.fixture(scope="session")
+def demo_raw(tmp_path_factory) -> Path:
+    raw = tmp_path_factory.mktemp("raw")
+    make_demo(raw)
+    return raw
+
+
+@dataclass
+class NnrunResult:
+    returncode: int
+    report: dict | None
+    stderr: str
+    stdout: str
+
+
+def nnrun_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "runner.cli", *args]
+
+
+def run_nnrun(*args: str, env: dict | None = None, timeout: float = 600) -> NnrunResult:
+    """Run the real CLI in a subprocess with --json and parse its one JSON object."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(nnrun_cmd(*args, "--json"), capture_output=True, text=True, env=full_env,
+                          timeout=timeout, cwd=REPO)
+    return NnrunResult(proc.returncode, parse_single_json(proc.stdout), proc.stderr, proc.stdout)
+
+
+def parse_single_json(stdout: str) -> dict | None:
+    text = stdout.strip()
+    if not text:
+        return None
+    obj = json.loads(text)          # fails if stdout holds anything but one JSON object
+    assert isinstance(obj, dict)
+    return obj
+
+
+def nnrun_stderr_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.startswith("nnrun:")]
