@@ -92,16 +92,7 @@ def render_human(report: RunReport) -> str:
     if o in (Outcome.BAD_INPUT, Outcome.INFRA) and report.log_path is None:
         # Nothing ran: one line says it all.
         return f"nnrun: {o.value}: {report.message}"
-    head = {
-        Outcome.OK: "nnrun: ok",
-        Outcome.OOM: "nnrun: OUT OF MEMORY",
-        Outcome.ERROR: "nnrun: nnU-Net failed",
-        Outcome.KILLED: "nnrun: killed",
-        Outcome.INTERRUPTED: "nnrun: interrupted",
-        Outcome.INFRA: "nnrun: infrastructure problem",
-        Outcome.BAD_INPUT: "nnrun: bad input",
-        Outcome.BUG: "nnrun: internal error",
-    }[o]
+    head = "nnrun: oom (out of memory)" if o is Outcome.OOM else f"nnrun: {o.value}"
     lines.append(f"{head}: {report.message}")
     if o is not Outcome.OK:
         lines.append(f"  phase:        {describe_phase(report.phase, report.configuration)}")

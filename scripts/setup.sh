@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up: nnrun on the host, a Docker engine, the image,
+# and the synthetic demo dataset.  Safe to run again: every step skips what is
+# already done.
+#
+# Environment: NNRUN_HOME (demo data; default <repo>/.demo), plus what
+# scripts/build-image.sh reads (NNRUN_IMAGE, BASE_IMAGE, NNRUN_CACHE).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NNRUN_HOME="${NNRUN_HOME:-$REPO/.demo}"
+log() { echo "setup: $*" >&2; }
+
+# 1. nnrun and its test tools on the host (editable, so the checkout is what runs).
+if ! python3 -c "import runner.cli, docker, typer, psutil, pytest, hypothesis, jsonschema, blosc2" >/dev/null 2>&1 \
+   || [ "$(python3 -c 'import runner,os;print(os.path.dirname(os.path.dirname(os.path.abspath(runner.__file__))))' 2>/dev/null)" != "$REPO" ]; then
+    log "installing nnrun (editable) with its test dependencies"
+    python3 -m pip install -q --disable-pip-version-check -e "$REPO[test]" 2>&1 | grep -v -e '^WARNING: Location' -e 'Running pip as the' >&2 || true
+    python3 -c "import runner.cli" || { log "installing nnrun failed"; exit 1; }
+fi
+
+# 2. A Docker engine that answers (installed and started when we are root).
+"$REPO/scripts/ensure-docker.sh"
+
+# 3. The image (Docker's layer cache makes this seconds when nothing changed).
+"$REPO/scripts/build-image.sh" 2> >(grep -v -e '^WARNING: Location' -e 'DEPRECATED' -e 'BuildKit is currently' -e 'environment-variable' -e '^ *$' >&2)
+
+# 4. The demo dataset.
+mkdir -p "$NNRUN_HOME/raw" "$NNRUN_HOME/preprocessed"
+python3 -m runner.demo --raw "$NNRUN_HOME/raw" >/dev/null
+log "ready: image $(sed -n 's/^__version__ = "\(.*\)"/nnrun:\1/p' "$REPO/runner/__init__.py"), demo data in $NNRUN_HOME/raw"
