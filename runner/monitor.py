@@ -34,6 +34,7 @@ class MonitorSummary:
     oom_kill_first: int | None
     oom_kill_last: int | None
     error: str | None
+    final_reading: bool = False
 
 
 class CgroupMonitor:
@@ -44,6 +45,8 @@ class CgroupMonitor:
         self.interval_s = interval_s
         self.locate_timeout_s = locate_timeout_s
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.final_reading = False
         self._thread: threading.Thread | None = None
         self.cgroup_dir: Path | None = None
         self.version: int | None = None
@@ -57,6 +60,16 @@ class CgroupMonitor:
 
     def sample(self) -> bool:
         """Take one reading; False when the cgroup cannot be read (yet, or any more)."""
+        with self._lock:
+            return self._sample()
+
+    def final_sample(self) -> bool:
+        """The reading taken after nnU-Net ended, while the supervisor keeps the cgroup alive."""
+        ok = self.sample()
+        self.final_reading = self.final_reading or ok
+        return ok
+
+    def _sample(self) -> bool:
         if self.cgroup_dir is None:
             self.cgroup_dir = find_container_cgroup(self.cgroup_root, self.container_id)
             if self.cgroup_dir is None:
@@ -110,4 +123,5 @@ class CgroupMonitor:
             oom_kill_first=self.oom_first,
             oom_kill_last=self.oom_last,
             error=None if self.samples else self.error,
+            final_reading=self.final_reading,
         )

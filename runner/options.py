@@ -24,7 +24,7 @@ MULTI_VALUE_OPTIONS = ("-d", "-c", "-np", "-overwrite_target_spacing")
 
 _CLASS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CONFIG_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-_PLANS_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_PLANS_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # no leading "-": nnU-Net would read it as an option
 
 
 @dataclass(frozen=True)

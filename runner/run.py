@@ -26,7 +26,7 @@ from runner.nifti import check_files, read_header
 from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv, validate
 from runner.outputs import cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
 from runner.report import RunReport
-from runner.supervisor import NNUNET_LOG, STATUS_FILE
+from runner.supervisor import HOST_ACK_FILE, NNUNET_LOG, STATUS_FILE
 from runner.units import format_bytes, format_mem_arg, parse_mem
 
 DEFAULT_IMAGE = f"nnrun:{__version__}"
@@ -110,7 +110,7 @@ def shape_mismatches(dataset: RawDataset) -> list[str]:
 
 def build_spec(opts: PreprocessOptions, settings: RunSettings, dataset: RawDataset, preprocessed_dataset: Path,
                run_dir: Path, mem_bytes: int, run_id: str) -> ContainerSpec:
-    command = ["--run-dir", CONTAINER_RUN_DIR]
+    command = ["--run-dir", CONTAINER_RUN_DIR, "--wait-for-host"]
     if opts.verify_dataset_integrity:
         command.append("--verify")
     command += ["--", *nnunet_argv(opts)]
@@ -199,6 +199,7 @@ class Preprocess:
         self.sink = sink or NullSink()
         self.container_id: str | None = None
         self.engine: Engine | None = None
+        self._container_done = threading.Event()
 
     def run(self) -> RunReport:
         opts, settings, sink = self.opts, self.settings, self.sink
@@ -241,6 +242,8 @@ class Preprocess:
             monitor = CgroupMonitor(self.container_id, settings.cgroup_root).start()
             log_thread = threading.Thread(target=self._pump_logs, name="logs", daemon=True)
             log_thread.start()
+            threading.Thread(target=self._final_reading, args=(monitor, run_dir), name="final-reading",
+                             daemon=True).start()
             exit_code = engine.wait(self.container_id)
         except RunInterrupted as stop:
             interrupt = stop.signum
@@ -251,6 +254,7 @@ class Preprocess:
                 except (NnrunError, TimeoutError, RunInterrupted):
                     pass
         finally:
+            self._container_done.set()
             summary = monitor.stop() if monitor else MonitorSummary(False, None, None, 0, None, None, None,
                                                                    None, None, "monitor not started")
             engine_oom_killed, engine_events = False, 0
@@ -286,6 +290,19 @@ class Preprocess:
         return report
 
     # -- helpers ------------------------------------------------------------
+    def _final_reading(self, monitor: CgroupMonitor, run_dir: Path) -> None:
+        """When the supervisor has written its status, read the cgroup once more, then let it exit."""
+        status = run_dir / STATUS_FILE
+        while not self._container_done.is_set():
+            if status.exists():
+                monitor.final_sample()
+                try:
+                    (run_dir / HOST_ACK_FILE).write_text("read\n")
+                except OSError:
+                    pass
+                return
+            time.sleep(0.02)
+
     def _pump_logs(self) -> None:
         try:
             for chunk in self.engine.logs(self.container_id):

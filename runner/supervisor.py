@@ -36,6 +36,8 @@ from runner.cgroup import MemoryCounters, own_cgroup_dir, read_memory_counters
 from runner.errors import CgroupReadError
 
 STATUS_FILE = "status.json"
+HOST_ACK_FILE = "host-ack"
+HOST_ACK_TIMEOUT_S = 10.0
 EVENTS_FILE = "events.jsonl"
 NNUNET_LOG = "nnunet.log"
 SUPERVISOR_SCHEMA = 1
@@ -164,8 +166,10 @@ def _set_oom_score_adj(pid: int, value: int) -> bool:
 
 
 class Supervisor:
-    def __init__(self, run_dir: Path, command: list[str], verify: bool, test_oom_victim: str | None) -> None:
+    def __init__(self, run_dir: Path, command: list[str], verify: bool, test_oom_victim: str | None,
+                 wait_for_host: bool = False) -> None:
         self.run_dir = run_dir
+        self.wait_for_host = wait_for_host
         self.command = command
         self.tracker = PhaseTracker(verify)
         self.test_oom_victim = test_oom_victim
@@ -385,9 +389,25 @@ class Supervisor:
         self.emit("child_exit", returncode=returncode, phase=self.tracker.phase,
                   configuration=self.tracker.configuration)
         self.write_status(returncode=returncode, ended=ended)
+        self.await_host_ack()
         if returncode < 0:
             return 128 + (-returncode)
         return returncode
+
+    def await_host_ack(self) -> None:
+        """Keep the container (and so its cgroup) alive until the host has read the final counters.
+
+        The host writes HOST_ACK_FILE once it has taken its last reading; if it
+        never does (no nnrun on the host, or it died), go on after a timeout.
+        """
+        if not self.wait_for_host:
+            return
+        deadline = time.time() + HOST_ACK_TIMEOUT_S
+        while time.time() < deadline:
+            if (self.run_dir / HOST_ACK_FILE).exists():
+                return
+            time.sleep(0.02)
+        self.emit("supervisor_warning", message="no acknowledgement from the host; exiting anyway")
 
     def write_status(self, returncode: int | None, ended: float | None = None, start_error: str | None = None) -> None:
         status = {
@@ -427,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--verify", action="store_true",
                         help="nnU-Net was given --verify_dataset_integrity (a phase of its own)")
+    parser.add_argument("--wait-for-host", action="store_true",
+                        help="after nnU-Net ends, wait for the host to read the cgroup before exiting")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -437,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     # the integration tests can assert the victim (the kernel's choice among
     # equal candidates is not deterministic).
     test_victim = os.environ.get("NNRUN_TEST_OOM_VICTIM") or None
-    return Supervisor(args.run_dir, command, args.verify, test_victim).run()
+    return Supervisor(args.run_dir, command, args.verify, test_victim, args.wait_for_host).run()
 
 
 if __name__ == "__main__":

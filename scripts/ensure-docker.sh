@@ -29,6 +29,17 @@ if ! command -v docker >/dev/null 2>&1; then
     exit 1
 fi
 LOG=/var/log/nnrun-dockerd.log
+# A dockerd that was killed (as at the end of a session) leaves pid files that
+# make the next one refuse to start: drop those whose process is gone.
+for pidfile in /var/run/docker.pid /run/docker/containerd/containerd.pid; do
+    if [ -f "$pidfile" ]; then
+        pid="$(cat "$pidfile" 2>/dev/null || true)"
+        if [ -z "$pid" ] || ! grep -qE 'dockerd|containerd' "/proc/$pid/cmdline" 2>/dev/null; then
+            log "removing stale $pidfile"
+            rm -f "$pidfile"
+        fi
+    fi
+done
 log "starting dockerd (log: $LOG)"
 nohup dockerd >"$LOG" 2>&1 &
 for _ in $(seq 1 120); do

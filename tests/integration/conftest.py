@@ -97,7 +97,9 @@ def nnrun_cmd(*args: str) -> list[str]:
 def run_nnrun(*args: str, env: dict | None = None, timeout: float = 600) -> NnrunResult:
     """Run the real CLI in a subprocess with --json and parse its one JSON object."""
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run(nnrun_cmd(*args, "--json"), capture_output=True, text=True, env=full_env,
+    args = list(args)
+    cut = args.index("--") if "--" in args else len(args)     # --json is nnrun's, not nnU-Net's
+    proc = subprocess.run(nnrun_cmd(*args[:cut], "--json", *args[cut:]), capture_output=True, text=True, env=full_env,
                           timeout=timeout, cwd=REPO)
     return NnrunResult(proc.returncode, parse_single_json(proc.stdout), proc.stderr, proc.stdout)
 

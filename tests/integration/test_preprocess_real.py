@@ -232,3 +232,11 @@ def test_missing_image_is_infra_with_setup_advice(docker_ready, demo_raw, tmp_pa
                        "--image", "nnrun:no-such-tag")
     report = _assert_report(result, "infra", 6)
     assert "nnrun:no-such-tag" in report["message"] and "scripts/setup.sh" in report["hint"]
+
+
+def test_option_nnunet_rejects_after_dashdash_is_error(docker_ready, demo_raw, tmp_path):
+    result = run_nnrun("preprocess", "-d", "501", "--mem", "2g", "--raw", str(demo_raw), "--preprocessed",
+                       str(tmp_path / "pre"), "--skip-file-check", "--", "--no-such-nnunet-flag")
+    report = _assert_report(result, "error", 4)
+    assert "unrecognized arguments: --no-such-nnunet-flag" in report["message"]
+    assert report["nnunet_argv"][-1] == "--no-such-nnunet-flag"
