@@ -7,14 +7,16 @@
 # Debian base and passes it as BASE_IMAGE.
 ARG BASE_IMAGE=python:3.11-slim
 
-# ---- stage 1: a virtualenv with nnU-Net, installed offline from the wheelhouse
-FROM ${BASE_IMAGE} AS venv
-# A debootstrap base has no Python; python:3.11-slim has one and skips this.
+# ---- a base with Python 3 (a debootstrap base has none; python:3.11-slim skips the install)
+FROM ${BASE_IMAGE} AS pybase
 RUN if ! command -v python3 >/dev/null 2>&1; then \
         apt-get update && \
         apt-get install -y --no-install-recommends python3 python3-venv && \
         rm -rf /var/lib/apt/lists/*; \
     fi
+
+# ---- stage 1: a virtualenv with nnU-Net, installed offline from the wheelhouse
+FROM pybase AS venv
 ARG NNUNETV2_VERSION=2.8.1
 ARG TORCH_VERSION=2.13.0
 COPY wheels /wheels
@@ -24,12 +26,7 @@ RUN python3 -m venv /opt/venv && \
     /opt/venv/bin/python -c "import nnunetv2, torch, blosc2, SimpleITK"
 
 # ---- stage 2: the runtime image (the wheels stay behind in stage 1)
-FROM ${BASE_IMAGE}
-RUN if ! command -v python3 >/dev/null 2>&1; then \
-        apt-get update && \
-        apt-get install -y --no-install-recommends python3 python3-venv && \
-        rm -rf /var/lib/apt/lists/*; \
-    fi
+FROM pybase
 ARG NNUNETV2_VERSION=2.8.1
 ARG TORCH_VERSION=2.13.0
 ARG BASE_IMAGE=python:3.11-slim

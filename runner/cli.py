@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
     head, tail = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    if not head:
+        head = ["--help"]        # a bare `nnrun` shows the help, as it is
     _NNUNET_EXTRA[:] = tail
     try:
         code = command.main(args=spread_multi_value_options(head), prog_name="nnrun", standalone_mode=False)

@@ -148,7 +148,7 @@ def classify(facts: RunFacts) -> Verdict:
 class Recommendation:
     text: str                          # one sentence, for the human report
     options: PreprocessOptions | None  # the options to run next (None: no command)
-    mem_bytes: int | None              # the --mem to run next
+    mem_bytes: int | None              # a new --mem to run with (None: keep the user's)
 
 
 def recommend(verdict: Verdict, phase: str | None, configuration: str | None, opts: PreprocessOptions,
@@ -161,17 +161,17 @@ def recommend(verdict: Verdict, phase: str | None, configuration: str | None, op
     if phase in ("verify", "fingerprint") and opts.npfp > 1:
         new_npfp = max(1, opts.npfp // 2)
         return Recommendation(f"use fewer fingerprint workers: -npfp {new_npfp} (was {opts.npfp})",
-                              opts.with_workers(npfp=new_npfp), limit_bytes)
+                              opts.with_workers(npfp=new_npfp), None)
     if phase == "preprocessing" and configuration in per_config and per_config[configuration] > 1:
         current = per_config[configuration]
         new_np = max(1, current // 2)
         return Recommendation(f"use fewer workers for {configuration}: -np {new_np} (was {current})",
-                              opts.with_workers(configuration=configuration, np=new_np), limit_bytes)
+                              opts.with_workers(configuration=configuration, np=new_np), None)
     if phase == "preprocessing" and configuration is None and any(n > 1 for n in per_config.values()):
         new = opts
         for c, n in per_config.items():
             new = new.with_workers(configuration=c, np=max(1, n // 2))
-        return Recommendation("use fewer preprocessing workers", new, limit_bytes)
+        return Recommendation("use fewer preprocessing workers", new, None)
     # One worker already (or the main process in planning): only memory helps.
     new_mem = int(limit_bytes * 1.5)
     mem_arg_bytes = parse_mem(format_mem_arg(new_mem))
@@ -182,6 +182,13 @@ def recommend(verdict: Verdict, phase: str | None, configuration: str | None, op
             f"than this host's {format_bytes(host_mem_bytes)}: use a machine with more memory", None, None)
     return Recommendation(f"raise the cap: --mem {format_mem_arg(new_mem)} (was {format_bytes(limit_bytes)}); "
                           f"nnU-Net ran out {where}", opts, mem_arg_bytes)
+
+
+def during_phase(phase: str | None, configuration: str | None) -> str:
+    """'during fingerprint extraction', or 'before nnU-Net started' when no phase is known."""
+    if phase is None or phase == "startup":
+        return "before nnU-Net started"
+    return f"during {describe_phase(phase, configuration)}"
 
 
 def describe_phase(phase: str | None, configuration: str | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Callable, Protocol
 
 from runner import __version__
 from runner.dataset import RawDataset, load_raw_dataset
-from runner.diagnosis import RunFacts, Verdict, WorkerExit, classify, describe_phase, recommend
+from runner.diagnosis import RunFacts, Verdict, WorkerExit, classify, during_phase, recommend
 from runner.engine import ContainerSpec, Engine, Mount
 from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted
 from runner.monitor import DEFAULT_CGROUP_ROOT, CgroupMonitor, MonitorSummary
@@ -26,7 +27,7 @@ from runner.nifti import check_files, read_header
 from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv, validate
 from runner.outputs import cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
 from runner.report import RunReport
-from runner.supervisor import HOST_ACK_FILE, NNUNET_LOG, STATUS_FILE
+from runner.supervisor import EVENTS_FILE, HOST_ACK_FILE, NNUNET_LOG, STATUS_FILE
 from runner.units import format_bytes, format_mem_arg, parse_mem
 
 DEFAULT_IMAGE = f"nnrun:{__version__}"
@@ -141,10 +142,39 @@ def build_spec(opts: PreprocessOptions, settings: RunSettings, dataset: RawDatas
 
 
 def _read_status(run_dir: Path) -> dict | None:
+    """The supervisor's status.json, or what its event log says when it died before writing one."""
     try:
         return json.loads((run_dir / STATUS_FILE).read_text())
     except (OSError, ValueError):
+        return _status_from_events(run_dir)
+
+
+def _status_from_events(run_dir: Path) -> dict | None:
+    """A partial status (no return code) rebuilt from events.jsonl, e.g. after `docker kill`."""
+    try:
+        lines = (run_dir / EVENTS_FILE).read_text().splitlines()
+    except OSError:
         return None
+    partial: dict = {"partial": True, "worker_exits": []}
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue            # a line cut short by the kill
+        kind = event.get("event")
+        if kind == "supervisor_start":
+            partial["oom_kill_start"] = event.get("oom_kill")
+            partial["limit_bytes"] = event.get("limit_bytes")
+            partial["cgroup_version"] = event.get("cgroup_version")
+        elif kind == "child_start":
+            partial["main_pid"] = event.get("pid")
+        elif kind == "phase":
+            partial["phase"], partial["configuration"] = event.get("phase"), event.get("configuration")
+        elif kind == "oom_kill":
+            partial["oom_kill_end"] = event.get("count")
+        elif kind == "worker_exit":
+            partial["worker_exits"].append(event)
+    return partial if len(partial) > 2 else None
 
 
 def _last_log_line(log_path: Path) -> str | None:
@@ -238,6 +268,8 @@ class Preprocess:
                 engine.start(self.container_id)
             except NnrunError as err:
                 report.outcome, report.message, report.phase = Outcome.INFRA, err.one_line(), "startup"
+                report.log_path = None          # nnU-Net never ran
+                self._write_report(run_dir, report)
                 return report
             monitor = CgroupMonitor(self.container_id, settings.cgroup_root).start()
             log_thread = threading.Thread(target=self._pump_logs, name="logs", daemon=True)
@@ -341,7 +373,7 @@ class Preprocess:
             report.cases_exact = False
         report.victims = [v.to_dict() for v in verdict.victims]
         report.victim = verdict.victim
-        where = describe_phase(phase, facts.configuration)
+        during = during_phase(phase, facts.configuration)
         cap = format_bytes(report.limit_bytes)
         peak = (f"; anonymous memory peaked at {format_bytes(report.peak_anon_bytes)} of the {cap} cap"
                 if report.peak_anon_bytes else "")
@@ -353,16 +385,15 @@ class Preprocess:
             who = ("nnU-Net's main process" if first and first.role == "main"
                    else f"a worker process{f' (pid {first.pid})' if first and first.pid else ''}")
             flight = f" (cases in flight: {', '.join(in_flight)})" if in_flight and (not first or first.role == "worker") else ""
-            report.message = f"the kernel OOM-killed {who} during {where}{flight}{peak}"
+            report.message = f"the kernel OOM-killed {who} {during}{flight}{peak}"
             rec = recommend(verdict, phase, facts.configuration, opts, report.limit_bytes, host_mem)
             if rec is not None:
                 report.recommendation_text = rec.text
-                if rec.options is not None and rec.mem_bytes is not None:
-                    argv = nnrun_argv(rec.options, format_mem_arg(rec.mem_bytes)
-                                      if rec.mem_bytes != mem_bytes else self.settings.mem,
-                                      self.settings.passthrough_argv)
+                if rec.options is not None:
+                    mem_arg = format_mem_arg(rec.mem_bytes) if rec.mem_bytes else self.settings.mem
+                    argv = nnrun_argv(rec.options, mem_arg, self.settings.passthrough_argv)
                     report.recommendation_argv = argv
-                    report.recommendation = " ".join(argv)
+                    report.recommendation = shlex.join(argv)
         elif o is Outcome.ERROR:
             line = facts.exception_line or _last_log_line(log_path) or f"exit status {facts.nnunet_returncode}"
             detail = ""
@@ -370,20 +401,20 @@ class Preprocess:
                 bad = shape_mismatches(dataset)
                 if bad:
                     detail = f"; label and image shapes differ in case {', '.join(bad)}"
-            report.message = f"nnU-Net failed during {where}: {line}{detail}"
+            report.message = f"nnU-Net failed {during}: {line}{detail}"
             report.error_detail = line
             report.hint = "fix the cause above; the full traceback is in the nnU-Net log"
         elif o is Outcome.KILLED:
             how = (f"nnU-Net was killed by signal {-facts.nnunet_returncode}"
                    if facts.nnunet_returncode is not None and facts.nnunet_returncode < 0
                    else f"the container was killed (exit code {facts.container_exit_code})")
-            report.message = (f"{how} during {where}, without an OOM kill: stopped from outside "
+            report.message = (f"{how} {during}, without an OOM kill: stopped from outside "
                               f"(docker kill, a scheduler or an admin?)")
             report.hint = "run the same command again"
         elif o is Outcome.INTERRUPTED:
             import signal as _signal
             name = _signal.Signals(facts.interrupt_signal).name
-            report.message = f"interrupted by {name} during {where}: container stopped and removed"
+            report.message = f"interrupted by {name} {during}: container stopped and removed"
         elif o is Outcome.INFRA:
             report.message = (f"the container exited with code {facts.container_exit_code} before nnU-Net ran"
                               + (f": {facts.start_error}" if facts.start_error else ""))

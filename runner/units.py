@@ -51,7 +51,7 @@ def parse_mem(text: str) -> int:
     stripped = text.strip()
     if not stripped:
         raise BadInputError(f"--mem is empty: {_EXAMPLES}")
-    if stripped.startswith("-"):
+    if stripped.startswith("-") and _MEM_RE.fullmatch(stripped[1:].strip()):
         raise BadInputError(f"invalid --mem '{stripped}': a memory size cannot be negative; {_EXAMPLES}")
     match = _MEM_RE.fullmatch(stripped)
     if match is None:

@@ -112,6 +112,7 @@ def test_two_datasets_are_bad_input(no_engine, capsys):
     (["-np", "0"], "-np"), (["-np", "-1"], "-np"), (["-c", "2d", "2d"], "twice"),
     (["-c", "2d", "3d_fullres", "-np", "1", "2", "3"], "-np"), (["-pl", "not-a-class"], "-pl"),
     (["-overwrite_target_spacing", "1", "0.5"], "-overwrite_target_spacing"),
+    (["-overwrite_plans_name", "--help"], "-overwrite_plans_name"),
 ])
 def test_invalid_nnunet_options_are_bad_input(extra, word, no_engine, capsys):
     code, out, err = run(["preprocess", "-d", "501", "--mem", "4g", *extra, "--json"], capsys)
@@ -153,6 +154,15 @@ def test_help_exits_0(argv, capsys):
     assert "Usage" in out
 
 
+def test_bare_nnrun_prints_readable_help(capsys):
+    code, out, err = run([], capsys)
+    assert code in (0, 2)
+    text = out + err
+    assert "Usage:" in text
+    assert "\n" in text.split("Usage:", 1)[1].strip()                # the help keeps its lines
+    assert "bad_input" not in text
+
+
 def test_version_prints_the_version(capsys):
     from runner import __version__
     code, out, _ = run(["version"], capsys)
@@ -184,6 +194,13 @@ def test_args_after_double_dash_reach_extra_args_verbatim(fake_preprocess, capsy
     assert fake_preprocess.opts.extra_args == tuple(tail)
     assert fake_preprocess.opts.configurations == ("2d", "3d_fullres", "3d_lowres")   # -c after -- is not ours
     assert out == ""                                                 # --json after -- is not ours either
+
+
+def test_json_after_double_dash_is_not_ours_even_for_a_usage_error(no_engine, capsys):
+    code, out, err = run(["preprocess", "-d", "501", "--mem", "4g", "--bogus", "--", "--json"], capsys)
+    assert code == 2
+    assert out == ""
+    assert_one_clean_line(err)
 
 
 def test_no_pbar_goes_to_nnunet_first(fake_preprocess, capsys):

@@ -358,7 +358,7 @@ def test_worker_oom_in_preprocessing_halves_np_for_that_configuration_only():
     assert rec.options.workers_per_configuration() == {"2d": 8, "3d_fullres": 2, "3d_lowres": 8}
     assert rec.options.np == (8, 2, 8)
     assert rec.options.npfp == opts.npfp
-    assert rec.mem_bytes == 2 * GIB                     # the cap stays
+    assert rec.mem_bytes is None                        # the cap stays: the user's --mem is kept
     assert "-np 2" in rec.text and "3d_fullres" in rec.text
     validate(rec.options)
 
@@ -389,7 +389,7 @@ def test_oom_in_fingerprint_halves_npfp(phase):
     rec = recommend(OOM_WORKER, phase, None, opts, 4 * GIB, HOST)
     assert rec.options.npfp == 4
     assert rec.options.np == (8, 4, 8)
-    assert rec.mem_bytes == 4 * GIB
+    assert rec.mem_bytes is None
     assert "-npfp 4" in rec.text
 
 
@@ -448,10 +448,10 @@ def test_a_recommendation_always_means_fewer_workers_or_more_memory(phase, confi
     validate(new)
     fewer = (new.npfp < opts.npfp or
              sum(new.workers_per_configuration().values()) < sum(opts.workers_per_configuration().values()))
-    more_memory = rec.mem_bytes > limit
+    more_memory = rec.mem_bytes is not None and rec.mem_bytes > limit
     assert fewer != more_memory                           # exactly one of the two
     if fewer:
-        assert rec.mem_bytes == limit
+        assert rec.mem_bytes is None                      # same cap: the user's --mem is kept
 
 
 # -- describe_phase ----------------------------------------------------------------

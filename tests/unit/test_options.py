@@ -85,12 +85,10 @@ def test_validate_rejects_bad_values_as_bad_input(changes, words):
     assert "\n" not in info.value.one_line()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: options.py _PLANS_NAME accepts a leading '-': "
-                                       "-overwrite_plans_name --help makes nnU-Net print its help and exit 0")
 @pytest.mark.parametrize("name", ["--help", "-x"])
 def test_validate_rejects_a_plans_name_that_nnunet_would_read_as_an_option(name):
     opts = PreprocessOptions(501, overwrite_plans_name=name)
-    # nnU-Net's argparse takes the value for an option: it never reaches -overwrite_plans_name.
+    # nnU-Net's argparse reads such a value as an option: -overwrite_plans_name gets no value.
     with pytest.raises(SystemExit):
         native_parse(nnunet_argv(opts))
     with pytest.raises(BadInputError):

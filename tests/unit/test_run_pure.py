@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import threading
@@ -445,6 +446,24 @@ def test_worker_oom_run_reports_oom_recommends_fewer_workers_and_removes_half_wr
     assert data["outcome"] == "oom" and data["exit_code"] == 3
 
 
+def test_worker_oom_in_fingerprint_with_one_worker_recommends_more_memory(tiny_raw, tmp_path):
+    def oom(engine):
+        (engine.preprocessed / "dataset_fingerprint.json").write_text('{"foreground_intensity')  # half-written
+        engine.write_status(status(returncode=1, phase="fingerprint", completed_phases=[],
+                                   progress={"Extracting dataset fingerprint": [1, 3]}, last_exception_line=SIX_FEET,
+                                   oom_kill_start=0, oom_kill_end=1,
+                                   worker_exits=[worker_exit(33, 50.0, 0, 1, phase="fingerprint", configuration=None)]))
+        return 1
+
+    engine = FakeEngine(oom)
+    report, settings = run_fake(tiny_raw, tmp_path, engine)                # OPTS has -npfp 1
+    assert report.outcome is Outcome.OOM and report.phase == "fingerprint" and report.configuration is None
+    assert report.cases_in_flight == ["case001"]                        # after the progress bar's count
+    assert report.recommendation_argv == nnrun_argv(OPTS, "1856m", settings.passthrough_argv)   # 1.5 x 1200m
+    assert report.removed_outputs == [str(engine.preprocessed / "dataset_fingerprint.json")]
+    assert_report_json_matches(report)
+
+
 class RecordingMonitor(CgroupMonitor):
     """The real host monitor; the test keeps a handle on it to know when it has sampled."""
     instances: list = []
@@ -574,9 +593,6 @@ def test_interrupt_stops_the_container_and_removes_the_failed_phase_outputs(tiny
 
 # -- bugs ---------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: run.py _fill compares rec.mem_bytes (the cgroup's page-rounded limit) "
-                                       "with the parsed --mem, so a 'fewer workers' advice rewrites --mem 1.3g "
-                                       "to --mem 1344m")
 def test_fewer_workers_advice_keeps_the_users_mem_when_the_kernel_rounds_the_limit(tiny_raw, tmp_path):
     mem = "1.3g"                                                  # 1395864371 bytes: not a page multiple
     page_rounded = parse_mem(mem) // 4096 * 4096                   # what memory.limit_in_bytes reads back
@@ -594,9 +610,6 @@ def test_fewer_workers_advice_keeps_the_users_mem_when_the_kernel_rounds_the_lim
     assert argv[argv.index("--mem") + 1] == mem
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: run.py gather_facts/_fill read the phase only from status.json; "
-                                       "when the supervisor is killed (docker kill) the phase in events.jsonl is "
-                                       "ignored: 'before nnU-Net started' and half-written outputs stay")
 def test_without_status_the_phase_comes_from_the_supervisors_events(tiny_raw, tmp_path):
     def docker_kill(engine):
         folder = engine.preprocessed / "nnUNetPlans_3d_fullres"
@@ -620,9 +633,17 @@ def test_without_status_the_phase_comes_from_the_supervisors_events(tiny_raw, tm
     assert not (engine.preprocessed / "nnUNetPlans_3d_fullres").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: run.py _fill writes f'during {where}' and describe_phase(None) is "
-                                       "'before nnU-Net started': 'killed ... during before nnU-Net started'")
 def test_killed_before_nnunet_started_reads_as_english(tiny_raw, tmp_path):
     report, _ = run_fake(tiny_raw, tmp_path, FakeEngine(lambda e: 137))
     assert report.outcome is Outcome.KILLED
     assert "during before" not in report.message
+
+
+def test_the_recommended_command_line_splits_back_to_its_argv(tmp_path):
+    raw = tmp_path / "my raw data"
+    make_dataset(raw, 501, "Tiny", [CaseSpec((12, 10, 6), (0.8, 0.8, 3.0))])
+    engine = FakeEngine(worker_oom_in_3d_fullres)
+    report, _ = run_fake(raw, tmp_path, engine, opts=replace(OPTS, extra_args=("--note", "two words")))
+    assert report.outcome is Outcome.OOM and report.recommendation_argv
+    assert "my raw data" in report.recommendation_argv[report.recommendation_argv.index("--raw") + 1]
+    assert shlex.split(report.recommendation) == report.recommendation_argv

@@ -209,8 +209,13 @@ def test_the_last_exception_line_wins():
 # -- the supervisor's pump: chunks as they come from a pipe ------------------------
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 4096])
-def test_pump_output_tracks_phases_from_arbitrary_chunks(tmp_path, capsysbinary, chunk_size):
-    data = real_log("worker_oom_preprocessing")
+@pytest.mark.parametrize("name,phase,exception", [
+    ("ok_3d_fullres", ("preprocessing", "3d_fullres"), None),
+    ("worker_oom_preprocessing", ("preprocessing", "3d_fullres"), SIX_FEET),
+    ("shape_mismatch_fingerprint", ("fingerprint", None), BROADCAST),
+])
+def test_pump_output_tracks_phases_from_arbitrary_chunks(tmp_path, capsysbinary, chunk_size, name, phase, exception):
+    data = real_log(name)
     sup = Supervisor(tmp_path, ["nnUNetv2_plan_and_preprocess"], verify=False, test_oom_victim=None)
     read_fd, write_fd = os.pipe()
 
@@ -230,10 +235,10 @@ def test_pump_output_tracks_phases_from_arbitrary_chunks(tmp_path, capsysbinary,
 
     expected, transitions = track(supervisor_lines(data))
     got = sup.tracker
-    assert (got.phase, got.configuration) == (expected.phase, expected.configuration) == ("preprocessing",
-                                                                                          "3d_fullres")
-    assert got.progress == expected.progress
-    assert got.last_exception_line == SIX_FEET
+    assert (got.phase, got.configuration) == (expected.phase, expected.configuration) == phase
+    assert got.progress == expected.progress                       # the count after the last \r redraw
+    assert got.completed_phases == expected.completed_phases
+    assert got.last_exception_line == exception
     assert (tmp_path / NNUNET_LOG).read_bytes() == data           # the log is a byte-exact copy
     assert capsysbinary.readouterr().out == data                   # and so is the echo on stdout
     events = [json.loads(l) for l in (tmp_path / EVENTS_FILE).read_text().splitlines()]
