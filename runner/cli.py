@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import List, Optional
 
 import importlib
+import json
 
 import typer
 
 from runner import __version__
 from runner.dataset import parse_dataset_id
+from runner.cli_progress import make_progress
 from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted, exit_code_for
 from runner.options import DEFAULT_NPFP, PreprocessOptions, spread_multi_value_options
-from runner.report import RunReport, dumps, render_human
+from runner.report import RunReport, dumps, load_report, render_human, report_from_json
 from runner.run import DEFAULT_IMAGE, Preprocess, RunSettings
 
 app = typer.Typer(
@@ -59,38 +61,6 @@ _NNUNET_EXTRA: list[str] = []
 def _err(text: str) -> None:
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
-
-
-class StderrProgress:
-    """Progress on stderr: a redrawn line on a terminal, plain lines elsewhere."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self._last_pct = -1
-
-    def stage(self, message: str) -> None:
-        if not self.quiet:
-            _err(f"nnrun: {message}")
-
-    def file_check(self, done: int, total: int) -> None:
-        if self.quiet or total == 0:
-            return
-        pct = int(100 * done / total)
-        if self.tty:
-            bar = "#" * (pct // 4)
-            sys.stderr.write(f"\r  files checked [{bar:<25}] {done}/{total}")
-            if done == total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-        elif pct // 25 != self._last_pct // 25 or done == total:
-            _err(f"  files checked: {done}/{total}")
-        self._last_pct = pct
-
-    def nnunet_output(self, chunk: bytes) -> None:
-        if not self.quiet:
-            sys.stderr.buffer.write(chunk)
-            sys.stderr.flush()
 
 
 class _Interrupts:
@@ -173,6 +143,9 @@ def preprocess_command(
     shm_size: str = typer.Option("256m", "--shm-size", help="Size of /dev/shm in the container (counts against the cap)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the outcome on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; the report only when not ok."),
+    nnunet_output: bool = typer.Option(False, "--nnunet-output",
+                                       help="Stream nnU-Net's own output to stderr (it is always in the log file)."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Do not render memory.png in the run folder."),
 ) -> None:
     """Run nnUNetv2_plan_and_preprocess in a memory-capped container and diagnose the outcome.
 
@@ -211,13 +184,58 @@ def preprocess_command(
             if value != default:
                 passthrough += [flag, value]
         settings = RunSettings(mem=mem, image=image, raw_root=raw, preprocessed_root=preprocessed,
-                               skip_file_check=skip_file_check, shm_size=shm_size, passthrough_argv=passthrough)
+                               skip_file_check=skip_file_check, shm_size=shm_size, passthrough_argv=passthrough,
+                               plot=not no_plot)
         from runner.docker_engine import DockerEngine  # the Docker SDK loads only when a run needs it
-        with _Interrupts():
-            report = Preprocess(opts, settings, DockerEngine, StderrProgress(quiet)).run()
+        progress = make_progress(quiet, nnunet_output)
+        try:
+            with _Interrupts():
+                report = Preprocess(opts, settings, DockerEngine, progress).run()
+        finally:
+            progress.close()
     except NnrunError as err:
         report = _report_for_error(err)
     _finish(report, as_json, quiet)
+
+
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(..., help="A run folder: <preprocessed>/DatasetXXX_Name/.nnrun/runs/<run id>."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's JSON report instead."),
+) -> None:
+    """Print the report of an earlier run again, from its run folder."""
+    try:
+        data = load_report(run_dir)
+    except NnrunError as err:
+        _err(f"nnrun: {err.outcome.value}: {err.one_line()}")
+        raise typer.Exit(exit_code_for(err.outcome))
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+    else:
+        _err(render_human(report_from_json(data)))
+        for name in ("manifest.json", "timeline.jsonl", "memory.png"):
+            if (run_dir / name).exists():
+                _err(f"  {name + ':':<13} {run_dir / name}")
+
+
+@app.command("doctor")
+def doctor_command(
+    image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The nnrun image to check."),
+    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
+    preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
+                                               help="nnU-Net preprocessed folder [default: $nnUNet_preprocessed]."),
+    no_probe: bool = typer.Option(False, "--no-probe", help="Skip the probe container that checks the cap is enforced."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Check that this machine can run nnrun: Docker, cgroups, memory, enforcement, image, folders."""
+    from runner.docker_engine import DockerEngine
+    from runner.doctor import doctor_json, render_doctor, run_checks
+
+    report = run_checks(DockerEngine, image, raw, preprocessed, probe=not no_probe)
+    _err(render_doctor(report))
+    if as_json:
+        sys.stdout.write(json.dumps(doctor_json(report)) + "\n")
+    raise typer.Exit(report.exit_code)
 
 
 @app.command("make-demo")

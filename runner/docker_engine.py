@@ -161,6 +161,67 @@ class DockerEngine:
     def _container(self, container_id: str):
         return self._call("find the container", self.client.containers.get, container_id)
 
+    def oom_probe(self, image: str, mem_bytes: int, timeout_s: float = 60, alloc_bytes: int | None = None) -> dict:
+        """``nnrun doctor``'s probe: does the memory cap really OOM-kill?
+
+        Runs a throw-away container of ``image`` (entrypoint ``sh -c``; the
+        image needs ``sh`` and ``python3``) capped at ``mem_bytes`` with no
+        swap and no network, in which a child ``python3`` (oom_score_adj 1000)
+        allocates ``alloc_bytes`` (default 4x the cap, at least 256 MiB).  The
+        shell survives the kill, prints ``child_exit_status <n>`` and then the
+        container's own OOM counters (v1 ``memory.oom_control``, v2
+        ``memory.events``) on stdout -- every stdout line is "key value", for
+        ``runner.cgroup.parse_flat_keyed`` -- and exits with the child's
+        status.  The cgroup vanishes with the container, hence reading it from
+        inside.  The container (label ``io.nnrun.run-id=doctor-<random>``) is
+        removed in every case.  Returns plain data: ``run_id``,
+        ``container_exit_code`` (None on timeout), ``timed_out``, ``stdout``,
+        ``stderr``, ``engine_oom_killed``, ``mem_bytes``, ``alloc_bytes``.
+        """
+        alloc = int(alloc_bytes or max(4 * mem_bytes, 256 * 1024 * 1024))
+        child = ("import os\n"
+                 "try:\n    open('/proc/self/oom_score_adj', 'w').write('1000')\nexcept OSError:\n    pass\n"
+                 f"b = bytearray({alloc})\n")
+        script = (f"python3 -c \"{child}\"; rc=$?; echo \"child_exit_status $rc\"; "
+                  "cat /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null || cat /sys/fs/cgroup/memory.events; "
+                  "exit $rc")
+        run_id = f"doctor-{os.urandom(6).hex()}"
+        try:
+            container = self._call(
+                "create the probe container", self.client.containers.create, image,
+                entrypoint=["sh", "-c"], command=[script], mem_limit=int(mem_bytes), memswap_limit=int(mem_bytes),
+                labels={"io.nnrun.run-id": run_id}, network_mode="none", detach=True, init=False, read_only=True,
+                cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=64)
+        except docker.errors.NotFound:
+            raise InfraError(f"image {image} not found", hint=SETUP_HINT) from None
+        try:
+            try:
+                self._call("start the probe container", container.start)
+            except docker.errors.NotFound as err:
+                raise InfraError(f"probe container could not start: {_short(err)}") from err
+            timed_out = False
+            exit_code: int | None
+            try:
+                exit_code = self.wait(container.id, timeout_s)
+            except TimeoutError:
+                timed_out, exit_code = True, None
+                self.kill(container.id)
+            self._call("inspect the probe container", container.reload)
+            stdout = self._call("read the probe's output", container.logs, stdout=True, stderr=False)
+            stderr = self._call("read the probe's output", container.logs, stdout=False, stderr=True)
+            return {
+                "run_id": run_id,
+                "container_exit_code": exit_code,
+                "timed_out": timed_out,
+                "stdout": stdout.decode("utf-8", "replace"),
+                "stderr": stderr.decode("utf-8", "replace"),
+                "engine_oom_killed": bool(container.attrs.get("State", {}).get("OOMKilled")),
+                "mem_bytes": int(mem_bytes),
+                "alloc_bytes": alloc,
+            }
+        finally:
+            self.remove(container.id)
+
 
 def host_config_kwargs(spec: ContainerSpec) -> dict:
     """The Docker SDK ``containers.create`` arguments for a spec (also used by tests and compose checks)."""

@@ -8,7 +8,7 @@ stderr.  Both are pure: the CLI is the only place that prints.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 
 from runner import __version__
@@ -27,6 +27,7 @@ class RunReport:
     configuration: str | None = None
     victim: str | None = None
     victims: list[dict] = field(default_factory=list)
+    victim_case: str | None = None
     oom_kills: int | None = None
     oom_source: str | None = None
     limit_bytes: int | None = None
@@ -56,6 +57,10 @@ class RunReport:
     removed_outputs: list[str] = field(default_factory=list)
     error_detail: str | None = None
     hint: str | None = None
+    cases: list[dict] = field(default_factory=list)     # per case and phase: pid, peak RSS, duration
+    monitor: dict | None = None                          # the host sampler: samples, CPU cost
+    plot_path: str | None = None
+    plot_error: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -73,6 +78,33 @@ def to_json(report: RunReport) -> dict:
 
 def dumps(report: RunReport) -> str:
     return json.dumps(to_json(report), sort_keys=False)
+
+
+def load_report(run_dir) -> dict:
+    """The report.json of a run folder (BadInputError when there is none)."""
+    from pathlib import Path
+
+    from runner.errors import BadInputError
+
+    path = Path(run_dir) / "report.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInputError(f"no report.json in {run_dir}: is it a run folder "
+                            f"(<preprocessed>/DatasetXXX_Name/.nnrun/runs/<run id>)?") from None
+    except (OSError, ValueError) as err:
+        raise BadInputError(f"cannot read {path}: {err}") from None
+
+
+def report_from_json(data: dict) -> RunReport:
+    """A RunReport back from its JSON (fields this version does not know are ignored)."""
+    known = {f.name for f in fields(RunReport)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["outcome"] = Outcome(data["outcome"])
+    report = RunReport(**values)
+    if report.outcome is Outcome.INTERRUPTED:
+        report.interrupt_signal = int(data.get("exit_code", 130)) - 128
+    return report
 
 
 def load_schema() -> dict:

@@ -9,25 +9,30 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import secrets
 import shlex
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol
 
 from runner import __version__
 from runner.dataset import RawDataset, load_raw_dataset
-from runner.diagnosis import RunFacts, Verdict, WorkerExit, classify, during_phase, recommend
+from runner.diagnosis import RunFacts, Verdict, Victim, WorkerExit, classify, during_phase, recommend
 from runner.engine import ContainerSpec, Engine, Mount
 from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted
 from runner.monitor import DEFAULT_CGROUP_ROOT, CgroupMonitor, MonitorSummary
 from runner.nifti import check_files, read_header
 from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv, validate
 from runner.outputs import cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
-from runner.report import RunReport
+from runner.locks import acquire as acquire_locks, owner_info, scope_for_run
+from runner.report import RunReport, to_json
 from runner.supervisor import EVENTS_FILE, HOST_ACK_FILE, NNUNET_LOG, STATUS_FILE
+from runner.telemetry import AGENT_FILE, TIMELINE_FILE, JsonlTail, case_held_by, case_records, read_jsonl
 from runner.units import format_bytes, format_mem_arg, parse_mem
 
 DEFAULT_IMAGE = f"nnrun:{__version__}"
@@ -35,19 +40,28 @@ CONTAINER_RAW = "/data/raw"
 CONTAINER_PREPROCESSED = "/data/preprocessed"
 CONTAINER_RUN_DIR = "/nnrun/run"
 RUN_LABEL = "io.nnrun.run-id"
+REPORT_FILE = "report.json"
+MANIFEST_FILE = "manifest.json"
+PLOT_FILE = "memory.png"
 STOP_TIMEOUT_S = 10
 
 
 class ProgressSink(Protocol):
+    """Where a run reports progress; the CLI renders it (the orchestrator never prints)."""
+
     def stage(self, message: str) -> None: ...
     def file_check(self, done: int, total: int) -> None: ...
     def nnunet_output(self, chunk: bytes) -> None: ...
+    def event(self, event: dict) -> None: ...       # run_start, supervisor and agent events
+    def memory(self, sample: dict) -> None: ...     # host cgroup readings, ~10 Hz
 
 
 class NullSink:
     def stage(self, message: str) -> None: pass
     def file_check(self, done: int, total: int) -> None: pass
     def nnunet_output(self, chunk: bytes) -> None: pass
+    def event(self, event: dict) -> None: pass
+    def memory(self, sample: dict) -> None: pass
 
 
 @dataclass
@@ -62,6 +76,7 @@ class RunSettings:
     shm_size: str = "256m"
     cgroup_root: Path = DEFAULT_CGROUP_ROOT
     check_workers: int = 2
+    plot: bool = True
     passthrough_argv: list[str] = field(default_factory=list)   # nnrun options to repeat in advice
 
 
@@ -114,13 +129,15 @@ def build_spec(opts: PreprocessOptions, settings: RunSettings, dataset: RawDatas
     command = ["--run-dir", CONTAINER_RUN_DIR, "--wait-for-host"]
     if opts.verify_dataset_integrity:
         command.append("--verify")
-    command += ["--", *nnunet_argv(opts)]
+    # nnU-Net's own entry point, run by the agent that records which worker holds which case.
+    command += ["--", "python3", "-m", "runner.agent", *nnunet_argv(opts)[1:]]
     env = {
         "nnUNet_raw": CONTAINER_RAW,
         "nnUNet_preprocessed": CONTAINER_PREPROCESSED,
         "nnUNet_results": "/tmp/nnUNet_results",
         "PYTHONUNBUFFERED": "1",
         "HOME": "/tmp",
+        "NNRUN_FILE_ENDING": dataset.file_ending,
     }
     if os.environ.get("NNRUN_TEST_OOM_VICTIM"):
         env["NNRUN_TEST_OOM_VICTIM"] = os.environ["NNRUN_TEST_OOM_VICTIM"]
@@ -151,16 +168,9 @@ def _read_status(run_dir: Path) -> dict | None:
 
 def _status_from_events(run_dir: Path) -> dict | None:
     """A partial status (no return code) rebuilt from events.jsonl, e.g. after `docker kill`."""
-    try:
-        lines = (run_dir / EVENTS_FILE).read_text().splitlines()
-    except OSError:
-        return None
+    events = read_jsonl(run_dir / EVENTS_FILE)
     partial: dict = {"partial": True, "worker_exits": []}
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue            # a line cut short by the kill
+    for event in events:
         kind = event.get("event")
         if kind == "supervisor_start":
             partial["oom_kill_start"] = event.get("oom_kill")
@@ -218,6 +228,32 @@ def gather_facts(status: dict | None, summary: MonitorSummary, exit_code: int | 
     )
 
 
+_CASE_VERBS = {"preprocessing": "preprocessing", "fingerprint": "extracting the fingerprint of",
+               "verify": "verifying"}
+
+
+def oom_message(first: Victim | None, phase: str | None, configuration: str | None, in_flight: list[str],
+                exact: bool) -> str:
+    """'a worker (pid 73) was killed while preprocessing case017 (3d_fullres); 3 other cases were in flight: ...'"""
+    during = during_phase(phase, configuration)
+    if first is not None and first.role == "main":
+        return f"the kernel OOM-killed nnU-Net's main process {during}"
+    pid = f" (pid {first.pid})" if first is not None and first.pid else ""
+    if first is not None and first.case:
+        config = f" ({configuration})" if phase == "preprocessing" and configuration else ""
+        others = [c for c in in_flight if c != first.case]
+        text = (f"the kernel OOM-killed a worker{pid} while {_CASE_VERBS.get(phase or '', 'processing')} "
+                f"{first.case}{config}")
+        if others:
+            text += f"; {len(others)} other case{'s' if len(others) > 1 else ''} {'were' if len(others) > 1 else 'was'} " \
+                    f"in flight: {', '.join(others)}"
+        return text
+    flight = ""
+    if in_flight:
+        flight = f" (cases in flight{'' if exact else ', inferred'}: {', '.join(in_flight)})"
+    return f"the kernel OOM-killed a worker process{pid} {during}{flight}"
+
+
 class Preprocess:
     """One ``nnrun preprocess`` run."""
 
@@ -244,8 +280,24 @@ class Preprocess:
         image = engine.image(settings.image)
 
         preprocessed_dataset = preprocessed_root / dataset.name
-        preprocessed_dataset.mkdir(parents=True, exist_ok=True)
+        try:
+            preprocessed_dataset.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise BadInputError(f"cannot create the output folder {preprocessed_dataset}: {err.strerror}",
+                                hint="check --preprocessed and its owner and permissions") from None
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+        # A second run writing the same outputs must not start (exit 2, naming the first).
+        locks = acquire_locks(preprocessed_dataset, scope_for_run(opts.configurations, opts.no_pp),
+                              owner_info(run_id))
+        try:
+            return self._run_locked(mem_bytes, dataset, preprocessed_dataset, run_id, info, image)
+        finally:
+            locks.release()
+
+    def _run_locked(self, mem_bytes: int, dataset: RawDataset, preprocessed_dataset: Path, run_id: str,
+                    info, image) -> RunReport:
+        opts, settings, sink = self.opts, self.settings, self.sink
+        engine = self.engine
         run_dir = new_run_dir(preprocessed_dataset, run_id)
         log_path = run_dir / NNUNET_LOG
         spec = build_spec(opts, settings, dataset, preprocessed_dataset, run_dir, mem_bytes, run_id)
@@ -255,8 +307,12 @@ class Preprocess:
                            nnunet_argv=nnunet_argv(opts), image=settings.image, image_id=image.image_id,
                            run_id=run_id, run_dir=str(run_dir), log_path=str(log_path), limit_bytes=mem_bytes)
 
+        manifest = build_manifest(run_id, opts, settings, spec, dataset, info, image, mem_bytes)
+        write_json_atomic(run_dir / MANIFEST_FILE, manifest)
         sink.stage(f"starting nnU-Net in {settings.image} under a {format_bytes(mem_bytes)} cap "
                    f"(nnU-Net log: {log_path})")
+        sink.event({"event": "run_start", "cases": len(dataset.cases), "limit_bytes": mem_bytes,
+                    "log_path": str(log_path), "run_dir": str(run_dir)})
         started = time.time()
         interrupt: int | None = None
         exit_code: int | None = None
@@ -271,10 +327,11 @@ class Preprocess:
                 report.log_path = None          # nnU-Net never ran
                 self._write_report(run_dir, report)
                 return report
-            monitor = CgroupMonitor(self.container_id, settings.cgroup_root).start()
+            monitor = CgroupMonitor(self.container_id, settings.cgroup_root, timeline_path=run_dir / TIMELINE_FILE,
+                                    on_sample=sink.memory).start()
             log_thread = threading.Thread(target=self._pump_logs, name="logs", daemon=True)
             log_thread.start()
-            threading.Thread(target=self._final_reading, args=(monitor, run_dir), name="final-reading",
+            threading.Thread(target=self._watch_run_dir, args=(monitor, run_dir), name="watch",
                              daemon=True).start()
             exit_code = engine.wait(self.container_id)
         except RunInterrupted as stop:
@@ -313,27 +370,41 @@ class Preprocess:
 
         facts = gather_facts(status, summary, exit_code, engine_oom_killed, engine_events, interrupt)
         verdict = classify(facts)
+        records = case_records(read_jsonl(run_dir / AGENT_FILE))
         self._fill(report, facts, verdict, status, summary, dataset, preprocessed_dataset, mem_bytes,
-                   info.mem_total_bytes, log_path, started, ended)
+                   info.mem_total_bytes, log_path, started, ended, records)
         if verdict.outcome is not Outcome.OK:
             report.removed_outputs = remove_paths(incomplete_outputs(
                 preprocessed_dataset, facts.phase, facts.configuration, opts.plans_name, started))
+        if settings.plot:
+            report.plot_path = self._plot(run_dir, report, dataset)
+        manifest.update(ended=_iso(ended), outcome=report.outcome.value, exit_code=report.exit_code)
+        write_json_atomic(run_dir / MANIFEST_FILE, manifest)
         self._write_report(run_dir, report)
         return report
 
     # -- helpers ------------------------------------------------------------
-    def _final_reading(self, monitor: CgroupMonitor, run_dir: Path) -> None:
-        """When the supervisor has written its status, read the cgroup once more, then let it exit."""
+    def _watch_run_dir(self, monitor: CgroupMonitor, run_dir: Path) -> None:
+        """Pass the supervisor's and the agent's events on as progress; when the supervisor
+        has written its status, read the cgroup once more, then let the supervisor exit."""
+        tails = [JsonlTail(run_dir / EVENTS_FILE), JsonlTail(run_dir / AGENT_FILE)]
         status = run_dir / STATUS_FILE
+        acked = False
         while not self._container_done.is_set():
-            if status.exists():
+            for tail in tails:
+                for event in tail.read_new():
+                    self.sink.event(event)
+            if not acked and status.exists():
                 monitor.final_sample()
                 try:
                     (run_dir / HOST_ACK_FILE).write_text("read\n")
                 except OSError:
                     pass
-                return
-            time.sleep(0.02)
+                acked = True
+            time.sleep(0.02 if not acked else 0.1)
+        for tail in tails:
+            for event in tail.read_new():
+                self.sink.event(event)
 
     def _pump_logs(self) -> None:
         try:
@@ -344,8 +415,10 @@ class Preprocess:
 
     def _fill(self, report: RunReport, facts: RunFacts, verdict: Verdict, status: dict | None,
               summary: MonitorSummary, dataset: RawDataset, preprocessed_dataset: Path, mem_bytes: int,
-              host_mem: int, log_path: Path, started: float, ended: float) -> None:
+              host_mem: int, log_path: Path, started: float, ended: float,
+              records: list | None = None) -> None:
         opts = self.opts
+        records = records or []
         status = status or {}
         o = verdict.outcome
         report.outcome = o
@@ -368,11 +441,27 @@ class Preprocess:
         progress = (status.get("progress") or {}).get("Extracting dataset fingerprint")
         in_flight = cases_in_flight([c.case_id for c in dataset.cases], phase, facts.configuration, workers,
                                     preprocessed_dataset, opts.plans_name, progress[0] if progress else None)
+        exact = False
+        if records:
+            # The agent's log says exactly which cases had started and not ended.
+            open_cases = [r for r in records if r.status == "unfinished" and r.phase == phase
+                          and (phase != "preprocessing" or r.configuration == facts.configuration)]
+            in_flight = list(dict.fromkeys(r.case for r in open_cases))
+            exact = True
         if o in (Outcome.OOM, Outcome.ERROR, Outcome.KILLED, Outcome.INTERRUPTED):
             report.cases_in_flight = in_flight
-            report.cases_exact = False
-        report.victims = [v.to_dict() for v in verdict.victims]
+            report.cases_exact = exact
+        victims = [replace(v, case=case_held_by(records, v.pid, v.t)) if v.role == "worker" else v
+                   for v in verdict.victims]
+        report.victims = [v.to_dict() for v in victims]
         report.victim = verdict.victim
+        report.victim_case = victims[0].case if victims else None
+        report.cases = [r.to_dict() for r in records]
+        report.monitor = {"samples": summary.samples, "interval_s": 0.1, "cpu_s": summary.cpu_s,
+                          "wall_s": summary.wall_s,
+                          "cpu_percent_of_one_core": round(100 * summary.cpu_s / summary.wall_s, 3)
+                          if summary.wall_s else None,
+                          "final_reading": summary.final_reading}
         during = during_phase(phase, facts.configuration)
         cap = format_bytes(report.limit_bytes)
         peak = (f"; anonymous memory peaked at {format_bytes(report.peak_anon_bytes)} of the {cap} cap"
@@ -381,11 +470,8 @@ class Preprocess:
             report.message = (f"{dataset.name} preprocessed ({' '.join(opts.configurations)}) in "
                               f"{report.duration_s:.1f} s{peak}")
         elif o is Outcome.OOM:
-            first = verdict.victims[0] if verdict.victims else None
-            who = ("nnU-Net's main process" if first and first.role == "main"
-                   else f"a worker process{f' (pid {first.pid})' if first and first.pid else ''}")
-            flight = f" (cases in flight: {', '.join(in_flight)})" if in_flight and (not first or first.role == "worker") else ""
-            report.message = f"the kernel OOM-killed {who} {during}{flight}{peak}"
+            report.message = oom_message(victims[0] if victims else None, phase, facts.configuration,
+                                         in_flight, exact) + peak
             rec = recommend(verdict, phase, facts.configuration, opts, report.limit_bytes, host_mem)
             if rec is not None:
                 report.recommendation_text = rec.text
@@ -420,11 +506,59 @@ class Preprocess:
                               + (f": {facts.start_error}" if facts.start_error else ""))
             report.phase = "startup"
 
-    def _write_report(self, run_dir: Path, report: RunReport) -> None:
-        from runner.report import dumps
+    def _plot(self, run_dir: Path, report: RunReport, dataset: RawDataset) -> str | None:
+        """memory.png, rendered once at the end; a plotting failure never changes the outcome."""
         try:
-            tmp = run_dir / "report.json.tmp"
-            tmp.write_text(dumps(report) + "\n")
-            os.replace(tmp, run_dir / "report.json")
+            from runner.plot import plot_data_from_files, render_memory_png
+            title = (f"{dataset.name}  ·  outcome {report.outcome.value}  ·  "
+                     f"cap {format_bytes(report.limit_bytes or 0)}")
+            data = plot_data_from_files(run_dir / TIMELINE_FILE, run_dir / EVENTS_FILE, run_dir / AGENT_FILE,
+                                        report.limit_bytes, title)
+            return str(render_memory_png(data, run_dir / PLOT_FILE))
+        except Exception as err:  # noqa: BLE001 - e.g. matplotlib missing: say so, keep the verdict
+            report.plot_error = f"{type(err).__name__}: {err}"[:300]
+            return None
+
+    def _write_report(self, run_dir: Path, report: RunReport) -> None:
+        try:
+            write_json_atomic(run_dir / REPORT_FILE, to_json(report))
         except OSError:
             pass
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def build_manifest(run_id: str, opts: PreprocessOptions, settings: RunSettings, spec: ContainerSpec,
+                   dataset: RawDataset, info, image, mem_bytes: int) -> dict:
+    """What a cluster admin needs to trust and reproduce the run."""
+    labels = image.labels
+    return {
+        "schema_version": 1,
+        "run_id": run_id,
+        "started": _iso(time.time()),
+        "ended": None,
+        "command": sys.argv,
+        "nnunet_argv": nnunet_argv(opts),
+        "container_command": spec.command,
+        "options": asdict(opts),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+        "limit_bytes": mem_bytes,
+        "versions": {"nnrun": __version__, "nnunetv2": labels.get("io.nnrun.nnunetv2-version"),
+                     "torch": labels.get("io.nnrun.torch-version"), "image_nnrun": labels.get("io.nnrun.version")},
+        "image": {"ref": image.ref, "id": image.image_id, "repo_digests": image.repo_digests, "labels": labels},
+        "engine": asdict(info),
+        "host": {"hostname": platform.node(), "kernel": platform.release(), "machine": platform.machine(),
+                 "cpus": os.cpu_count(), "python": platform.python_version()},
+        "cgroup": {"version": info.cgroup_version, "driver": info.cgroup_driver},
+        "dataset": {"name": dataset.name, "path": dataset.path, "cases": len(dataset.cases),
+                    "file_ending": dataset.file_ending},
+        "user": spec.user,
+    }

@@ -40,6 +40,7 @@ HOST_ACK_FILE = "host-ack"
 HOST_ACK_TIMEOUT_S = 10.0
 EVENTS_FILE = "events.jsonl"
 NNUNET_LOG = "nnunet.log"
+AGENT_EVENTS_FILE = "agent.jsonl"    # written by runner.agent inside nnU-Net's processes
 SUPERVISOR_SCHEMA = 1
 
 # nnU-Net raises its own processes' oom_score_adj so that the kernel picks one
@@ -358,8 +359,9 @@ class Supervisor:
         log = open(self.run_dir / NNUNET_LOG, "ab")
         poller = threading.Thread(target=self.poll_loop, name="poll", daemon=True)
         try:
+            env = {**os.environ, "NNRUN_AGENT_EVENTS": str(self.run_dir / AGENT_EVENTS_FILE)}
             self.child = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          process_group=0, preexec_fn=_prepare_child)
+                                          process_group=0, preexec_fn=_prepare_child, env=env)
         except OSError as err:
             self.emit("start_failed", message=str(err))
             self.write_status(returncode=None, start_error=str(err))

@@ -223,7 +223,8 @@ def test_build_spec_supervisor_command_ends_with_the_nnunet_argv(spec_parts, tmp
     dataset, pre, run_dir = spec_parts
     opts = replace(OPTS, verify_dataset_integrity=verify, extra_args=("--", "-x"))
     spec = build_spec(opts, settings_for(Path(dataset.path).parent, tmp_path), dataset, pre, run_dir, GIB, "r1")
-    argv = nnunet_argv(opts)
+    # nnU-Net's own entry point through the agent: the same arguments as the native command.
+    argv = ["python3", "-m", "runner.agent", *nnunet_argv(opts)[1:]]
     assert spec.command[-len(argv):] == argv
     assert spec.command[-len(argv) - 1] == "--"
     head = spec.command[:-len(argv) - 1]
@@ -258,7 +259,7 @@ def test_the_supervisor_reads_build_specs_command_back(spec_parts, tmp_path, mon
     local_run_dir = tmp_path / "container-run-dir"
     argv = [str(local_run_dir) if a == CONTAINER_RUN_DIR else a for a in spec.command]
     assert supervisor_module.main(argv) == 0
-    assert seen["command"] == nnunet_argv(opts)
+    assert seen["command"] == ["python3", "-m", "runner.agent", *nnunet_argv(opts)[1:]]
     assert seen["verify"] is True
     assert Path(seen["run_dir"]) == local_run_dir
 
@@ -394,7 +395,7 @@ def test_ok_run(tiny_raw, tmp_path):
     assert DATASET in report.message
     assert report.removed_outputs == [] and report.cases_in_flight == []
     assert report.nnunet_argv == nnunet_argv(OPTS)
-    assert engine.spec.command[-len(nnunet_argv(OPTS)):] == nnunet_argv(OPTS)
+    assert engine.spec.command[-len(nnunet_argv(OPTS)) + 1:] == nnunet_argv(OPTS)[1:]
     assert engine.removed == [CID]                               # never left behind
     assert "oom_event_count" not in engine.calls                  # the counter was readable
     assert Path(report.log_path).parent == Path(report.run_dir) == engine.run_dir

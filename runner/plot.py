@@ -1,0 +1,631 @@
+"""The run's ``memory.png``: cgroup memory over time, phases, cap, OOM kills, cases.
+
+Rendered once, at the end of a run, from plain data: no cgroup, no Docker
+here.  ``plot_data_from_files`` builds that data from the run folder's JSON
+lines files (``timeline.jsonl`` from the host sampler, ``events.jsonl`` from
+the in-container supervisor, ``agent.jsonl`` from the per-case agent);
+``render_memory_png`` draws it.
+
+matplotlib is imported inside ``render_memory_png`` only, so that importing
+this module (and the rest of nnrun) stays cheap and needs no matplotlib.  The
+figure is built with ``matplotlib.figure.Figure`` and the Agg canvas, never
+pyplot: no display, no global figure state, nothing shown.
+
+Figure layout (time on x, seconds since the first memory sample):
+
+* upper panel: anonymous memory (bottom) and page cache (on top of it) as
+  stacked areas, total cgroup usage as a thin line, the cap as a dashed
+  horizontal line labelled ``cap 1.2 GiB``, one shaded band per phase with its
+  name (and configuration) written in it, OOM kills as red vertical lines
+  marked ``OOM kill``, and the anonymous peak;
+* lower panel (only when there are cases, same x axis): one lane per worker
+  pid, one bar per case from its start to its end, labelled with the case id
+  and its peak RSS when known; unfinished cases (killed, or in flight at the
+  end) are red and hatched and run to the end of the data.  With many cases
+  only the unfinished ones and the ~20 largest by peak RSS are labelled.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from runner.units import GIB, MIB, format_bytes
+
+__all__ = [
+    "MemorySample",
+    "PhaseSpan",
+    "CaseSpan",
+    "PlotData",
+    "render_memory_png",
+    "plot_data_from_files",
+]
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """One host-side reading of the container's memory cgroup."""
+
+    t: float                    # unix time, seconds
+    anon_bytes: int | None
+    file_bytes: int | None      # page cache
+    usage_bytes: int | None
+
+
+@dataclass(frozen=True)
+class PhaseSpan:
+    """A phase of the run: ("fingerprint", None, t0, t1), ("preprocessing", "3d_fullres", t0, t1)."""
+
+    phase: str
+    configuration: str | None
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class CaseSpan:
+    """One case processed by one worker process."""
+
+    case: str
+    pid: int
+    start: float
+    end: float | None           # None: never finished (killed, or in flight at the end)
+    peak_rss_bytes: int | None
+
+
+@dataclass(frozen=True)
+class PlotData:
+    samples: list[MemorySample]
+    phases: list[PhaseSpan]
+    cases: list[CaseSpan]
+    oom_kill_times: list[float]     # when the oom_kill counter rose
+    limit_bytes: int | None         # the cap (None: unlimited)
+    title: str                      # e.g. "Dataset501_Demo  ·  outcome oom  ·  cap 1.2 GiB"
+
+
+# -- look ------------------------------------------------------------------------
+
+_DPI = 100
+_ANON_COLOR = "#4a7cc0"
+_FILE_COLOR = "#b3d5ea"
+_USAGE_COLOR = "#2b2b2b"
+_CAP_COLOR = "#444444"
+_OOM_COLOR = "#d62728"
+_CASE_COLOR = "#5b8fd0"
+_CASE_EDGE = "#1f4e8c"
+_UNFINISHED_FACE = "#f4b6b6"
+_PHASE_COLORS = {
+    "verify": "#e8e0f0",
+    "fingerprint": "#fdf1d6",
+    "planning": "#e3f1e0",
+    "preprocessing": "#e6edf7",
+}
+_OTHER_PHASE_COLORS = ("#eeeeee", "#f6e8e8", "#e8f4f4")
+# Successive configurations of the same phase get alternating shades.
+_PHASE_ALT_COLORS = {
+    "preprocessing": "#f0e6f4",
+    "fingerprint": "#fbe7c2",
+    "planning": "#d5ead0",
+    "verify": "#ddd2ea",
+}
+_FONT = 9
+_MAX_CASE_LABELS = 20        # with more cases than fit, label at most this many (plus the unfinished)
+_MAX_PID_LANES = 24          # more distinct pids than this: pack cases into lanes instead
+
+
+def _char_px(fontsize: float) -> float:
+    """A generous estimate of the width of one character in pixels."""
+    return 0.62 * fontsize * _DPI / 72.0
+
+
+# -- rendering -------------------------------------------------------------------
+
+def render_memory_png(data: PlotData, path: Path, width_px: int = 1400, height_px: int = 800) -> Path:
+    """Render ``data`` as a PNG of ``width_px`` x ``height_px`` pixels at ``path``.
+
+    The file is written atomically (a temporary file in the same folder, then
+    ``os.replace``), so a reader never sees half a PNG.  Returns ``path``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import blended_transform_factory
+    import numpy as np
+
+    path = Path(path)
+    width_px = max(int(width_px), 200)
+    height_px = max(int(height_px), 150)
+
+    samples = sorted((s for s in data.samples if _finite(s.t)), key=lambda s: s.t)
+    phases = [p for p in data.phases if _finite(p.start) and _finite(p.end) and p.end > p.start]
+    cases = [c for c in data.cases if _finite(c.start)]
+    ooms = sorted(t for t in data.oom_kill_times if _finite(t))
+    limit = data.limit_bytes if data.limit_bytes and data.limit_bytes > 0 else None
+
+    # The time origin: the first sample, or else the first thing known.
+    starts = [s.t for s in samples[:1]] + [p.start for p in phases] + [c.start for c in cases] + ooms
+    t0 = samples[0].t if samples else (min(starts) if starts else 0.0)
+    ends = (
+        [s.t for s in samples[-1:]] + [p.end for p in phases] + [c.start for c in cases]
+        + [c.end for c in cases if c.end is not None and _finite(c.end)] + ooms
+    )
+    t_last = max(ends) if ends else t0
+    x_min = min([0.0] + [v - t0 for v in starts])
+    x_max = t_last - t0
+    if x_max - x_min < 1e-9:
+        x_max = x_min + 1.0
+    pad = 0.01 * (x_max - x_min)
+    xlim = (x_min - pad, x_max + pad)
+
+    # Memory unit: GiB from 1 GiB of cap (or observed memory) upwards, MiB below.
+    observed = [v for s in samples for v in (s.usage_bytes, _stack(s)) if v is not None]
+    reference = limit if limit is not None else (max(observed) if observed else 0)
+    unit, unit_name = (GIB, "GiB") if reference >= GIB else (MIB, "MiB")
+
+    fig = Figure(figsize=(width_px / _DPI, height_px / _DPI), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    fig.set_layout_engine("constrained", h_pad=0.04, w_pad=0.06, hspace=0.02)
+
+    lanes, lane_labels = _lanes(cases)
+    if cases:
+        lower_ratio = min(2.4, 0.9 + 0.22 * len(lane_labels))
+        ax, axc = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3.0, lower_ratio]})
+    else:
+        ax, axc = fig.subplots(1, 1), None
+    if data.title:
+        fig.suptitle(data.title, fontsize=_FONT + 3, fontweight="bold")
+
+    # Axes width in pixels, estimated (the layout is done at save time).
+    ax_width_px = width_px * 0.86 - 60
+    px_per_s = ax_width_px / (xlim[1] - xlim[0])
+
+    # -- memory areas
+    legend_handles: list[Any] = []
+    anon = [(s.t - t0, s.anon_bytes / unit) for s in samples if s.anon_bytes is not None]
+    both = [(s.t - t0, s.anon_bytes / unit, (s.anon_bytes + s.file_bytes) / unit)
+            for s in samples if s.anon_bytes is not None and s.file_bytes is not None]
+    usage = [(s.t - t0, s.usage_bytes / unit) for s in samples if s.usage_bytes is not None]
+    few = len(samples) <= 2
+    if both:
+        xb, lo, hi = (np.asarray(v, dtype=float) for v in zip(*both))
+        ax.fill_between(xb, lo, hi, color=_FILE_COLOR, linewidth=0, zorder=2)
+        if few:
+            ax.plot(xb, hi, "o", color=_FILE_COLOR, markersize=5, zorder=2)
+        legend_handles.append(Patch(facecolor=_FILE_COLOR, label="page cache (file)"))
+    if anon:
+        xa, ya = (np.asarray(v, dtype=float) for v in zip(*anon))
+        ax.fill_between(xa, 0, ya, color=_ANON_COLOR, linewidth=0, zorder=3)
+        ax.plot(xa, ya, color=_CASE_EDGE, linewidth=0.8, marker="o" if few else None, markersize=5, zorder=3)
+        legend_handles.insert(0, Patch(facecolor=_ANON_COLOR, label="anonymous memory (anon)"))
+    if usage:
+        xu, yu = (np.asarray(v, dtype=float) for v in zip(*usage))
+        ax.plot(xu, yu, color=_USAGE_COLOR, linewidth=0.9, alpha=0.8,
+                marker="o" if few else None, markersize=3, zorder=4)
+        legend_handles.append(Line2D([], [], color=_USAGE_COLOR, linewidth=0.9, label="total usage"))
+    if not samples:
+        ax.text(0.5, 0.5, "no memory samples", transform=ax.transAxes, ha="center", va="center",
+                fontsize=_FONT + 2, color="#777777")
+
+    # Peak of anonymous memory.
+    if anon:
+        i_peak = int(np.argmax(ya))
+        peak_bytes = max(s.anon_bytes for s in samples if s.anon_bytes is not None)
+        label = f"peak anon {format_bytes(peak_bytes)}"
+        if limit:
+            label += f" ({100.0 * peak_bytes / limit:.0f} % of cap)"
+        ax.plot([xa[i_peak]], [ya[i_peak]], marker="v", color=_CASE_EDGE, markersize=6, zorder=6,
+                linestyle="none")
+        near_right = (xa[i_peak] - xlim[0]) / (xlim[1] - xlim[0]) > 0.7
+        # Next to the peak, below it when the cap line runs just above.
+        below = bool(limit) and peak_bytes > 0.85 * limit
+        ax.annotate(label, (xa[i_peak], ya[i_peak]), xytext=(-8 if near_right else 8, -8 if below else 6),
+                    textcoords="offset points", ha="right" if near_right else "left",
+                    va="top" if below else "bottom",
+                    fontsize=_FONT - 1, color=_CASE_EDGE, zorder=7,
+                    bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.75, "linewidth": 0})
+
+    # -- y range: room above the cap (or the data) for the phase labels
+    top_data = max([v for v in observed] + [0]) / unit
+    top = max(top_data, (limit or 0) / unit)
+    if top <= 0:
+        top = 1.0
+    ax.set_ylim(0, top * 1.2)
+    ax.set_xlim(*xlim)
+    ax.set_ylabel(f"cgroup memory ({unit_name})", fontsize=_FONT + 1)
+    ax.grid(axis="y", color="#dddddd", linewidth=0.6, zorder=0)
+    ax.set_axisbelow(True)
+    ax.tick_params(labelsize=_FONT)
+
+    # -- cap
+    if limit:
+        cap_label = f"cap {format_bytes(limit)}"
+        ax.axhline(limit / unit, color=_CAP_COLOR, linestyle=(0, (6, 3)), linewidth=1.4, zorder=5)
+        # At the left end: OOM kills (and their labels) are usually at the right.
+        ax.text(0.005, limit / unit, cap_label, transform=blended_transform_factory(ax.transAxes, ax.transData),
+                ha="left", va="bottom", fontsize=_FONT, color=_CAP_COLOR, fontweight="bold", zorder=7,
+                bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.8, "linewidth": 0})
+        legend_handles.append(Line2D([], [], color=_CAP_COLOR, linestyle=(0, (6, 3)), linewidth=1.4,
+                                     label=cap_label))
+    else:
+        ax.text(0.995, 0.985, "no memory cap", transform=ax.transAxes, ha="right", va="top",
+                fontsize=_FONT, color=_CAP_COLOR)
+
+    # -- phases
+    band = blended_transform_factory(ax.transData, ax.transAxes)
+    previous_phase = None
+    alternate = False
+    for i, p in enumerate(sorted(phases, key=lambda p: p.start)):
+        alternate = (not alternate) if p.phase == previous_phase else False
+        previous_phase = p.phase
+        color = (_PHASE_ALT_COLORS if alternate else _PHASE_COLORS).get(
+            p.phase, _OTHER_PHASE_COLORS[i % len(_OTHER_PHASE_COLORS)])
+        a, b = p.start - t0, p.end - t0
+        for target in (ax, axc):
+            if target is not None:
+                target.axvspan(a, b, color=color, alpha=1.0, linewidth=0, zorder=0.5)
+                target.axvline(a, color="#bbbbbb", linewidth=0.6, zorder=0.6)
+        _phase_label(ax, band, p, a, b, xlim, px_per_s)
+
+    # -- OOM kills
+    if ooms:
+        clusters = _clusters([t - t0 for t in ooms], gap=0.015 * (xlim[1] - xlim[0]))
+        top_t = blended_transform_factory(ax.transData, ax.transAxes)
+        for x in (t - t0 for t in ooms):
+            for target in (ax, axc):
+                if target is not None:
+                    target.axvline(x, color=_OOM_COLOR, linewidth=1.6, zorder=8)
+        for cluster in clusters:
+            x = cluster[0]
+            ax.plot([x], [1.0], marker="v", markersize=9, color=_OOM_COLOR, transform=top_t,
+                    clip_on=False, zorder=9, linestyle="none")
+            text = "OOM kill" if len(cluster) == 1 else f"OOM kill ×{len(cluster)}"
+            right = (x - xlim[0]) / (xlim[1] - xlim[0]) > 0.85
+            ax.text(x, 0.5, f" {text} ", transform=top_t, rotation=90, ha="right" if right else "left",
+                    va="center", fontsize=_FONT, color=_OOM_COLOR, fontweight="bold", zorder=9,
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.85, "linewidth": 0})
+        legend_handles.append(Line2D([], [], color=_OOM_COLOR, linewidth=1.6, marker="v",
+                                     label=f"OOM kill ({len(ooms)})"))
+
+    if legend_handles:
+        ax.legend(handles=legend_handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(legend_handles),
+                  fontsize=_FONT, frameon=False, borderaxespad=0.2, handlelength=1.8, columnspacing=1.4)
+
+    # -- cases
+    if axc is not None:
+        _draw_cases(axc, cases, lanes, lane_labels, t0, t_last, xlim, px_per_s)
+        axc.set_xlabel("time since the first memory sample (s)", fontsize=_FONT + 1)
+        axc.tick_params(labelsize=_FONT)
+        axc.set_xlim(*xlim)
+    else:
+        ax.set_xlabel("time since the first memory sample (s)", fontsize=_FONT + 1)
+
+    # -- write atomically
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh, warnings.catch_warnings():
+            # Tiny figures: the layout engine gives up (and says so); the PNG is still written.
+            warnings.filterwarnings("ignore", message="constrained_layout not applied")
+            fig.savefig(fh, format="png", dpi=_DPI)
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _stack(s: MemorySample) -> int | None:
+    """anon + page cache, the height of the stacked areas (None when anon is unknown)."""
+    if s.anon_bytes is None:
+        return None
+    return s.anon_bytes + (s.file_bytes or 0)
+
+
+def _clusters(xs: list[float], gap: float) -> list[list[float]]:
+    """Sorted values grouped where consecutive ones are closer than ``gap``."""
+    groups: list[list[float]] = []
+    for x in sorted(xs):
+        if groups and x - groups[-1][-1] < gap:
+            groups[-1].append(x)
+        else:
+            groups.append([x])
+    return groups
+
+
+def _phase_label(ax, transform, p: PhaseSpan, a: float, b: float, xlim, px_per_s: float) -> None:
+    """Write the phase name (and configuration) in its band, as it fits."""
+    lo, hi = max(a, xlim[0]), min(b, xlim[1])
+    width_px = (hi - lo) * px_per_s
+    if width_px < 10:
+        return
+    one_line = p.phase if not p.configuration else f"{p.phase} {p.configuration}"
+    two_lines = p.phase if not p.configuration else f"{p.phase}\n{p.configuration}"
+    cw = _char_px(_FONT)
+    style = {"fontsize": _FONT, "color": "#444444", "zorder": 1, "fontstyle": "italic"}
+    mid = (lo + hi) / 2
+    if len(one_line) * cw + 8 <= width_px:
+        ax.text(mid, 0.975, one_line, transform=transform, ha="center", va="top", **style)
+    elif max(len(s) for s in two_lines.split("\n")) * cw + 8 <= width_px:
+        ax.text(mid, 0.975, two_lines, transform=transform, ha="center", va="top", linespacing=1.1, **style)
+    else:
+        # Narrow band: vertical text (clipped to the axes).
+        ax.text(mid, 0.975, one_line, transform=transform, ha="center", va="top", rotation=90,
+                clip_on=True, **style)
+
+
+def _lanes(cases: list[CaseSpan]) -> tuple[list[int], list[str]]:
+    """The lane of every case and the lanes' labels.
+
+    One lane per worker pid (sorted) while there are few pids; otherwise the
+    cases are packed into as few lanes as their overlaps allow.
+    """
+    pids = sorted({c.pid for c in cases})
+    if len(pids) <= _MAX_PID_LANES:
+        index = {pid: i for i, pid in enumerate(pids)}
+        return [index[c.pid] for c in cases], [f"pid {pid}" for pid in pids]
+    lane_end: list[float] = []
+    lanes = [0] * len(cases)
+    for i in sorted(range(len(cases)), key=lambda i: cases[i].start):
+        c = cases[i]
+        end = c.end if c.end is not None else math.inf
+        for lane, free_from in enumerate(lane_end):
+            if free_from <= c.start:
+                lanes[i] = lane
+                lane_end[lane] = end
+                break
+        else:
+            lanes[i] = len(lane_end)
+            lane_end.append(end)
+    return lanes, [f"lane {i + 1}" for i in range(len(lane_end))]
+
+
+def _draw_cases(axc, cases: list[CaseSpan], lanes: list[int], lane_labels: list[str],
+                t0: float, t_last: float, xlim: tuple[float, float], px_per_s: float) -> None:
+    from matplotlib.patches import Patch
+
+    n_lanes = len(lane_labels)
+    height = 0.72
+    fontsize = _FONT if n_lanes <= 8 else (_FONT - 1 if n_lanes <= 14 else _FONT - 2)
+    cw = _char_px(fontsize)
+
+    finished = [(i, c) for i, c in enumerate(cases) if c.end is not None and _finite(c.end)]
+    unfinished = [(i, c) for i, c in enumerate(cases) if not (c.end is not None and _finite(c.end))]
+    if finished:
+        axc.barh([lanes[i] for i, _ in finished], [max(c.end - c.start, 0.0) for _, c in finished],
+                 left=[c.start - t0 for _, c in finished], height=height, color=_CASE_COLOR,
+                 edgecolor=_CASE_EDGE, linewidth=0.6, zorder=3)
+    if unfinished:
+        axc.barh([lanes[i] for i, _ in unfinished], [max(t_last - c.start, 0.0) for _, c in unfinished],
+                 left=[c.start - t0 for _, c in unfinished], height=height, color=_UNFINISHED_FACE,
+                 edgecolor=_OOM_COLOR, hatch="///", linewidth=1.0, zorder=3)
+
+    # Which bars get a label: all of them while there are few, else the
+    # unfinished ones and the largest by peak RSS.
+    chosen: set[int]
+    if len(cases) <= 2 * _MAX_CASE_LABELS:
+        chosen = set(range(len(cases)))
+    else:
+        by_peak = sorted((i for i, c in enumerate(cases) if c.peak_rss_bytes is not None),
+                         key=lambda i: cases[i].peak_rss_bytes, reverse=True)
+        chosen = {i for i, _ in unfinished} | set(by_peak[:_MAX_CASE_LABELS])
+    many = len(cases) > 2 * _MAX_CASE_LABELS
+
+    for i in sorted(chosen):
+        c = cases[i]
+        done = c.end is not None and _finite(c.end)
+        end = c.end if done else t_last
+        a, b = c.start - t0, end - t0
+        peak = f" · {format_bytes(c.peak_rss_bytes)}" if c.peak_rss_bytes is not None else ""
+        flag = "" if done else " (unfinished)"
+        bar_px = (b - a) * px_per_s
+        color = "white" if done else "#8b0000"
+        weight = "normal" if done else "bold"
+        for text in (f"{c.case}{peak}{flag}", f"{c.case}{peak}", c.case):
+            if len(text) * cw + 6 <= bar_px:
+                axc.text((a + b) / 2, lanes[i], text, ha="center", va="center", fontsize=fontsize,
+                         color=color, fontweight=weight, zorder=9, clip_on=True,
+                         bbox=None if done else {"boxstyle": "round,pad=0.1", "facecolor": "white",
+                                                 "alpha": 0.8, "linewidth": 0})
+                break
+        else:
+            if many or not done:
+                # Too narrow for its label but worth naming: a boxed label over the bar,
+                # kept inside the axes.
+                text = f"{c.case}{peak}"
+                half = (len(text) * (cw - 0.6) / 2 + 4) / px_per_s
+                x = min(max((a + b) / 2, xlim[0] + half), xlim[1] - half)
+                axc.text(x, lanes[i], text, ha="center", va="center",
+                         fontsize=fontsize - 1, color=_CASE_EDGE if done else "#8b0000", zorder=9,
+                         clip_on=True,
+                         bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.85,
+                               "linewidth": 0.4, "edgecolor": _CASE_EDGE if done else _OOM_COLOR})
+
+    axc.set_yticks(range(n_lanes))
+    axc.set_yticklabels(lane_labels, fontsize=fontsize)
+    axc.set_ylim(n_lanes - 0.5, -0.5)
+    axc.set_ylabel("worker", fontsize=_FONT + 1)
+    axc.grid(axis="x", color="#dddddd", linewidth=0.6, zorder=0)
+    axc.set_axisbelow(True)
+    handles = [Patch(facecolor=_CASE_COLOR, edgecolor=_CASE_EDGE, label=f"case (finished: {len(finished)})")]
+    if unfinished:
+        handles.append(Patch(facecolor=_UNFINISHED_FACE, edgecolor=_OOM_COLOR, hatch="///",
+                             label=f"unfinished ({len(unfinished)})"))
+    if many:
+        handles.append(Patch(facecolor="none", edgecolor="none",
+                             label=f"{len(cases)} cases; labelled: unfinished + {_MAX_CASE_LABELS} largest peaks"))
+    axc.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(handles),
+               fontsize=_FONT - 1, frameon=False, borderaxespad=0.1, handlelength=1.6)
+
+
+# -- reading the run folder --------------------------------------------------------
+
+_NOT_DRAWN_PHASES = {"done", "startup"}
+_OOM_DEDUP_S = 0.5
+
+
+def _json_lines(path: Path | None) -> Iterator[dict]:
+    """The JSON objects of a JSON lines file; bad lines (a cut last line) skipped, missing file: none."""
+    if path is None:
+        return
+    try:
+        fh = open(path, encoding="utf-8", errors="replace")
+    except OSError:
+        return
+    with fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                yield obj
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def plot_data_from_files(timeline_jsonl: Path, events_jsonl: Path | None, agent_jsonl: Path | None,
+                         limit_bytes: int | None, title: str) -> PlotData:
+    """PlotData from a run folder's ``timeline.jsonl``, ``events.jsonl`` and ``agent.jsonl``.
+
+    Missing files give empty lists; lines that do not parse (a kill can cut
+    the last line) are skipped.  OOM kill times are the samples where the
+    cgroup's ``oom_kill`` counter rose (the container's cgroup is fresh, so
+    the counter starts at 0) together with the supervisor's ``oom_kill``
+    events, deduplicated within 0.5 s.  A case without a peak RSS of its own
+    (killed, in flight) gets the highest RSS the host sampler saw for its pid
+    while it ran, when the timeline has per-process readings.
+    """
+    samples: list[MemorySample] = []
+    oom_times: list[float] = []
+    rss_by_pid: dict[int, list[tuple[float, int]]] = {}
+    previous_oom = 0
+    for obj in _json_lines(timeline_jsonl):
+        t = _num(obj.get("t"))
+        if t is None:
+            continue
+        samples.append(MemorySample(t=t, anon_bytes=_int(obj.get("anon")), file_bytes=_int(obj.get("file")),
+                                    usage_bytes=_int(obj.get("usage"))))
+        count = _int(obj.get("oom_kill"))
+        if count is not None:
+            if count > previous_oom:
+                oom_times.append(t)
+            previous_oom = count
+        procs = obj.get("procs")
+        if isinstance(procs, dict):
+            for host_pid, info in procs.items():
+                if not isinstance(info, dict):
+                    continue
+                rss = _int(info.get("rss"))
+                pid = _int(info.get("ns_pid"))
+                if pid is None:
+                    pid = _int(host_pid)
+                if rss is not None and pid is not None:
+                    rss_by_pid.setdefault(pid, []).append((t, rss))
+    samples.sort(key=lambda s: s.t)
+
+    # Phases and OOM events of the supervisor.
+    marks: list[tuple[float, str, str | None]] = []
+    exit_times: list[float] = []
+    last_event_t: float | None = None
+    for obj in _json_lines(events_jsonl):
+        t = _num(obj.get("t"))
+        if t is None:
+            continue
+        last_event_t = t if last_event_t is None else max(last_event_t, t)
+        event = obj.get("event")
+        if event == "phase" and isinstance(obj.get("phase"), str):
+            configuration = obj.get("configuration")
+            marks.append((t, obj["phase"], configuration if isinstance(configuration, str) else None))
+        elif event == "oom_kill":
+            oom_times.append(t)
+        elif event == "child_exit":
+            exit_times.append(t)
+    marks.sort(key=lambda m: m[0])
+    exit_times.sort()
+    fallback_end = max([t for t in (last_event_t, samples[-1].t if samples else None) if t is not None],
+                       default=None)
+    phases: list[PhaseSpan] = []
+    for i, (t, phase, configuration) in enumerate(marks):
+        # A phase ends where the next begins, or when nnU-Net exited if earlier.
+        exit_t = next((e for e in exit_times if e >= t), None)
+        ends = [e for e in (marks[i + 1][0] if i + 1 < len(marks) else None, exit_t) if e is not None]
+        end = min(ends) if ends else fallback_end
+        if phase in _NOT_DRAWN_PHASES or end is None or end <= t:
+            continue
+        phases.append(PhaseSpan(phase=phase, configuration=configuration, start=t, end=end))
+
+    # Cases of the agent: start and end paired by (pid, case, phase, configuration).
+    open_starts: dict[tuple, list[float]] = {}
+    spans: list[tuple[str, int, float, float | None, int | None]] = []
+    for obj in _json_lines(agent_jsonl):
+        t = _num(obj.get("t"))
+        event = obj.get("event")
+        case = obj.get("case")
+        pid = _int(obj.get("pid"))
+        if t is None or pid is None or not isinstance(case, str):
+            continue
+        key = (pid, case, obj.get("phase"), obj.get("configuration"))
+        if event == "case_start":
+            open_starts.setdefault(key, []).append(t)
+        elif event in ("case_end", "case_error"):
+            pending = open_starts.get(key)
+            if pending:
+                start = pending.pop(0)
+            else:
+                duration = _num(obj.get("duration_s"))
+                start = t - duration if duration is not None and duration >= 0 else t
+            spans.append((case, pid, start, t, _int(obj.get("peak_rss_bytes"))))
+    for (pid, case, _phase, _configuration), pending in open_starts.items():
+        for start in pending:
+            spans.append((case, pid, start, None, None))
+    cases: list[CaseSpan] = []
+    for case, pid, start, end, peak in sorted(spans, key=lambda s: (s[2], s[1], s[0])):
+        if peak is None and pid in rss_by_pid:
+            stop = end if end is not None else math.inf
+            seen = [rss for t, rss in rss_by_pid[pid] if start <= t <= stop]
+            peak = max(seen) if seen else None
+        cases.append(CaseSpan(case=case, pid=pid, start=start, end=end, peak_rss_bytes=peak))
+
+    # OOM kill times: both sources, deduplicated.
+    kills: list[float] = []
+    for t in sorted(oom_times):
+        if not kills or t - kills[-1] > _OOM_DEDUP_S:
+            kills.append(t)
+
+    return PlotData(samples=samples, phases=phases, cases=cases, oom_kill_times=kills,
+                    limit_bytes=limit_bytes, title=title)
