@@ -190,7 +190,9 @@ class DockerEngine:
             container = self._call(
                 "create the probe container", self.client.containers.create, image,
                 entrypoint=["sh", "-c"], command=[script], mem_limit=int(mem_bytes), memswap_limit=int(mem_bytes),
-                labels={"io.nnrun.run-id": run_id}, network_mode="none", detach=True, init=False, read_only=True,
+                labels={"io.nnrun.run-id": run_id,
+                        **({"io.nnrun.test-id": os.environ["NNRUN_TEST_ID"]} if os.environ.get("NNRUN_TEST_ID") else {})},
+                network_mode="none", detach=True, init=False, read_only=True,
                 cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=64)
         except docker.errors.NotFound:
             raise InfraError(f"image {image} not found", hint=SETUP_HINT) from None

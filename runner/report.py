@@ -59,6 +59,8 @@ class RunReport:
     hint: str | None = None
     cases: list[dict] = field(default_factory=list)     # per case and phase: pid, peak RSS, duration
     monitor: dict | None = None                          # the host sampler: samples, CPU cost
+    reason: str | None = None                            # e.g. "ENOSPC" for a full output disk
+    peak_shm_bytes: int | None = None                    # peak use of /dev/shm in the container
     plot_path: str | None = None
     plot_error: str | None = None
 

@@ -28,7 +28,7 @@ from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted
 from runner.monitor import DEFAULT_CGROUP_ROOT, CgroupMonitor, MonitorSummary
 from runner.nifti import check_files, read_header
 from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv, validate
-from runner.outputs import cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
+from runner.outputs import NNRUN_DIR, cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
 from runner.locks import acquire as acquire_locks, owner_info, scope_for_run
 from runner.report import RunReport, to_json
 from runner.supervisor import EVENTS_FILE, HOST_ACK_FILE, NNUNET_LOG, STATUS_FILE
@@ -40,6 +40,11 @@ CONTAINER_RAW = "/data/raw"
 CONTAINER_PREPROCESSED = "/data/preprocessed"
 CONTAINER_RUN_DIR = "/nnrun/run"
 RUN_LABEL = "io.nnrun.run-id"
+# Test-only: the integration suite tags each test's containers, so that its
+# cleanup registry sees exactly the containers that test started.
+TEST_LABEL = "io.nnrun.test-id"
+TEST_LABEL_ENV = "NNRUN_TEST_ID"
+IMAGE_USER = (1000, 1000)   # the unprivileged user the Dockerfile creates
 REPORT_FILE = "report.json"
 MANIFEST_FILE = "manifest.json"
 PLOT_FILE = "memory.png"
@@ -124,8 +129,61 @@ def shape_mismatches(dataset: RawDataset) -> list[str]:
     return found
 
 
+def container_user(preprocessed_root: Path, caller_uid: int | None = None,
+                   caller_gid: int | None = None) -> tuple[int, int, bool]:
+    """(uid, gid, chown_back): who the container runs as.  Never root.
+
+    A normal caller's uid:gid, so the outputs belong to them.  When root runs
+    nnrun, the container still runs unprivileged: as the owner of the
+    preprocessed folder when that is not root, else as the image's user
+    (1000:1000); in that last case nnrun hands the outputs back to root after
+    the run (chown_back), so they belong to the caller as well.
+    """
+    uid = os.getuid() if caller_uid is None else caller_uid
+    gid = os.getgid() if caller_gid is None else caller_gid
+    if uid != 0:
+        return uid, gid, False
+    try:
+        st = preprocessed_root.stat()
+        if st.st_uid != 0:
+            return st.st_uid, st.st_gid, False
+    except OSError:
+        pass
+    return IMAGE_USER[0], IMAGE_USER[1], True
+
+
+def check_output_writable(preprocessed_dataset: Path) -> None:
+    """A folder this user cannot write: say so before anything starts (nothing is written as root)."""
+    probe = preprocessed_dataset
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        try:
+            owner = f"uid {probe.stat().st_uid}"
+        except OSError:
+            owner = "another user"
+        raise BadInputError(f"the output folder {probe} belongs to {owner} and is not writable by you "
+                            f"(uid {os.getuid()})",
+                            hint="pass --preprocessed with a folder of yours, or ask its owner to run nnrun")
+
+
+def hand_over(paths: list[Path], uid: int, gid: int) -> None:
+    """chown -R (only when root runs nnrun), so the unprivileged container user can write there."""
+    for top in paths:
+        if not top.is_dir() or top.is_symlink():
+            os.chown(top, uid, gid, follow_symlinks=False)
+            continue
+        for dirpath, dirnames, filenames in os.walk(top):
+            os.chown(dirpath, uid, gid)
+            for name in filenames:
+                try:
+                    os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+                except OSError:
+                    pass
+
+
 def build_spec(opts: PreprocessOptions, settings: RunSettings, dataset: RawDataset, preprocessed_dataset: Path,
-               run_dir: Path, mem_bytes: int, run_id: str) -> ContainerSpec:
+               run_dir: Path, mem_bytes: int, run_id: str, user: tuple[int, int] | None = None) -> ContainerSpec:
     command = ["--run-dir", CONTAINER_RUN_DIR, "--wait-for-host"]
     if opts.verify_dataset_integrity:
         command.append("--verify")
@@ -145,14 +203,15 @@ def build_spec(opts: PreprocessOptions, settings: RunSettings, dataset: RawDatas
         image=settings.image,
         command=command,
         mem_limit_bytes=mem_bytes,
-        user=f"{os.getuid()}:{os.getgid()}",
+        user=f"{user[0]}:{user[1]}" if user else f"{os.getuid()}:{os.getgid()}",
         environment=env,
         mounts=[
             Mount(str(Path(dataset.path).resolve()), f"{CONTAINER_RAW}/{dataset.name}", read_only=True),
             Mount(str(preprocessed_dataset), f"{CONTAINER_PREPROCESSED}/{dataset.name}"),
             Mount(str(run_dir), CONTAINER_RUN_DIR),
         ],
-        labels={RUN_LABEL: run_id, "io.nnrun.dataset": dataset.name, "io.nnrun.version": __version__},
+        labels={RUN_LABEL: run_id, "io.nnrun.dataset": dataset.name, "io.nnrun.version": __version__,
+                **({TEST_LABEL: os.environ[TEST_LABEL_ENV]} if os.environ.get(TEST_LABEL_ENV) else {})},
         name=f"nnrun-{run_id}",
         shm_size_bytes=parse_mem(settings.shm_size),
     )
@@ -280,6 +339,7 @@ class Preprocess:
         image = engine.image(settings.image)
 
         preprocessed_dataset = preprocessed_root / dataset.name
+        check_output_writable(preprocessed_dataset)
         try:
             preprocessed_dataset.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -290,17 +350,23 @@ class Preprocess:
         locks = acquire_locks(preprocessed_dataset, scope_for_run(opts.configurations, opts.no_pp),
                               owner_info(run_id))
         try:
-            return self._run_locked(mem_bytes, dataset, preprocessed_dataset, run_id, info, image)
+            return self._run_locked(mem_bytes, dataset, preprocessed_root, preprocessed_dataset, run_id, info,
+                                    image)
         finally:
             locks.release()
 
-    def _run_locked(self, mem_bytes: int, dataset: RawDataset, preprocessed_dataset: Path, run_id: str,
-                    info, image) -> RunReport:
+    def _run_locked(self, mem_bytes: int, dataset: RawDataset, preprocessed_root: Path,
+                    preprocessed_dataset: Path, run_id: str, info, image) -> RunReport:
         opts, settings, sink = self.opts, self.settings, self.sink
         engine = self.engine
         run_dir = new_run_dir(preprocessed_dataset, run_id)
+        uid, gid, chown_back = container_user(preprocessed_root)
+        if os.getuid() == 0 and (uid, gid) != (0, 0):
+            # Outputs of the dataset (earlier runs included) must be writable by the unprivileged user.
+            hand_over([p for p in preprocessed_dataset.iterdir() if p.name != NNRUN_DIR] + [run_dir], uid, gid)
+            os.chown(preprocessed_dataset, uid, gid)
         log_path = run_dir / NNUNET_LOG
-        spec = build_spec(opts, settings, dataset, preprocessed_dataset, run_dir, mem_bytes, run_id)
+        spec = build_spec(opts, settings, dataset, preprocessed_dataset, run_dir, mem_bytes, run_id, (uid, gid))
         workers = {"npfp": opts.npfp, "np": opts.workers_per_configuration()}
         report = RunReport(outcome=Outcome.BUG, message="", dataset=dataset.name,
                            configurations=list(opts.configurations), workers=workers,
@@ -376,6 +442,8 @@ class Preprocess:
         if verdict.outcome is not Outcome.OK:
             report.removed_outputs = remove_paths(incomplete_outputs(
                 preprocessed_dataset, facts.phase, facts.configuration, opts.plans_name, started))
+        if chown_back:
+            hand_over([preprocessed_dataset], os.getuid(), os.getgid())
         if settings.plot:
             report.plot_path = self._plot(run_dir, report, dataset)
         manifest.update(ended=_iso(ended), outcome=report.outcome.value, exit_code=report.exit_code)
@@ -432,6 +500,7 @@ class Preprocess:
         report.limit_bytes = summary.limit_bytes or status.get("limit_bytes") or mem_bytes
         report.peak_anon_bytes = _pick(summary.peak_anon_bytes, status.get("peak_anon_bytes"))
         report.peak_usage_bytes = _pick(summary.peak_usage_bytes, status.get("peak_usage_bytes"))
+        report.peak_shm_bytes = status.get("peak_shm_bytes")
         report.cgroup_reader = "host" if summary.readable else ("container" if status.get("cgroup_version") else None)
         phase = facts.phase if facts.phase in ("startup", "verify", "fingerprint", "planning", "preprocessing") else None
         report.phase = None if o is Outcome.OK else phase
@@ -483,6 +552,9 @@ class Preprocess:
         elif o is Outcome.ERROR:
             line = facts.exception_line or _last_log_line(log_path) or f"exit status {facts.nnunet_returncode}"
             detail = ""
+            if "No space left on device" in line or "Errno 28" in line:
+                report.reason = "ENOSPC"
+                detail = f"; the output disk is full (ENOSPC): free space in {preprocessed_dataset.parent}"
             if "broadcast" in line or "shape" in line.lower():
                 bad = shape_mismatches(dataset)
                 if bad:

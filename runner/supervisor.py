@@ -157,6 +157,15 @@ def _role(cmdline: str) -> str:
     return "child"
 
 
+def _shm_used_bytes() -> int:
+    """How much of /dev/shm is in use (it counts against the memory cap)."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return 0
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
 def _set_oom_score_adj(pid: int, value: int) -> bool:
     try:
         with open(f"/proc/{pid}/oom_score_adj", "w") as fh:
@@ -185,6 +194,7 @@ class Supervisor:
         self.oom_kill_last: int | None = None
         self.peak_anon = 0
         self.peak_usage = 0
+        self.peak_shm = 0
         self.limit_bytes: int | None = None
         self.workers_seen: dict[int, dict] = {}
         self.worker_exits: list[dict] = []
@@ -197,7 +207,10 @@ class Supervisor:
     def emit(self, kind: str, **fields) -> None:
         record = {"t": round(time.time(), 3), "event": kind, **fields}
         with self.lock:
-            self.events.write(json.dumps(record) + "\n")
+            try:
+                self.events.write(json.dumps(record) + "\n")
+            except OSError:
+                pass    # a full disk must not take the supervisor down
 
     # -- cgroup -------------------------------------------------------------
     def read_counters(self) -> MemoryCounters | None:
@@ -220,6 +233,7 @@ class Supervisor:
     # -- process watching ---------------------------------------------------
     def poll_once(self) -> None:
         counters = self.read_counters()
+        self.peak_shm = max(self.peak_shm, _shm_used_bytes())
         oom_before = self.oom_kill_last
         oom_now = counters.oom_kill if counters else None
         if oom_now is not None:
@@ -287,8 +301,11 @@ class Supervisor:
             chunk = os.read(stream.fileno(), 65536)
             if not chunk:
                 break
-            log.write(chunk)
-            log.flush()
+            try:
+                log.write(chunk)
+                log.flush()
+            except OSError:
+                pass    # e.g. the output disk is full: keep watching, nnU-Net will fail on its own
             try:
                 out.write(chunk)
                 out.flush()
@@ -435,12 +452,17 @@ class Supervisor:
             "oom_kill_end": self.oom_kill_last,
             "peak_anon_bytes": self.peak_anon or None,
             "peak_usage_bytes": self.peak_usage or None,
+            "peak_shm_bytes": self.peak_shm,
             "workers_seen": sorted(self.workers_seen),
             "worker_exits": self.worker_exits,
         }
         tmp = self.run_dir / (STATUS_FILE + ".tmp")
-        tmp.write_text(json.dumps(status, indent=1))
-        os.replace(tmp, self.run_dir / STATUS_FILE)
+        try:
+            tmp.write_text(json.dumps(status, indent=1))
+            os.replace(tmp, self.run_dir / STATUS_FILE)
+        except OSError as err:
+            # No room for status.json (a full disk): say it on stdout, which the host keeps in the logs.
+            print(f"nnrun-supervisor: cannot write {STATUS_FILE}: {err}; status: {json.dumps(status)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

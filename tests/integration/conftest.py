@@ -5,9 +5,11 @@ Every test here is marked ``docker``.  The README's test command
 missing these tests fail (they are the point of the suite) unless
 NNRUN_SKIP_DOCKER=1 is set for a quick local run of the pure suite.
 
-Cleanup registry: every container nnrun starts carries the label
-``io.nnrun.run-id``; after each test the suite asserts none is left, and
-removes strays so one failure does not cascade.
+Cleanup registry: every test gets its own id (environment variable
+NNRUN_TEST_ID, which nnrun copies into the label ``io.nnrun.test-id`` of each
+container it starts); after each test the suite asserts that no container
+with that id is left, and removes strays so one failure does not cascade.
+Other tests running at the same time have other ids, so they never interfere.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from runner.demo import make_demo
 
 IMAGE = os.environ.get("NNRUN_IMAGE", f"nnrun:{__version__}")
 RUN_LABEL = "io.nnrun.run-id"
+TEST_LABEL = "io.nnrun.test-id"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -40,7 +44,10 @@ def _docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.
 
 
 def nnrun_containers() -> list[str]:
-    out = _docker("ps", "-aq", "--no-trunc", "--filter", f"label={RUN_LABEL}", check=False).stdout
+    """The containers the current test's nnrun runs started (all of nnrun's outside a test)."""
+    test_id = os.environ.get("NNRUN_TEST_ID")
+    label = f"{TEST_LABEL}={test_id}" if test_id else RUN_LABEL
+    out = _docker("ps", "-aq", "--no-trunc", "--filter", f"label={label}", check=False).stdout
     return [line for line in out.split() if line]
 
 
@@ -58,11 +65,12 @@ def docker_ready():
 
 
 @pytest.fixture(autouse=True)
-def no_container_left_behind(request):
+def no_container_left_behind(request, monkeypatch):
     """The cleanup registry: no test may leave an nnrun container behind."""
     if "docker" not in request.keywords:
         yield
         return
+    monkeypatch.setenv("NNRUN_TEST_ID", uuid.uuid4().hex[:16])
     before = set(nnrun_containers())
     yield
     deadline = time.time() + 15
