@@ -26,15 +26,15 @@ Figure layout (time on x, seconds since the first memory sample):
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from runner.telemetry import read_jsonl
 from runner.units import GIB, MIB, format_bytes
 
 __all__ = [
@@ -476,25 +476,9 @@ _NOT_DRAWN_PHASES = {"done", "startup"}
 _OOM_DEDUP_S = 0.5
 
 
-def _json_lines(path: Path | None) -> Iterator[dict]:
-    """The JSON objects of a JSON lines file; bad lines (a cut last line) skipped, missing file: none."""
-    if path is None:
-        return
-    try:
-        fh = open(path, encoding="utf-8", errors="replace")
-    except OSError:
-        return
-    with fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                yield obj
+def _json_lines(path: Path | None) -> list[dict]:
+    """The JSON objects of a JSON lines file (bad lines skipped, a missing file gives none)."""
+    return read_jsonl(path) if path is not None else []
 
 
 def _num(value: Any) -> float | None:
