@@ -48,6 +48,7 @@ IMAGE_USER = (1000, 1000)   # the unprivileged user the Dockerfile creates
 REPORT_FILE = "report.json"
 MANIFEST_FILE = "manifest.json"
 PLOT_FILE = "memory.png"
+ACTIVE_FILE = "active.json"     # in .nnrun/: the run in progress (left behind only if nnrun died)
 STOP_TIMEOUT_S = 10
 
 
@@ -325,6 +326,7 @@ class Preprocess:
         self.container_id: str | None = None
         self.engine: Engine | None = None
         self._container_done = threading.Event()
+        self.recovered: list[str] = []
 
     def run(self) -> RunReport:
         opts, settings, sink = self.opts, self.settings, self.sink
@@ -349,10 +351,18 @@ class Preprocess:
         # A second run writing the same outputs must not start (exit 2, naming the first).
         locks = acquire_locks(preprocessed_dataset, scope_for_run(opts.configurations, opts.no_pp),
                               owner_info(run_id))
+        active = preprocessed_dataset / NNRUN_DIR / ACTIVE_FILE
+        marked = False
         try:
+            self.recovered = recover_dead_run(preprocessed_dataset, engine, opts.plans_name)
+            write_json_atomic(active, {"run_id": run_id, "pid": os.getpid(), "started": time.time()})
+            marked = True
             return self._run_locked(mem_bytes, dataset, preprocessed_root, preprocessed_dataset, run_id, info,
                                     image)
         finally:
+            # Reached whatever the outcome; only a killed nnrun leaves the marker for the next run.
+            if marked:
+                active.unlink(missing_ok=True)
             locks.release()
 
     def _run_locked(self, mem_bytes: int, dataset: RawDataset, preprocessed_root: Path,
@@ -439,8 +449,9 @@ class Preprocess:
         records = case_records(read_jsonl(run_dir / AGENT_FILE))
         self._fill(report, facts, verdict, status, summary, dataset, preprocessed_dataset, mem_bytes,
                    info.mem_total_bytes, log_path, started, ended, records)
+        report.removed_outputs = list(self.recovered)
         if verdict.outcome is not Outcome.OK:
-            report.removed_outputs = remove_paths(incomplete_outputs(
+            report.removed_outputs += remove_paths(incomplete_outputs(
                 preprocessed_dataset, facts.phase, facts.configuration, opts.plans_name, started))
         if chown_back:
             hand_over([preprocessed_dataset], os.getuid(), os.getgid())
@@ -596,6 +607,30 @@ class Preprocess:
             write_json_atomic(run_dir / REPORT_FILE, to_json(report))
         except OSError:
             pass
+
+
+def recover_dead_run(preprocessed_dataset: Path, engine: Engine, plans_name: str) -> list[str]:
+    """Clean up after an earlier nnrun that died without cleaning up (e.g. SIGKILLed).
+
+    Its ``.nnrun/active.json`` is still there (we hold the locks, so it is not
+    running).  If its container still runs, refuse; otherwise remove what the
+    phase it died in may have left half-written, as that run would have.
+    """
+    active = preprocessed_dataset / NNRUN_DIR / ACTIVE_FILE
+    try:
+        dead = json.loads(active.read_text())
+    except (OSError, ValueError):
+        return []
+    for cid in engine.list_containers(f"{RUN_LABEL}={dead.get('run_id')}"):
+        if engine.state(cid).running:
+            raise BadInputError(f"a container of an earlier nnrun run ({dead.get('run_id')}) is still writing "
+                                f"{preprocessed_dataset.name}", hint=f"stop it: docker rm -f {cid[:12]}")
+        engine.remove(cid)
+    status = _status_from_events(preprocessed_dataset / NNRUN_DIR / "runs" / str(dead.get("run_id"))) or {}
+    removed = remove_paths(incomplete_outputs(preprocessed_dataset, status.get("phase"), status.get("configuration"),
+                                              plans_name, float(dead.get("started") or 0)))
+    active.unlink(missing_ok=True)
+    return removed
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -241,3 +241,26 @@ def test_option_nnunet_rejects_after_dashdash_is_error(docker_ready, demo_raw, t
     report = _assert_report(result, "error", 4)
     assert "unrecognized arguments: --no-such-nnunet-flag" in report["message"]
     assert report["nnunet_argv"][-1] == "--no-such-nnunet-flag"
+
+
+def test_a_killed_nnrun_is_cleaned_up_by_the_next_run(docker_ready, demo_raw, tmp_path):
+    """nnrun itself SIGKILLed mid-run: its container is refused while it runs; once it is gone, the next
+    run removes what the dead run's phase left half-written and runs normally."""
+    pre = tmp_path / "pre"
+    before = set(nnrun_containers())
+    proc = _start_background(demo_raw, pre)
+    cid = _wait_for_container(before)
+    time.sleep(3)
+    proc.kill()                                   # nnrun dies; its container keeps running
+    proc.communicate(timeout=30)
+    active = pre / "Dataset501_Demo" / ".nnrun" / "active.json"
+    assert active.is_file()
+    args = ("preprocess", "-d", "501", "--mem", "4g", "--raw", str(demo_raw), "--preprocessed", str(pre), *FAST,
+            "-np", "1", "-npfp", "1", "--skip-file-check")
+    refused = run_nnrun(*args)
+    report = _assert_report(refused, "bad_input", 2)
+    assert "still writing" in report["message"] and cid[:12] in report["hint"]
+    subprocess.run(["docker", "rm", "-f", cid], check=True, capture_output=True)
+    ok = run_nnrun(*args)
+    _assert_report(ok, "ok", 0)
+    assert not active.exists()
