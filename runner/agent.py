@@ -28,52 +28,16 @@ Run as: ``python3 -m runner.agent <nnUNetv2_plan_and_preprocess arguments>``.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import time
 
-EVENTS_ENV = "NNRUN_AGENT_EVENTS"
+from runner.agent_events import EVENTS_ENV, emit, peak_rss_bytes, reset_peak_rss
+
 FILE_ENDING_ENV = "NNRUN_FILE_ENDING"
 PHASE_ENV = "NNRUN_AGENT_PHASE"
 CONFIGURATION_ENV = "NNRUN_AGENT_CONFIGURATION"
 NNUNET_COMMAND = "nnUNetv2_plan_and_preprocess"
-
-_fd: int | None = None
-
-
-def emit(kind: str, **fields) -> None:
-    """Append one event line.  O_APPEND keeps lines from different workers whole."""
-    global _fd
-    path = os.environ.get(EVENTS_ENV)
-    if not path:
-        return
-    try:
-        if _fd is None:
-            _fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        record = {"t": round(time.time(), 3), "event": kind, "pid": os.getpid(), **fields}
-        os.write(_fd, (json.dumps(record) + "\n").encode())
-    except OSError:
-        pass  # telemetry must never break the run
-
-
-def reset_peak_rss() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")          # "5": reset the peak RSS (VmHWM) to the current RSS
-    except OSError:
-        pass
-
-
-def peak_rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def case_id_from_path(path: str) -> str:
@@ -114,7 +78,7 @@ def per_case(case_of):
             emit("case_end", case=case, phase=phase, configuration=configuration,
                  peak_rss_bytes=peak_rss_bytes(), duration_s=round(time.time() - started, 3))
             return result
-        wrapped.__wrapped_by_nnrun__ = True
+        wrapped.__nnrun_events__ = True
         return wrapped
     return decorate
 
@@ -141,7 +105,7 @@ def in_phase(phase: str, configuration_arg: int | None = None):
                         os.environ.pop(key, None)
                     else:
                         os.environ[key] = value
-        wrapped.__wrapped_by_nnrun__ = True
+        wrapped.__nnrun_events__ = True
         return wrapped
     return decorate
 
@@ -152,7 +116,11 @@ def install() -> None:
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
-    if getattr(DefaultPreprocessor.run_case_save, "__wrapped_by_nnrun__", False):
+    from runner import agent_preprocess
+
+    # Atomic writes, staging and scheduling first: the event wrappers below go around them.
+    agent_preprocess.install()
+    if getattr(DefaultPreprocessor.run_case_save, "__nnrun_events__", False):
         return
     # Fingerprint: analyze_case(image_files, segmentation_file, reader_writer_class, num_samples)
     original = DatasetFingerprintExtractor.analyze_case

@@ -52,42 +52,27 @@ def cases_in_flight(case_ids: list[str], phase: str | None, configuration: str |
     return []
 
 
-def incomplete_outputs(preprocessed_dataset: Path, phase: str | None, configuration: str | None,
-                       plans_name: str, run_started: float) -> list[Path]:
-    """What the failed phase may have left half-written, which a later run would trust.
+TMP_MARK = ".nnrun-tmp"      # runner.agent_preprocess writes under names holding this, then renames
 
-    * fingerprint/verify: ``dataset_fingerprint.json`` (nnU-Net skips extraction when it exists);
-    * planning: the plans file;
-    * preprocessing: the configuration's case folder (a trainer would read a
-      half-filled one) and ground-truth copies made during this run.
-    Only files written since ``run_started`` are listed: older ones are from
-    earlier, complete runs.
+
+def incomplete_outputs(preprocessed_dataset: Path) -> list[Path]:
+    """Half-written files a failed run left outside ``.nnrun/``.
+
+    nnrun's agent writes the fingerprint, the plans, ground-truth copies and
+    every case file under a temporary name (holding ``.nnrun-tmp``) and renames
+    it when complete; configurations are staged in ``.nnrun/staging/`` and
+    moved into place only when every case is done.  So a file with a final
+    name is always complete, and what a failed run can leave is temporary
+    files: these are listed.  The staging folder is left for the next run,
+    which resumes from its complete cases.
     """
-    found: list[Path] = []
-
-    def written_now(path: Path) -> bool:
-        try:
-            return path.stat().st_mtime >= run_started - 1.0
-        except OSError:
-            return False
-
-    if phase in ("fingerprint", "verify"):
-        candidate = preprocessed_dataset / FINGERPRINT_FILE
-        if written_now(candidate):
-            found.append(candidate)
-    elif phase == "planning":
-        candidate = preprocessed_dataset / f"{plans_name}.json"
-        if written_now(candidate):
-            found.append(candidate)
-    elif phase == "preprocessing":
-        if configuration:
-            folder = preprocessed_dataset / data_identifier(preprocessed_dataset, plans_name, configuration)
-            if folder.is_dir() and written_now(folder):
-                found.append(folder)
-        gt = preprocessed_dataset / GT_FOLDER
-        if gt.is_dir():
-            found.extend(sorted(p for p in gt.iterdir() if written_now(p)))
-    return found
+    if not preprocessed_dataset.is_dir():
+        return []
+    found = []
+    for path in preprocessed_dataset.rglob(f"*{TMP_MARK}*"):
+        if NNRUN_DIR not in path.relative_to(preprocessed_dataset).parts:
+            found.append(path)
+    return sorted(found)
 
 
 def remove_paths(paths: list[Path]) -> list[str]:

@@ -48,6 +48,8 @@ IMAGE_USER = (1000, 1000)   # the unprivileged user the Dockerfile creates
 REPORT_FILE = "report.json"
 MANIFEST_FILE = "manifest.json"
 PLOT_FILE = "memory.png"
+STAGING_DIR = "staging"           # in .nnrun/: configurations being preprocessed (runner.agent_preprocess)
+SCHEDULE_FILE = "schedule.json"   # in the run folder: the memory-aware admission plan for the agent
 ACTIVE_FILE = "active.json"     # in .nnrun/: the run in progress (left behind only if nnrun died)
 STOP_TIMEOUT_S = 10
 
@@ -83,6 +85,7 @@ class RunSettings:
     cgroup_root: Path = DEFAULT_CGROUP_ROOT
     check_workers: int = 2
     plot: bool = True
+    schedule: str = "fixed"          # "fixed": -np workers as nnU-Net; "memory": admit cases by predicted peak
     passthrough_argv: list[str] = field(default_factory=list)   # nnrun options to repeat in advice
 
 
@@ -198,8 +201,16 @@ def build_spec(opts: PreprocessOptions, settings: RunSettings, dataset: RawDatas
         "HOME": "/tmp",
         "NNRUN_FILE_ENDING": dataset.file_ending,
     }
-    if os.environ.get("NNRUN_TEST_OOM_VICTIM"):
-        env["NNRUN_TEST_OOM_VICTIM"] = os.environ["NNRUN_TEST_OOM_VICTIM"]
+    # The agent resumes from complete cases (and starts over with --clean).
+    env["NNRUN_RESUME"] = "1"
+    if opts.clean:
+        env["NNRUN_CLEAN"] = "1"
+    env["NNRUN_SCHEDULE"] = settings.schedule
+    if settings.schedule == "memory":
+        env["NNRUN_SCHEDULE_FILE"] = f"{CONTAINER_RUN_DIR}/{SCHEDULE_FILE}"
+    for hook in ("NNRUN_TEST_OOM_VICTIM", "NNRUN_TEST_KILL_AT"):     # test-only hooks
+        if os.environ.get(hook):
+            env[hook] = os.environ[hook]
     return ContainerSpec(
         image=settings.image,
         command=command,
@@ -371,9 +382,12 @@ class Preprocess:
         engine = self.engine
         run_dir = new_run_dir(preprocessed_dataset, run_id)
         uid, gid, chown_back = container_user(preprocessed_root)
+        staging = preprocessed_dataset / NNRUN_DIR / STAGING_DIR     # the agent stages configurations here
+        staging.mkdir(parents=True, exist_ok=True)
         if os.getuid() == 0 and (uid, gid) != (0, 0):
             # Outputs of the dataset (earlier runs included) must be writable by the unprivileged user.
-            hand_over([p for p in preprocessed_dataset.iterdir() if p.name != NNRUN_DIR] + [run_dir], uid, gid)
+            hand_over([p for p in preprocessed_dataset.iterdir() if p.name != NNRUN_DIR] + [run_dir, staging],
+                      uid, gid)
             os.chown(preprocessed_dataset, uid, gid)
         log_path = run_dir / NNUNET_LOG
         spec = build_spec(opts, settings, dataset, preprocessed_dataset, run_dir, mem_bytes, run_id, (uid, gid))
@@ -451,8 +465,7 @@ class Preprocess:
                    info.mem_total_bytes, log_path, started, ended, records)
         report.removed_outputs = list(self.recovered)
         if verdict.outcome is not Outcome.OK:
-            report.removed_outputs += remove_paths(incomplete_outputs(
-                preprocessed_dataset, facts.phase, facts.configuration, opts.plans_name, started))
+            report.removed_outputs += remove_paths(incomplete_outputs(preprocessed_dataset))
         if chown_back:
             hand_over([preprocessed_dataset], os.getuid(), os.getgid())
         if settings.plot:
@@ -626,9 +639,7 @@ def recover_dead_run(preprocessed_dataset: Path, engine: Engine, plans_name: str
             raise BadInputError(f"a container of an earlier nnrun run ({dead.get('run_id')}) is still writing "
                                 f"{preprocessed_dataset.name}", hint=f"stop it: docker rm -f {cid[:12]}")
         engine.remove(cid)
-    status = _status_from_events(preprocessed_dataset / NNRUN_DIR / "runs" / str(dead.get("run_id"))) or {}
-    removed = remove_paths(incomplete_outputs(preprocessed_dataset, status.get("phase"), status.get("configuration"),
-                                              plans_name, float(dead.get("started") or 0)))
+    removed = remove_paths(incomplete_outputs(preprocessed_dataset))
     active.unlink(missing_ok=True)
     return removed
 

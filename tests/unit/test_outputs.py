@@ -126,83 +126,23 @@ def test_other_phases_have_no_cases_in_flight(pre, phase, configuration):
 
 # -- incomplete_outputs ------------------------------------------------------------
 
-def test_fingerprint_written_during_the_run_is_incomplete(pre):
-    started = time.time()
-    fp = pre / FINGERPRINT_FILE
-    fp.write_text("{")
-    assert incomplete_outputs(pre, "fingerprint", None, "nnUNetPlans", started) == [fp]
-    assert incomplete_outputs(pre, "verify", None, "nnUNetPlans", started) == [fp]
-
-
-def test_an_old_fingerprint_is_kept(pre):
-    fp = pre / FINGERPRINT_FILE
-    fp.write_text("{}")
-    make_old(fp)
-    assert incomplete_outputs(pre, "fingerprint", None, "nnUNetPlans", time.time()) == []
-
-
-def test_plans_written_during_planning_are_incomplete_and_old_plans_are_kept(pre):
-    started = time.time()
-    plans = pre / "nnUNetPlans.json"
-    assert incomplete_outputs(pre, "planning", None, "nnUNetPlans", started) == [plans]   # pre wrote it just now
-    make_old(plans)
-    assert incomplete_outputs(pre, "planning", None, "nnUNetPlans", started) == []
-
-
-def test_custom_plans_name_is_the_file_looked_at_in_planning(pre):
-    started = time.time()
-    make_old(pre / "nnUNetPlans.json")
-    custom = pre / "custom.json"
-    custom.write_text("{")
-    assert incomplete_outputs(pre, "planning", None, "custom", started) == [custom]
-
-
-def test_preprocessing_lists_the_failed_configuration_folder_and_new_gt_files_only(pre):
-    make_old(pre / "nnUNetPlans.json")
-    done_2d = pre / "nnUNetPlans_2d"
-    done_2d.mkdir()
-    (done_2d / "case000.pkl").write_bytes(b"x")
-    gt = pre / GT_FOLDER
-    gt.mkdir()
-    old_gt = gt / "case000.nii.gz"
-    old_gt.write_bytes(b"old")
-    make_old(old_gt)
-    started = time.time()
-    failed = pre / "nnUNetPlans_3d_fullres"
-    failed.mkdir()
-    (failed / "case000.b2nd").write_bytes(b"half")
-    new_gt = gt / "case001.nii.gz"
-    new_gt.write_bytes(b"new")
-    found = incomplete_outputs(pre, "preprocessing", "3d_fullres", "nnUNetPlans", started)
-    assert found == [failed, new_gt]
-    assert done_2d not in found and old_gt not in found and pre / FINGERPRINT_FILE not in found
-
-
-def test_an_old_configuration_folder_is_kept(pre):
-    folder = pre / "nnUNetPlans_3d_fullres"
-    folder.mkdir()
-    make_old(folder)
-    assert incomplete_outputs(pre, "preprocessing", "3d_fullres", "nnUNetPlans", time.time()) == []
-
-
-def test_preprocessing_before_a_configuration_started_lists_only_gt(pre):
-    started = time.time()
-    folder = pre / "nnUNetPlans_3d_fullres"
-    folder.mkdir()
-    assert incomplete_outputs(pre, "preprocessing", None, "nnUNetPlans", started) == []
-
-
-@pytest.mark.parametrize("phase", ["startup", None, "done"])
-def test_phases_without_outputs_list_nothing(pre, phase):
-    (pre / FINGERPRINT_FILE).write_text("{")
-    assert incomplete_outputs(pre, phase, None, "nnUNetPlans", time.time() - 10) == []
+def test_only_temporary_files_outside_nnrun_are_incomplete(pre):
+    (pre / "dataset_fingerprint.json.nnrun-tmp").write_text("{")
+    (pre / "nnUNetPlans.json").write_text("{}")                      # final names are complete
+    gt = pre / "gt_segmentations"
+    gt.mkdir(exist_ok=True)
+    (gt / "case000.nii.gz.nnrun-tmp").write_bytes(b"x")
+    (gt / "case001.nii.gz").write_bytes(b"x")
+    staging = pre / ".nnrun" / "staging" / "nnUNetPlans_3d_fullres"
+    staging.mkdir(parents=True)
+    (staging / ".nnrun-tmp.case002.b2nd").write_bytes(b"x")          # the next run resumes from staging
+    assert incomplete_outputs(pre) == sorted([pre / "dataset_fingerprint.json.nnrun-tmp",
+                                              gt / "case000.nii.gz.nnrun-tmp"])
 
 
 def test_a_missing_folder_lists_nothing(tmp_path):
-    assert incomplete_outputs(tmp_path / "nothing", "preprocessing", "2d", "nnUNetPlans", time.time()) == []
+    assert incomplete_outputs(tmp_path / "nothing") == []
 
-
-# -- remove_paths, new_run_dir -------------------------------------------------------
 
 def test_remove_paths_removes_folders_and_files_and_skips_missing_ones(tmp_path):
     folder = tmp_path / "nnUNetPlans_3d_fullres"

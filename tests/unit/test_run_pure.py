@@ -409,10 +409,13 @@ def worker_oom_in_3d_fullres(engine: FakeEngine) -> int:
     (pre / "dataset_fingerprint.json").write_text("{}")
     (pre / "nnUNetPlans.json").write_text(json.dumps(
         {"configurations": {"3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres"}}}))
-    # the failed phase: a half-filled configuration folder
-    folder = pre / "nnUNetPlans_3d_fullres"
-    folder.mkdir()
-    (folder / "case000.b2nd").write_bytes(b"truncated")
+    # the failed phase: the agent's staging folder (kept: the next run resumes from it) and a
+    # temporary file outside it (removed: nothing half-written may keep a name a later run reads)
+    folder = pre / ".nnrun" / "staging" / "nnUNetPlans_3d_fullres"
+    folder.mkdir(parents=True)
+    (folder / ".nnrun-tmp.case000.b2nd").write_bytes(b"truncated")
+    (pre / "gt_segmentations").mkdir()
+    (pre / "gt_segmentations" / "case000.nii.gz.nnrun-tmp").write_bytes(b"half")
     engine.write_status(status(
         returncode=1, phase="preprocessing", configuration="3d_fullres", completed_phases=["fingerprint", "planning"],
         completed_configurations=[], progress={"Preprocessing cases": [0, 3]}, last_exception_line=SIX_FEET,
@@ -439,8 +442,9 @@ def test_worker_oom_run_reports_oom_recommends_fewer_workers_and_removes_half_wr
     assert report.cases_in_flight == ["case000", "case001", "case002"] and report.cases_exact is False
     # only the failed phase's outputs are removed
     pre = engine.preprocessed
-    assert report.removed_outputs == [str(pre / "nnUNetPlans_3d_fullres")]
+    assert report.removed_outputs == [str(pre / "gt_segmentations" / "case000.nii.gz.nnrun-tmp")]
     assert not (pre / "nnUNetPlans_3d_fullres").exists()
+    assert (pre / ".nnrun" / "staging" / "nnUNetPlans_3d_fullres").is_dir()
     assert (pre / "nnUNetPlans.json").exists() and (pre / "dataset_fingerprint.json").exists()
     assert engine.removed == [CID]
     data = assert_report_json_matches(report)
@@ -449,7 +453,7 @@ def test_worker_oom_run_reports_oom_recommends_fewer_workers_and_removes_half_wr
 
 def test_worker_oom_in_fingerprint_with_one_worker_recommends_more_memory(tiny_raw, tmp_path):
     def oom(engine):
-        (engine.preprocessed / "dataset_fingerprint.json").write_text('{"foreground_intensity')  # half-written
+        (engine.preprocessed / "dataset_fingerprint.json.nnrun-tmp").write_text('{"foreground_intensity')  # half
         engine.write_status(status(returncode=1, phase="fingerprint", completed_phases=[],
                                    progress={"Extracting dataset fingerprint": [1, 3]}, last_exception_line=SIX_FEET,
                                    oom_kill_start=0, oom_kill_end=1,
@@ -461,7 +465,7 @@ def test_worker_oom_in_fingerprint_with_one_worker_recommends_more_memory(tiny_r
     assert report.outcome is Outcome.OOM and report.phase == "fingerprint" and report.configuration is None
     assert report.cases_in_flight == ["case001"]                        # after the progress bar's count
     assert report.recommendation_argv == nnrun_argv(OPTS, "1856m", settings.passthrough_argv)   # 1.5 x 1200m
-    assert report.removed_outputs == [str(engine.preprocessed / "dataset_fingerprint.json")]
+    assert report.removed_outputs == [str(engine.preprocessed / "dataset_fingerprint.json.nnrun-tmp")]
     assert_report_json_matches(report)
 
 
@@ -575,9 +579,7 @@ def test_mem_above_the_host_memory_is_bad_input_before_any_container(tiny_raw, t
 
 def test_interrupt_stops_the_container_and_removes_the_failed_phase_outputs(tiny_raw, tmp_path):
     def stopped(engine):
-        folder = engine.preprocessed / "nnUNetPlans_3d_fullres"
-        folder.mkdir()
-        (folder / "case000.b2nd").write_bytes(b"half")
+        (engine.preprocessed / "nnUNetPlans.json.nnrun-tmp").write_bytes(b"half")
         engine.write_status(status(returncode=-15, phase="preprocessing", configuration="3d_fullres",
                                    terminated_by_signal=15))
         return 143
@@ -587,7 +589,7 @@ def test_interrupt_stops_the_container_and_removes_the_failed_phase_outputs(tiny
     assert "stop" in engine.calls and engine.calls.index("stop") < engine.calls.index("remove")
     assert report.outcome is Outcome.INTERRUPTED and report.exit_code == 143
     assert "SIGTERM" in report.message
-    assert report.removed_outputs == [str(engine.preprocessed / "nnUNetPlans_3d_fullres")]
+    assert report.removed_outputs == [str(engine.preprocessed / "nnUNetPlans.json.nnrun-tmp")]
     assert engine.removed == [CID]
     assert_report_json_matches(report)
 
@@ -613,9 +615,7 @@ def test_fewer_workers_advice_keeps_the_users_mem_when_the_kernel_rounds_the_lim
 
 def test_without_status_the_phase_comes_from_the_supervisors_events(tiny_raw, tmp_path):
     def docker_kill(engine):
-        folder = engine.preprocessed / "nnUNetPlans_3d_fullres"
-        folder.mkdir()
-        (folder / "case000.b2nd").write_bytes(b"half")
+        (engine.preprocessed / "nnUNetPlans.json.nnrun-tmp").write_bytes(b"half")
         now = round(time.time(), 3)
         events = [{"t": now, "event": "supervisor_start", "oom_kill": 0},
                   {"t": now, "event": "child_start", "pid": 7},
@@ -631,7 +631,7 @@ def test_without_status_the_phase_comes_from_the_supervisors_events(tiny_raw, tm
     assert report.outcome is Outcome.KILLED
     assert report.phase == "preprocessing" and report.configuration == "3d_fullres"
     assert "before nnU-Net started" not in report.message
-    assert not (engine.preprocessed / "nnUNetPlans_3d_fullres").exists()
+    assert not (engine.preprocessed / "nnUNetPlans.json.nnrun-tmp").exists()
 
 
 def test_killed_before_nnunet_started_reads_as_english(tiny_raw, tmp_path):

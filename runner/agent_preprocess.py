@@ -1,0 +1,286 @@
+"""Inside the container: nnU-Net's preprocessing with atomic outputs, resume and memory-aware admission.
+
+Installed by :mod:`runner.agent` in the main process and every spawned worker.
+Everything that computes a case is nnU-Net's own code
+(``DefaultPreprocessor.run_case_save`` with nnU-Net's arguments), so the
+files are the same as native ``nnUNetv2_plan_and_preprocess`` writes; only
+*where* and *when* they are written changes:
+
+* **Atomic case files.** A case is written under a temporary name and renamed
+  into place, ``.pkl`` last (the pkl marks a complete case).  Fingerprint and
+  plans JSON files, and ground-truth copies, are written to a temporary file
+  and renamed.  A kill at any instant leaves no final-named file half-written.
+* **Staging and resume.** A configuration is preprocessed into
+  ``.nnrun/staging/<data identifier>/`` and renamed to its final folder only
+  when every case is complete, so nnU-Net's trainer never sees a half-filled
+  folder.  A later run keeps the complete cases of the staging folder and
+  redoes only the others; ``--clean`` starts over.
+* **Scheduling.** ``fixed``: a pool of ``-np`` workers, all cases queued, as
+  nnU-Net does.  ``memory``: cases are admitted largest first while the sum of
+  their predicted extra memory stays within a budget the host computed from
+  the estimate and the cap; smaller cases fill the gaps.
+
+Test-only hooks (``NNRUN_TEST_KILL_AT``) SIGKILL nnU-Net's process group at
+chosen points, so the resume tests can kill deterministically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from multiprocessing import get_context
+
+from runner.agent_events import emit
+
+RESUME_ENV = "NNRUN_RESUME"
+CLEAN_ENV = "NNRUN_CLEAN"
+SCHEDULE_ENV = "NNRUN_SCHEDULE"
+SCHEDULE_FILE_ENV = "NNRUN_SCHEDULE_FILE"
+KILL_AT_ENV = "NNRUN_TEST_KILL_AT"
+TMP_MARK = ".nnrun-tmp"
+STAGING = os.path.join(".nnrun", "staging")
+CASE_SUFFIXES = (".b2nd", "_seg.b2nd")      # data first, then seg; the .pkl is renamed last
+
+
+def _emit(kind: str, **fields) -> None:
+    emit(kind, **fields)
+
+
+def kill_hook(point: str) -> None:
+    """Test-only: SIGKILL nnU-Net (its whole process group) at a chosen point, once."""
+    if os.environ.get(KILL_AT_ENV) == point:
+        _emit("test_kill", point=point)
+        os.killpg(0, signal.SIGKILL)
+
+
+# -- atomic writes ------------------------------------------------------------------------
+
+def atomic_save_json(original):
+    """batchgenerators' save_json(obj, file, ...), written to a temporary file and renamed."""
+    def save_json(obj, file, *args, **kwargs):
+        tmp = f"{file}{TMP_MARK}"
+        original(obj, tmp, *args, **kwargs)
+        if os.path.basename(str(file)) == "dataset_fingerprint.json":
+            kill_hook("fingerprint_written")
+        os.replace(tmp, file)
+    save_json.__nnrun_atomic__ = True
+    return save_json
+
+
+def atomic_copy_file(original):
+    """distutils' copy_file (ground-truth copies), to a temporary name and renamed."""
+    def copy_file(src, dst, *args, **kwargs):
+        update = kwargs.get("update", False)
+        if update and os.path.exists(dst) and os.path.getmtime(dst) >= os.path.getmtime(src):
+            return dst, 0
+        tmp = f"{dst}{TMP_MARK}"
+        result = original(src, tmp, *args, **kwargs)
+        os.replace(tmp, dst)
+        return result
+    copy_file.__nnrun_atomic__ = True
+    return copy_file
+
+
+def atomic_run_case_save(original):
+    """run_case_save writing ``.nnrun-tmp.<case>*`` files, renamed into place with the .pkl last."""
+    def run_case_save(self, output_filename_truncated, *args, **kwargs):
+        folder, case = os.path.split(output_filename_truncated)
+        tmp = os.path.join(folder, f"{TMP_MARK}.{case}")
+        result = original(self, tmp, *args, **kwargs)
+        for suffix in CASE_SUFFIXES:
+            if os.path.exists(tmp + suffix):
+                os.replace(tmp + suffix, output_filename_truncated + suffix)
+        kill_hook("mid_case_write")          # data renamed, pkl not yet: an incomplete case
+        os.replace(tmp + ".pkl", output_filename_truncated + ".pkl")
+        return result
+    run_case_save.__nnrun_atomic__ = True
+    return run_case_save
+
+
+# -- completeness -------------------------------------------------------------------------
+
+def case_complete(folder: str, case: str) -> bool:
+    """Complete: the .pkl exists and both .b2nd files open (their frames are whole)."""
+    import blosc2
+
+    if not os.path.isfile(os.path.join(folder, case + ".pkl")):
+        return False
+    for suffix in CASE_SUFFIXES:
+        path = os.path.join(folder, case + suffix)
+        try:
+            arr = blosc2.open(urlpath=path, mode="r")
+            arr.schunk.get_chunk(arr.schunk.nchunks - 1)   # the last chunk: a cut file fails here
+        except Exception:  # noqa: BLE001 - any failure to read means incomplete
+            return False
+    return True
+
+
+def clean_folder(folder: str, cases: list[str]) -> list[str]:
+    """Drop temporary files and incomplete cases; return the complete cases."""
+    complete = []
+    for name in os.listdir(folder):
+        if name.startswith(TMP_MARK) or TMP_MARK in name:
+            os.remove(os.path.join(folder, name))
+    for case in cases:
+        if case_complete(folder, case):
+            complete.append(case)
+            continue
+        for suffix in (*CASE_SUFFIXES, ".pkl"):
+            path = os.path.join(folder, case + suffix)
+            if os.path.exists(path):
+                os.remove(path)
+    return complete
+
+
+# -- the preprocessing step of one configuration --------------------------------------------
+
+def _budget_for(configuration: str) -> dict | None:
+    path = os.environ.get(SCHEDULE_FILE_ENV)
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        plan = json.load(fh)
+    return (plan.get("configurations") or {}).get(configuration)
+
+
+def preprocess_configuration(self, dataset_name_or_id, configuration_name: str, plans_identifier: str,
+                             num_processes: int) -> None:
+    """DefaultPreprocessor.run, with staging, resume and a choice of scheduler."""
+    from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    # The same set-up as nnU-Net's DefaultPreprocessor.run (2.8.1).
+    dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    assert isdir(join(nnUNet_raw, dataset_name)), "The requested dataset could not be found in nnUNet_raw"
+    plans_file = join(nnUNet_preprocessed, dataset_name, plans_identifier + '.json')
+    assert isfile(plans_file), "Expected plans file (%s) not found. Run corresponding nnUNet_plan_experiment " \
+                               "first." % plans_file
+    plans = load_json(plans_file)
+    plans_manager = PlansManager(plans)
+    configuration_manager = plans_manager.get_configuration(configuration_name)
+    dataset_json = load_json(join(nnUNet_preprocessed, dataset_name, 'dataset.json'))
+    dataset = get_filenames_of_train_images_and_targets(join(nnUNet_raw, dataset_name), dataset_json)
+    cases = sorted(dataset.keys())
+
+    final_dir = join(nnUNet_preprocessed, dataset_name, configuration_manager.data_identifier)
+    staging = join(nnUNet_preprocessed, dataset_name, STAGING, configuration_manager.data_identifier)
+    if os.environ.get(CLEAN_ENV) == "1":
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(final_dir, ignore_errors=True)
+    if isdir(final_dir) and not isdir(staging):
+        done = clean_folder(final_dir, cases)
+        if len(done) == len(cases):
+            _emit("configuration_complete", configuration=configuration_name, cases=len(cases), skipped=True)
+            print(f"nnrun: {configuration_manager.data_identifier} is complete from an earlier run: kept "
+                  f"(--clean redoes it)", flush=True)
+            return
+        # A folder native nnU-Net left unfinished: carry its complete cases over.
+        os.makedirs(os.path.dirname(staging), exist_ok=True)
+        os.replace(final_dir, staging)
+    maybe_mkdir_p(staging)
+    done = set(clean_folder(staging, cases))
+    pending = [c for c in cases if c not in done]
+    _emit("resume", configuration=configuration_name, complete=len(done), pending=len(pending))
+    if done:
+        print(f"nnrun: resuming {configuration_name}: {len(done)} of {len(cases)} cases already complete",
+              flush=True)
+    args = {c: (join(staging, c), dataset[c]['images'], dataset[c]['label'], plans_manager, configuration_manager,
+                dataset_json) for c in pending}
+    budget = _budget_for(configuration_name) if os.environ.get(SCHEDULE_ENV) == "memory" else None
+    if pending:
+        if budget:
+            _run_memory_aware(self, args, budget)
+        else:
+            _run_fixed(self, args, num_processes)
+    missing = [c for c in cases if not case_complete(staging, c)]
+    if missing:
+        raise RuntimeError(f"nnrun: {len(missing)} case(s) not complete after preprocessing: {missing[:5]}")
+    if isdir(final_dir):
+        shutil.rmtree(final_dir)
+    os.replace(staging, final_dir)
+    _emit("configuration_complete", configuration=configuration_name, cases=len(cases), skipped=False)
+
+
+_DEAD_WORKER = ('Some background worker is 6 feet under. Yuck. \n'
+                'OK jokes aside.\n'
+                'One of your background processes is missing. This could be because of '
+                'an error (look for an error message) or because it was killed '
+                'by your OS due to running out of RAM. If you don\'t see '
+                'an error message, out of RAM is likely the problem. In that case '
+                'reducing the number of workers might help')
+
+
+def _run_fixed(preprocessor, args: dict, num_processes: int) -> None:
+    """nnU-Net's own pool logic: every case queued on -np spawn workers, a dead worker is fatal."""
+    with get_context("spawn").Pool(num_processes) as pool:
+        workers = list(pool._pool)
+        results = {c: pool.starmap_async(preprocessor.run_case_save, (a,)) for c, a in args.items()}
+        remaining = set(results)
+        finished = 0
+        while remaining:
+            if not all(w.is_alive() for w in workers):
+                raise RuntimeError(_DEAD_WORKER)
+            for c in [c for c in remaining if results[c].ready()]:
+                results[c].get()
+                remaining.discard(c)
+                finished += 1
+                if finished == 1:
+                    kill_hook("between_cases")
+            time.sleep(0.1)
+
+
+def _run_memory_aware(preprocessor, args: dict, budget: dict) -> None:
+    """Admit cases largest first while the predicted extra memory in flight fits the budget."""
+    case_bytes = {c: int((budget.get("case_bytes") or {}).get(c, 0)) for c in args}
+    limit = int(budget["budget_bytes"])
+    n_workers = max(1, min(int(budget.get("workers", 1)), len(args)))
+    pending = sorted(args, key=lambda c: (-case_bytes[c], c))
+    _emit("schedule", mode="memory", workers=n_workers, budget_bytes=limit,
+          order=pending, case_bytes=case_bytes)
+    with get_context("spawn").Pool(n_workers) as pool:
+        workers = list(pool._pool)
+        running: dict = {}
+        finished = 0
+        while pending or running:
+            if not all(w.is_alive() for w in workers):
+                raise RuntimeError(_DEAD_WORKER)
+            for c in [c for c, r in running.items() if r.ready()]:
+                running.pop(c).get()
+                finished += 1
+                if finished == 1:
+                    kill_hook("between_cases")
+            in_use = sum(case_bytes[c] for c in running)
+            for c in list(pending):
+                if len(running) >= n_workers:
+                    break
+                # A case always runs when nothing else does (the host checked it fits alone).
+                if not running or in_use + case_bytes[c] <= limit:
+                    running[c] = pool.starmap_async(preprocessor.run_case_save, (args[c],))
+                    in_use += case_bytes[c]
+                    pending.remove(c)
+            time.sleep(0.05)
+
+
+def install() -> None:
+    """Patch nnU-Net (idempotent): atomic writes always; staging/resume/scheduling when the host asks."""
+    from nnunetv2.experiment_planning.dataset_fingerprint import fingerprint_extractor
+    from nnunetv2.experiment_planning.experiment_planners import default_experiment_planner
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    if getattr(fingerprint_extractor.save_json, "__nnrun_atomic__", False):
+        return
+    fingerprint_extractor.save_json = atomic_save_json(fingerprint_extractor.save_json)
+    default_experiment_planner.save_json = atomic_save_json(default_experiment_planner.save_json)
+    try:   # nnU-Net copies ground truth with distutils' copy_file (setuptools' shim on 3.12+)
+        from distutils import file_util
+        file_util.copy_file = atomic_copy_file(file_util.copy_file)
+    except ImportError:
+        pass
+    DefaultPreprocessor.run_case_save = atomic_run_case_save(DefaultPreprocessor.run_case_save)
+    if os.environ.get(RESUME_ENV) == "1":
+        DefaultPreprocessor.run = preprocess_configuration
