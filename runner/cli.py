@@ -146,6 +146,10 @@ def preprocess_command(
     nnunet_output: bool = typer.Option(False, "--nnunet-output",
                                        help="Stream nnU-Net's own output to stderr (it is always in the log file)."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Do not render memory.png in the run folder."),
+    retry: Optional[int] = typer.Option(None, "--retry", min=0, max=10,
+                                        help="After an OOM kill, run again with fewer workers (never more memory), "
+                                             "only on unfinished cases, up to N times [default: 2 when nnrun chose "
+                                             "the worker counts, 0 when you gave -np/-npfp]."),
 ) -> None:
     """Run nnUNetv2_plan_and_preprocess in a memory-capped container and diagnose the outcome.
 
@@ -185,7 +189,8 @@ def preprocess_command(
                 passthrough += [flag, value]
         settings = RunSettings(mem=mem, image=image, raw_root=raw, preprocessed_root=preprocessed,
                                skip_file_check=skip_file_check, shm_size=shm_size, passthrough_argv=passthrough,
-                               plot=not no_plot)
+                               plot=not no_plot, retries=retry,
+                               workers_pinned=bool(np_) or npfp != DEFAULT_NPFP)
         from runner.docker_engine import DockerEngine  # the Docker SDK loads only when a run needs it
         progress = make_progress(quiet, nnunet_output)
         try:

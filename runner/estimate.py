@@ -275,11 +275,18 @@ def stage_bytes(geom: CaseGeometry, phase: str, target_spacing=None, model: dict
         axis = _separate_z_axis(geom.spacing, target_spacing)
         if axis is not None:
             n_mid = n_out // max(1, new[axis]) * geom.shape[axis]
-            z_pass = 56 * n_out if new[axis] != geom.shape[axis] else 0
-            ws_data = 8 * n_mid + z_pass + 4 * c * n_out
-            ws_seg = 8 * n_mid + z_pass + 4 * n_out + 4 * c * n_out
+            z_changes = new[axis] != geom.shape[axis]
+            # np.mgrid (int64) -> 3 float64 coordinate arrays -> np.array(coord_map) -> map_coordinates float64 output;
+            # from the 2nd channel on, the previous channel's coord_map is still referenced while the next is built.
+            z_pass_data = (56 if c == 1 else 72) * n_out if z_changes else 0
+            z_pass_seg = 56 * n_out if z_changes else 0
+            ws_data = 8 * n_mid + z_pass_data + 4 * c * n_out
+            ws_seg = 8 * n_mid + z_pass_seg + 4 * n_out + 4 * c * n_out
         else:
-            ws_data = 8 * n + 8 * n_out + 4 * c * n_out           # spline prefilter + float64 zoom output
+            # scipy.ndimage.zoom(order=3, mode='nearest') pads the float64 input by 12 voxels per side and
+            # spline-filters the padded copy (two float64 arrays), then writes a float64 output
+            n_pad = math.prod(s + 24 for s in geom.shape)
+            ws_data = 16 * n_pad + 8 * n_out + 4 * c * n_out
             ws_seg = 9 * n + 13 * n_out + 4 * c * n_out           # one-hot mask (bool + float64), output, compare
         stages["resample_data"] = (held + 8 * c * n, ws_data)
         stages["resample_seg"] = (4 * c * n + 8 * n + 8 * n, ws_seg)
@@ -511,7 +518,7 @@ def status():
     out = {}
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith(("VmRSS:", "VmHWM:")):
+            if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")):
                 out[line.split(":")[0]] = int(line.split()[1]) * 1024
     return out
 

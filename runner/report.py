@@ -59,6 +59,7 @@ class RunReport:
     hint: str | None = None
     cases: list[dict] = field(default_factory=list)     # per case and phase: pid, peak RSS, duration
     monitor: dict | None = None                          # the host sampler: samples, CPU cost
+    attempts: list[dict] = field(default_factory=list)   # one per attempt (--retry), the last is this one
     reason: str | None = None                            # e.g. "ENOSPC" for a full output disk
     peak_shm_bytes: int | None = None                    # peak use of /dev/shm in the container
     plot_path: str | None = None

@@ -86,6 +86,8 @@ class RunSettings:
     check_workers: int = 2
     plot: bool = True
     schedule: str = "fixed"          # "fixed": -np workers as nnU-Net; "memory": admit cases by predicted peak
+    retries: int | None = None       # --retry; None: 2 when nnrun chose the worker counts, else 0
+    workers_pinned: bool = False     # the user gave -np or -npfp
     passthrough_argv: list[str] = field(default_factory=list)   # nnrun options to repeat in advice
 
 
@@ -338,6 +340,22 @@ class Preprocess:
         self.engine: Engine | None = None
         self._container_done = threading.Event()
         self.recovered: list[str] = []
+        self.last_recommendation = None
+        # --retry: 2 when nnrun chose the worker counts, else only what the user asked for.
+        self.retries = settings.retries if settings.retries is not None else (0 if settings.workers_pinned else 2)
+
+    def _new_attempt(self) -> None:
+        self.container_id = None
+        self._container_done = threading.Event()
+        self.recovered = []
+        self.last_recommendation = None
+
+    def _retry_options(self, report: RunReport) -> PreprocessOptions | None:
+        """The options of the next attempt after an OOM: fewer workers, never more memory."""
+        rec = self.last_recommendation
+        if report.outcome is not Outcome.OOM or rec is None or rec.options is None or rec.mem_bytes is not None:
+            return None
+        return rec.options if rec.options != self.opts else None
 
     def run(self) -> RunReport:
         opts, settings, sink = self.opts, self.settings, self.sink
@@ -366,10 +384,25 @@ class Preprocess:
         marked = False
         try:
             self.recovered = recover_dead_run(preprocessed_dataset, engine, opts.plans_name)
-            write_json_atomic(active, {"run_id": run_id, "pid": os.getpid(), "started": time.time()})
-            marked = True
-            return self._run_locked(mem_bytes, dataset, preprocessed_root, preprocessed_dataset, run_id, info,
-                                    image)
+            attempts: list[dict] = []
+            while True:
+                write_json_atomic(active, {"run_id": run_id, "pid": os.getpid(), "started": time.time()})
+                marked = True
+                report = self._run_locked(mem_bytes, dataset, preprocessed_root, preprocessed_dataset, run_id,
+                                          info, image)
+                attempts.append(attempt_summary(report))
+                next_opts = self._retry_options(report) if len(attempts) <= self.retries else None
+                if next_opts is None:
+                    break
+                # Only the unfinished cases run again: the agent resumes from the complete ones.
+                sink.stage(f"retrying after the OOM kill ({len(attempts)} of {self.retries}): "
+                           f"{self.last_recommendation.text}")
+                self.opts = next_opts
+                self._new_attempt()
+                run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+            report.attempts = attempts
+            self._write_report(Path(report.run_dir), report) if report.run_dir else None
+            return report
         finally:
             # Reached whatever the outcome; only a killed nnrun leaves the marker for the next run.
             if marked:
@@ -566,6 +599,7 @@ class Preprocess:
             report.message = oom_message(victims[0] if victims else None, phase, facts.configuration,
                                          in_flight, exact) + peak
             rec = recommend(verdict, phase, facts.configuration, opts, report.limit_bytes, host_mem)
+            self.last_recommendation = rec
             if rec is not None:
                 report.recommendation_text = rec.text
                 if rec.options is not None:
@@ -642,6 +676,13 @@ def recover_dead_run(preprocessed_dataset: Path, engine: Engine, plans_name: str
     removed = remove_paths(incomplete_outputs(preprocessed_dataset))
     active.unlink(missing_ok=True)
     return removed
+
+
+def attempt_summary(report: RunReport) -> dict:
+    return {"run_id": report.run_id, "outcome": report.outcome.value, "exit_code": report.exit_code,
+            "workers": report.workers, "phase": report.phase, "configuration": report.configuration,
+            "victim": report.victim, "victim_case": report.victim_case, "oom_kills": report.oom_kills,
+            "duration_s": report.duration_s, "run_dir": report.run_dir}
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

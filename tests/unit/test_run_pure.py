@@ -94,6 +94,7 @@ class FakeEngine:
         self.start_error = start_error
         self.interrupt = interrupt
         self.spec = None
+        self.specs = []
         self.calls: list[str] = []
         self.removed: list[str] = []
         self.waits = 0
@@ -125,6 +126,7 @@ class FakeEngine:
     def create(self, spec) -> str:
         self.calls.append("create")
         self.spec = spec
+        self.specs.append(spec)
         return CID
 
     def start(self, container_id: str) -> None:
@@ -167,7 +169,7 @@ class FakeEngine:
 
 def settings_for(raw: Path, tmp_path: Path, mem: str = "1200m", **kw) -> RunSettings:
     base = dict(mem=mem, raw_root=str(raw), preprocessed_root=str(tmp_path / "pre"),
-                cgroup_root=tmp_path / "no-cgroup-here", check_workers=1,
+                cgroup_root=tmp_path / "no-cgroup-here", check_workers=1, retries=0,
                 passthrough_argv=["--raw", str(raw), "--preprocessed", str(tmp_path / "pre")])
     base.update(kw)
     return RunSettings(**base)
@@ -648,3 +650,40 @@ def test_the_recommended_command_line_splits_back_to_its_argv(tmp_path):
     assert report.outcome is Outcome.OOM and report.recommendation_argv
     assert "my raw data" in report.recommendation_argv[report.recommendation_argv.index("--raw") + 1]
     assert shlex.split(report.recommendation) == report.recommendation_argv
+
+
+# -- --retry ------------------------------------------------------------------------------
+
+def test_retry_after_an_oom_halves_the_workers_and_keeps_the_cap(tiny_raw, tmp_path):
+    seen = []
+
+    def oom_then_ok(engine):
+        seen.append(list(engine.spec.command))
+        if len(seen) == 1:
+            return worker_oom_in_3d_fullres(engine)
+        engine.write_status(status())
+        return 0
+
+    engine = FakeEngine(oom_then_ok)
+    report, _ = run_fake(tiny_raw, tmp_path, engine, retries=2)
+    assert report.outcome is Outcome.OK and report.exit_code == 0
+    assert [a["outcome"] for a in report.attempts] == ["oom", "ok"]
+    assert report.attempts[0]["run_id"] != report.attempts[1]["run_id"]
+    first, second = seen
+    assert first[first.index("-np") + 1] == "4" and second[second.index("-np") + 1] == "2"
+    assert all(spec_mem == engine.specs[0].mem_limit_bytes for spec_mem in [s.mem_limit_bytes for s in engine.specs])
+
+
+def test_no_retry_when_the_user_pinned_the_workers(tiny_raw, tmp_path):
+    engine = FakeEngine(worker_oom_in_3d_fullres)
+    report, _ = run_fake(tiny_raw, tmp_path, engine, retries=None, workers_pinned=True)
+    assert report.outcome is Outcome.OOM and len(report.attempts) == 1
+
+
+def test_retry_never_raises_the_memory(tiny_raw, tmp_path):
+    def oom_with_one_worker(engine):
+        engine.write_status(status(returncode=-9, phase="planning", oom_kill_start=0, oom_kill_end=1))
+        return 137
+
+    report, _ = run_fake(tiny_raw, tmp_path, FakeEngine(oom_with_one_worker), retries=2)
+    assert report.outcome is Outcome.OOM and len(report.attempts) == 1     # only more memory would help
