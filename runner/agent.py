@@ -41,7 +41,11 @@ NNUNET_COMMAND = "nnUNetv2_plan_and_preprocess"
 
 
 def case_id_from_path(path: str) -> str:
-    """The case id of an image or label file name (``case003_0000.nii.gz`` → ``case003``)."""
+    """The case id of a LABEL file name (``labelsTr/case003.nii.gz`` → ``case003``).
+
+    Only label paths are passed here: an image's ``_0000`` channel suffix is not
+    stripped, since a case id may itself end in ``_NNNN``.
+    """
     name = os.path.basename(str(path))
     ending = os.environ.get(FILE_ENDING_ENV, "")
     if ending and name.endswith(ending):

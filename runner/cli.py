@@ -104,6 +104,29 @@ def _finish(report: RunReport, as_json: bool, quiet: bool) -> None:
     raise typer.Exit(report.exit_code)
 
 
+def _parse_np(values: list[str] | None) -> tuple[tuple[int, ...] | None, bool]:
+    """-np: None, 'auto', or integers."""
+    if not values:
+        return None, False
+    if [v.lower() for v in values] == ["auto"]:
+        return None, True
+    try:
+        return tuple(int(v) for v in values), False
+    except ValueError:
+        raise BadInputError(f"-np takes whole numbers or auto (got {' '.join(values)})") from None
+
+
+def _parse_npfp(value: str | None) -> tuple[int, bool]:
+    if value is None:
+        return DEFAULT_NPFP, False
+    if value.lower() == "auto":
+        return DEFAULT_NPFP, True
+    try:
+        return int(value), False
+    except ValueError:
+        raise BadInputError(f"-npfp takes a whole number or auto (got {value})") from None
+
+
 def _report_for_error(err: NnrunError) -> RunReport:
     report = RunReport(outcome=err.outcome, message=err.one_line(), hint=err.hint)
     if isinstance(err, RunInterrupted):
@@ -118,9 +141,16 @@ def preprocess_command(
                                               "Swap is off (memory == memory+swap)."),
     configurations: Optional[List[str]] = typer.Option(None, "-c", help="nnU-Net configurations "
                                                                         "[default: 2d 3d_fullres 3d_lowres]."),
-    np_: Optional[List[int]] = typer.Option(None, "-np", help="Preprocessing workers: one value, or one per "
-                                                             "configuration [nnU-Net default: 2d 8, 3d_fullres 4, 3d_lowres 8]."),
-    npfp: int = typer.Option(DEFAULT_NPFP, "-npfp", help="Fingerprint extraction workers."),
+    np_: Optional[List[str]] = typer.Option(None, "-np", help="Preprocessing workers: one value, or one per "
+                                                             "configuration, or auto (the largest pool that fits the "
+                                                             "cap, from the estimate). Without -np nnrun admits cases "
+                                                             "by predicted memory (--schedule memory)."),
+    npfp: Optional[str] = typer.Option(None, "-npfp", help="Fingerprint extraction workers, or auto "
+                                                           "[default: auto with --schedule memory, else 8]."),
+    schedule: Optional[str] = typer.Option(None, "--schedule",
+                                           help="memory: admit cases largest first while their predicted peaks fit "
+                                                "the cap (default without -np); fixed: a pool of -np workers, as "
+                                                "nnU-Net (default with -np)."),
     verify_dataset_integrity: bool = typer.Option(False, "--verify_dataset_integrity",
                                                   help="Run nnU-Net's dataset integrity check first."),
     no_pp: bool = typer.Option(False, "--no_pp", help="Only fingerprint and planning, no preprocessing."),
@@ -163,13 +193,20 @@ def preprocess_command(
             raise BadInputError(f"one dataset per run (got -d {' '.join(dataset)}): run nnrun once per dataset, "
                                 f"so each gets its own cap, report and exit code")
         extra_args = tuple(_NNUNET_EXTRA)
+        np_values, np_auto = _parse_np(np_)
+        npfp_value, npfp_auto = _parse_npfp(npfp)
+        if schedule not in (None, "memory", "fixed"):
+            raise BadInputError(f"--schedule must be memory or fixed (got {schedule!r})")
+        schedule = schedule or ("fixed" if np_ else "memory")
+        if schedule == "memory" and npfp is None:
+            npfp_auto = True
         if no_pbar:
             extra_args = ("--no_pbar", *extra_args)
         opts = PreprocessOptions(
             dataset_id=parse_dataset_id(dataset[0]),
             configurations=tuple(configurations) if configurations else PreprocessOptions.configurations,
-            np=tuple(np_) if np_ else None,
-            npfp=npfp,
+            np=np_values,
+            npfp=npfp_value,
             verify_dataset_integrity=verify_dataset_integrity,
             no_pp=no_pp,
             clean=clean,
@@ -189,8 +226,9 @@ def preprocess_command(
                 passthrough += [flag, value]
         settings = RunSettings(mem=mem, image=image, raw_root=raw, preprocessed_root=preprocessed,
                                skip_file_check=skip_file_check, shm_size=shm_size, passthrough_argv=passthrough,
-                               plot=not no_plot, retries=retry,
-                               workers_pinned=bool(np_) or npfp != DEFAULT_NPFP)
+                               plot=not no_plot, retries=retry, schedule=schedule, np_auto=np_auto,
+                               npfp_auto=npfp_auto, workers_pinned=np_values is not None or npfp_value != DEFAULT_NPFP
+                               and not npfp_auto)
         from runner.docker_engine import DockerEngine  # the Docker SDK loads only when a run needs it
         progress = make_progress(quiet, nnunet_output)
         try:
@@ -201,6 +239,32 @@ def preprocess_command(
     except NnrunError as err:
         report = _report_for_error(err)
     _finish(report, as_json, quiet)
+
+
+@app.command("estimate", context_settings={"help_option_names": ["-h", "--help"]})
+def estimate_command(
+    dataset: str = typer.Option(..., "-d", help="Dataset id (e.g. 501)."),
+    mem: str = typer.Option(..., "--mem", help="The cap to plan for (docker syntax: 16g, 4096m)."),
+    configurations: Optional[List[str]] = typer.Option(None, "-c", help="Configurations [default: 2d 3d_fullres 3d_lowres]."),
+    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
+    preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
+                                               help="Preprocessed folder; its plans give the target spacing when present."),
+    image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The image whose worker baseline is measured (once, cached)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Predict each case's peak memory per phase from image headers, and the -np/-npfp that fit the cap."""
+    from runner.estimate_cli import run_estimate
+
+    try:
+        est = run_estimate(dataset, mem, tuple(configurations) if configurations else None, raw, preprocessed, image)
+    except NnrunError as err:
+        _finish(_report_for_error(err), as_json, False)
+        return
+    from runner.estimate import estimate_json, render_estimate
+    _err(render_estimate(est))
+    if as_json:
+        sys.stdout.write(json.dumps(estimate_json(est)) + "\n")
+    raise typer.Exit(0 if not est.too_large else exit_code_for(Outcome.BAD_INPUT))
 
 
 @app.command("report")

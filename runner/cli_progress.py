@@ -146,11 +146,12 @@ class RichProgress(_BaseProgress):
         from rich.console import Console
         from rich.live import Live
 
+        # (state first: Live calls get_renderable as soon as it is built)
+        self._file_check: tuple[int, int] | None = None
+        self._started = False
         self.console = Console(stderr=True)
         self.live = Live(console=self.console, refresh_per_second=4, transient=True,
                          get_renderable=self._render)
-        self._file_check: tuple[int, int] | None = None
-        self._started = False
 
     def _ensure_started(self) -> None:
         if not self._started:

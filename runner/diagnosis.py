@@ -35,6 +35,7 @@ class WorkerExit:
     main_alive: bool
     oom_kill_before: int | None
     oom_kill_after: int | None
+    last_rss_bytes: int | None = None     # its RSS at the last poll before it vanished
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class RunFacts:
     exception_line: str | None = None
     start_error: str | None = None
     watchdog_fired: bool = False
+    open_case_pids: frozenset[int] = frozenset()   # workers holding an unfinished case (agent's log)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,16 @@ def count_oom_kills(facts: RunFacts) -> tuple[int | None, str | None]:
     return None, None
 
 
+def _likeliest_first(exits: list[WorkerExit], facts: RunFacts) -> list[WorkerExit]:
+    """Among workers that vanished together, the kernel's likeliest pick first.
+
+    A worker that was processing a case (per the agent's log) holds data; one
+    the pool tore down right after was idle.  Then the larger last-seen RSS
+    (the OOM killer picks by RSS), then the earlier exit.
+    """
+    return sorted(exits, key=lambda w: (w.pid not in facts.open_case_pids, -(w.last_rss_bytes or 0), w.t, w.pid))
+
+
 def find_victims(facts: RunFacts, kills: int) -> tuple[Victim, ...]:
     """Which processes the kernel killed, earliest first."""
     victims: list[Victim] = []
@@ -102,18 +114,29 @@ def find_victims(facts: RunFacts, kills: int) -> tuple[Victim, ...]:
     if main_killed and not facts.watchdog_fired:
         victims.append(Victim("main", facts.main_pid, None, facts.main_ended))
     # Workers that vanished while the main process was alive, in a poll window
-    # in which the oom_kill counter rose, were killed by the kernel.
-    alive_exits = sorted((w for w in facts.worker_exits if w.main_alive), key=lambda w: w.t)
-    attributed = [w for w in alive_exits
-                  if w.oom_kill_after is not None and w.oom_kill_before is not None
-                  and w.oom_kill_after > w.oom_kill_before]
-    for w in attributed:
-        victims.append(Victim("worker", w.pid, None, w.t))
+    # in which the oom_kill counter rose, were killed by the kernel -- at most
+    # as many per window as the counter rose (the pool tears the others down
+    # within the same window when nnU-Net notices the dead worker).
+    alive_exits = [w for w in facts.worker_exits if w.main_alive]
+    windows: dict[tuple[int, int], list[WorkerExit]] = {}
+    for w in alive_exits:
+        if w.oom_kill_after is not None and w.oom_kill_before is not None and w.oom_kill_after > w.oom_kill_before:
+            windows.setdefault((w.oom_kill_before, w.oom_kill_after), []).append(w)
+    for (before, after), exits in windows.items():
+        for w in _likeliest_first(exits, facts)[: after - before]:
+            victims.append(Victim("worker", w.pid, None, w.t))
     if not victims and kills > 0:
-        # The counter rose but no exit lined up with it: the first worker to
-        # vanish while the main process lived is the likeliest victim.
-        if alive_exits:
-            w = alive_exits[0]
+        # The counter rose but no exit lined up with it (the kill fell one poll
+        # before the worker was seen gone): among the workers seen vanishing
+        # once the counter had risen, the likeliest.
+        base = facts.oom_kill_before or 0
+        after_rise = [w for w in alive_exits if w.oom_kill_before is not None and w.oom_kill_before > base]
+        if not after_rise and all(w.oom_kill_before is None for w in alive_exits):
+            after_rise = alive_exits     # the supervisor could not read the counter: order is all we have
+        if after_rise:
+            first_t = min(w.t for w in after_rise)
+            same_poll = [w for w in after_rise if w.t - first_t < 0.06]
+            w = _likeliest_first(same_poll, facts)[0]
             victims.append(Victim("worker", w.pid, None, w.t))
         else:
             victims.append(Victim("worker", None, None, None))

@@ -185,22 +185,36 @@ class DockerEngine:
         script = (f"python3 -c \"{child}\"; rc=$?; echo \"child_exit_status $rc\"; "
                   "cat /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null || cat /sys/fs/cgroup/memory.events; "
                   "exit $rc")
-        run_id = f"doctor-{os.urandom(6).hex()}"
+        result = self.run_throwaway(image, ["sh", "-c"], [script], mem_bytes, timeout_s, "doctor", pids_limit=64)
+        return {**result, "alloc_bytes": alloc}
+
+    def run_throwaway(self, image: str, entrypoint: list[str], command: list[str], mem_bytes: int,
+                      timeout_s: float, run_id_prefix: str, pids_limit: int = 256,
+                      tmpfs: dict[str, str] | None = None) -> dict:
+        """Run a short command in a throw-away, hardened container and return what it printed.
+
+        Memory == memory+swap, no network, read-only root, cap-drop ALL,
+        no-new-privileges; labelled ``io.nnrun.run-id=<prefix>-<random>`` (and
+        the test label when set); removed in every case.  Plain data back:
+        ``run_id``, ``container_exit_code`` (None on timeout), ``timed_out``,
+        ``stdout``, ``stderr``, ``engine_oom_killed``, ``mem_bytes``.
+        """
+        run_id = f"{run_id_prefix}-{os.urandom(6).hex()}"
         try:
             container = self._call(
-                "create the probe container", self.client.containers.create, image,
-                entrypoint=["sh", "-c"], command=[script], mem_limit=int(mem_bytes), memswap_limit=int(mem_bytes),
+                "create a container", self.client.containers.create, image,
+                entrypoint=entrypoint, command=command, mem_limit=int(mem_bytes), memswap_limit=int(mem_bytes),
                 labels={"io.nnrun.run-id": run_id,
                         **({"io.nnrun.test-id": os.environ["NNRUN_TEST_ID"]} if os.environ.get("NNRUN_TEST_ID") else {})},
-                network_mode="none", detach=True, init=False, read_only=True,
-                cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=64)
+                network_mode="none", detach=True, init=False, read_only=True, tmpfs=tmpfs or {"/tmp": "rw,size=64m"},
+                cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=pids_limit)
         except docker.errors.NotFound:
             raise InfraError(f"image {image} not found", hint=SETUP_HINT) from None
         try:
             try:
-                self._call("start the probe container", container.start)
+                self._call("start the container", container.start)
             except docker.errors.NotFound as err:
-                raise InfraError(f"probe container could not start: {_short(err)}") from err
+                raise InfraError(f"container could not start: {_short(err)}") from err
             timed_out = False
             exit_code: int | None
             try:
@@ -208,9 +222,9 @@ class DockerEngine:
             except TimeoutError:
                 timed_out, exit_code = True, None
                 self.kill(container.id)
-            self._call("inspect the probe container", container.reload)
-            stdout = self._call("read the probe's output", container.logs, stdout=True, stderr=False)
-            stderr = self._call("read the probe's output", container.logs, stdout=False, stderr=True)
+            self._call("inspect the container", container.reload)
+            stdout = self._call("read the output", container.logs, stdout=True, stderr=False)
+            stderr = self._call("read the output", container.logs, stdout=False, stderr=True)
             return {
                 "run_id": run_id,
                 "container_exit_code": exit_code,
@@ -219,7 +233,6 @@ class DockerEngine:
                 "stderr": stderr.decode("utf-8", "replace"),
                 "engine_oom_killed": bool(container.attrs.get("State", {}).get("OOMKilled")),
                 "mem_bytes": int(mem_bytes),
-                "alloc_bytes": alloc,
             }
         finally:
             self.remove(container.id)

@@ -55,7 +55,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -541,31 +540,17 @@ _BOOT = ("import subprocess, sys; open('/tmp/nnrun_baseline_probe.py', 'w').writ
          "sys.exit(subprocess.call([sys.executable, '/tmp/nnrun_baseline_probe.py']))")
 
 
-def _run_probe_container(image: str, script: str, mem_bytes: int = 4 << 30, timeout_s: float = 180) -> str:
-    """Stand-in for a DockerEngine method (``run_python(image, script, mem_bytes, timeout_s) -> stdout``).
-
-    Runs ``script`` as a file with the image's python3 in a throw-away
-    container with nnrun's restrictions (no network, read-only root, tmpfs
-    /tmp, cap-drop ALL, no-new-privileges, memory == memory+swap), labelled
-    ``io.nnrun.run-id`` (and ``io.nnrun.test-id`` from NNRUN_TEST_ID), removed
-    afterwards.
-    """
-    run_id = f"estimate-baseline-{os.urandom(6).hex()}"
-    labels = ["--label", f"io.nnrun.run-id={run_id}"]
-    if os.environ.get("NNRUN_TEST_ID"):
-        labels += ["--label", f"io.nnrun.test-id={os.environ['NNRUN_TEST_ID']}"]
-    argv = ["docker", "run", "--rm", "--name", run_id, *labels, "--network", "none", "--read-only",
-            "--tmpfs", "/tmp:rw,exec,size=64m", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-            "--memory", str(int(mem_bytes)), "--memory-swap", str(int(mem_bytes)), "--pids-limit", "256",
-            "--entrypoint", "python3", image, "-c", _BOOT, script]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        subprocess.run(["docker", "rm", "-f", run_id], capture_output=True)
+def _run_probe_container(engine, image: str, script: str, mem_bytes: int = 4 << 30,
+                         timeout_s: float = 180) -> str:
+    """Run ``script`` with the image's python3 in a throw-away hardened container (the engine seam)."""
+    result = engine.run_throwaway(image, ["python3", "-c", _BOOT], [script], mem_bytes, timeout_s,
+                                  "estimate-baseline", tmpfs={"/tmp": "rw,exec,size=64m"})
+    if result["timed_out"]:
         raise RuntimeError(f"baseline probe container still running after {timeout_s} s")
-    if proc.returncode != 0:
-        raise RuntimeError(f"baseline probe failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
-    return proc.stdout
+    if result["container_exit_code"] != 0:
+        raise RuntimeError(f"baseline probe failed (exit {result['container_exit_code']}): "
+                           f"{result['stderr'].strip()[-500:]}")
+    return result["stdout"]
 
 
 def parse_probe_output(stdout: str) -> tuple[int, int, dict]:
@@ -601,7 +586,7 @@ def measure_baseline(engine_factory: Callable, image: str, cache_dir: Path,
     except (OSError, ValueError, KeyError):
         pass
     started = time.time()
-    stdout = (run_probe or _run_probe_container)(image, _PROBE)
+    stdout = run_probe(image, _PROBE) if run_probe else _run_probe_container(engine, image, _PROBE)
     main, worker, raw = parse_probe_output(stdout)
     baseline = Baseline(main_bytes=main, worker_bytes=worker, image_id=image_id, measured=True)
     cache_dir.mkdir(parents=True, exist_ok=True)

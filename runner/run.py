@@ -87,6 +87,8 @@ class RunSettings:
     plot: bool = True
     schedule: str = "fixed"          # "fixed": -np workers as nnU-Net; "memory": admit cases by predicted peak
     retries: int | None = None       # --retry; None: 2 when nnrun chose the worker counts, else 0
+    np_auto: bool = False            # -np auto: the largest fixed pool that fits, from the estimate
+    npfp_auto: bool = False          # -npfp auto
     workers_pinned: bool = False     # the user gave -np or -npfp
     passthrough_argv: list[str] = field(default_factory=list)   # nnrun options to repeat in advice
 
@@ -277,7 +279,7 @@ def _pick(*values):
 
 
 def gather_facts(status: dict | None, summary: MonitorSummary, exit_code: int | None, engine_oom_killed: bool,
-                 engine_oom_events: int, interrupt_signal: int | None) -> RunFacts:
+                 engine_oom_events: int, interrupt_signal: int | None, records: list | None = None) -> RunFacts:
     status = status or {}
     starts = [v for v in (status.get("oom_kill_start"), summary.oom_kill_first) if v is not None]
     return RunFacts(
@@ -293,11 +295,13 @@ def gather_facts(status: dict | None, summary: MonitorSummary, exit_code: int | 
         engine_oom_killed=engine_oom_killed,
         engine_oom_events=engine_oom_events,
         worker_exits=tuple(WorkerExit(w["pid"], w["t"], w["main_alive"], w.get("oom_kill_before"),
-                                      w.get("oom_kill_after")) for w in status.get("worker_exits", [])),
+                                      w.get("oom_kill_after"), w.get("last_rss_bytes"))
+                           for w in status.get("worker_exits", [])),
         interrupt_signal=interrupt_signal,
         exception_line=status.get("last_exception_line"),
         start_error=status.get("start_error"),
         watchdog_fired=bool(status.get("watchdog_fired")),
+        open_case_pids=frozenset(r.pid for r in records or [] if r.status == "unfinished"),
     )
 
 
@@ -341,8 +345,37 @@ class Preprocess:
         self._container_done = threading.Event()
         self.recovered: list[str] = []
         self.last_recommendation = None
+        self.estimate = None
+        self.schedule_note: str | None = None
         # --retry: 2 when nnrun chose the worker counts, else only what the user asked for.
         self.retries = settings.retries if settings.retries is not None else (0 if settings.workers_pinned else 2)
+
+    def _choose_workers(self, dataset: RawDataset, preprocessed_dataset: Path, mem_bytes: int, info) -> None:
+        """Estimate per-case peaks (headers only) and let nnrun pick the worker counts / admission plan."""
+        from runner.estimate import default_cache_dir, estimate, load_model, measure_baseline
+        from runner.workers import check_fits, resolve_workers
+
+        settings = self.settings
+        self.sink.stage("estimating per-case memory from the image headers")
+        try:
+            baseline = measure_baseline(self.engine_factory, settings.image, default_cache_dir())
+            plans_path = preprocessed_dataset / f"{self.opts.plans_name}.json"
+            plans = json.loads(plans_path.read_text()) if plans_path.is_file() else None
+            est = estimate(dataset, plans, self.opts.configurations, mem_bytes, baseline, load_model(),
+                           cpus=os.cpu_count() or 1)
+        except (NnrunError, OSError, ValueError, KeyError, RuntimeError) as err:
+            # No estimate (e.g. a format nnrun cannot read headers of): nnU-Net's own defaults.
+            self.schedule_note = f"no estimate ({err}); using nnU-Net's fixed worker counts"
+            self.sink.stage(self.schedule_note)
+            self.settings = replace(settings, schedule="fixed", np_auto=False, npfp_auto=False)
+            return
+        fingerprint_needed = self.opts.clean or not (preprocessed_dataset / "dataset_fingerprint.json").is_file()
+        check_fits(est, info.mem_total_bytes, fingerprint_needed)
+        self.estimate = est
+        self.opts = resolve_workers(self.opts, est, settings.np_auto, settings.npfp_auto, settings.schedule)
+        chosen = self.opts.workers_per_configuration()
+        self.sink.stage(f"workers: -npfp {self.opts.npfp}; " + ", ".join(f"{c} {n}" for c, n in chosen.items())
+                        + (" (memory-aware admission)" if settings.schedule == "memory" else ""))
 
     def _new_attempt(self) -> None:
         self.container_id = None
@@ -371,6 +404,9 @@ class Preprocess:
 
         preprocessed_dataset = preprocessed_root / dataset.name
         check_output_writable(preprocessed_dataset)
+        if settings.schedule == "memory" or settings.np_auto or settings.npfp_auto:
+            self._choose_workers(dataset, preprocessed_dataset, mem_bytes, info)
+            opts, settings = self.opts, self.settings
         try:
             preprocessed_dataset.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -424,12 +460,18 @@ class Preprocess:
             os.chown(preprocessed_dataset, uid, gid)
         log_path = run_dir / NNUNET_LOG
         spec = build_spec(opts, settings, dataset, preprocessed_dataset, run_dir, mem_bytes, run_id, (uid, gid))
-        workers = {"npfp": opts.npfp, "np": opts.workers_per_configuration()}
+        workers = {"npfp": opts.npfp, "np": opts.workers_per_configuration(), "schedule": settings.schedule}
         report = RunReport(outcome=Outcome.BUG, message="", dataset=dataset.name,
                            configurations=list(opts.configurations), workers=workers,
                            nnunet_argv=nnunet_argv(opts), image=settings.image, image_id=image.image_id,
                            run_id=run_id, run_dir=str(run_dir), log_path=str(log_path), limit_bytes=mem_bytes)
 
+        if settings.schedule == "memory" and self.estimate is not None:
+            from runner.workers import admission_plan
+            per_config = opts.workers_per_configuration()
+            plan = {"configurations": {c: admission_plan(self.estimate, c, max_workers=per_config.get(c, 1))
+                                       for c in opts.configurations}}
+            write_json_atomic(run_dir / SCHEDULE_FILE, plan)
         manifest = build_manifest(run_id, opts, settings, spec, dataset, info, image, mem_bytes)
         write_json_atomic(run_dir / MANIFEST_FILE, manifest)
         sink.stage(f"starting nnU-Net in {settings.image} under a {format_bytes(mem_bytes)} cap "
@@ -491,9 +533,9 @@ class Preprocess:
                 engine.remove(self.container_id)
         ended = time.time()
 
-        facts = gather_facts(status, summary, exit_code, engine_oom_killed, engine_events, interrupt)
-        verdict = classify(facts)
         records = case_records(read_jsonl(run_dir / AGENT_FILE))
+        facts = gather_facts(status, summary, exit_code, engine_oom_killed, engine_events, interrupt, records)
+        verdict = classify(facts)
         self._fill(report, facts, verdict, status, summary, dataset, preprocessed_dataset, mem_bytes,
                    info.mem_total_bytes, log_path, started, ended, records)
         report.removed_outputs = list(self.recovered)

@@ -157,6 +157,17 @@ def _role(cmdline: str) -> str:
     return "child"
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss_bytes(pid: int) -> int | None:
+    text = _read_text(f"/proc/{pid}/statm")
+    try:
+        return int(text.split()[1]) * _PAGE if text else None
+    except (IndexError, ValueError):
+        return None
+
+
 def _shm_used_bytes() -> int:
     """How much of /dev/shm is in use (it counts against the memory cap)."""
     try:
@@ -263,8 +274,11 @@ class Supervisor:
             role = _role(cmdline)
             if role != "worker":
                 continue
+            rss = _rss_bytes(pid)
+            if pid in self.workers_seen and rss:
+                self.workers_seen[pid]["rss"] = rss
             if pid not in self.workers_seen:
-                self.workers_seen[pid] = {"pid": pid, "phase": self.tracker.phase,
+                self.workers_seen[pid] = {"pid": pid, "rss": rss, "phase": self.tracker.phase,
                                           "configuration": self.tracker.configuration,
                                           "first_seen": round(time.time(), 3)}
                 self.emit("worker_start", pid=pid, phase=self.tracker.phase,
@@ -278,7 +292,7 @@ class Supervisor:
         for pid in gone:
             info = self.workers_seen[pid]
             info["exited"] = round(time.time(), 3)
-            record = {"pid": pid, "t": info["exited"], "main_alive": main_alive,
+            record = {"pid": pid, "t": info["exited"], "main_alive": main_alive, "last_rss_bytes": info.get("rss"),
                       "phase": self.tracker.phase, "configuration": self.tracker.configuration,
                       "oom_kill_before": oom_before, "oom_kill_after": oom_now}
             self.worker_exits.append(record)

@@ -401,7 +401,7 @@ def test_ok_run(tiny_raw, tmp_path):
     assert engine.removed == [CID]                               # never left behind
     assert "oom_event_count" not in engine.calls                  # the counter was readable
     assert Path(report.log_path).parent == Path(report.run_dir) == engine.run_dir
-    assert report.workers == {"npfp": 1, "np": {"3d_fullres": 4}}
+    assert report.workers == {"npfp": 1, "np": {"3d_fullres": 4}, "schedule": "fixed"}
     assert_report_json_matches(report)
 
 

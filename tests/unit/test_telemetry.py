@@ -160,3 +160,80 @@ def test_jsonl_tail_returns_lines_only_once_complete(tmp_path):
         fh.write(blob[split:])
         got += tail.read_new()
         assert got == many
+
+
+# --------------------------------------------------------------------------- victim attribution
+# Two real runs (recorded on this machine, cgroup v1): Dataset502_Mixed (six cases, case002 about
+# four times larger: ~1.9 GiB worker peak vs ~0.4 GiB), preprocessing 3d_fullres with -np 2 under a
+# 2200m cap, NNRUN_TEST_OOM_VICTIM=worker.  The kernel killed the worker holding case002 both times
+# (the largest RSS among equal oom_score_adj); the supervisor's worker_exits and the agent's case
+# events are copied from status.json and agent.jsonl.  The run folder's victim must be that worker.
+
+def _pre(t, kind, case, pid, **extra):
+    return ev(t, kind, case, pid, **PRE, **extra)
+
+
+def _agent_events(holder: int, other: int, t0: float) -> list[dict]:
+    """The preprocessing case events: `other` does the five small cases, `holder` takes case002."""
+    events = [_pre(t0, "case_start", "case000", other),
+              _pre(t0 + 0.27, "case_end", "case000", other, peak_rss_bytes=433_000_448, duration_s=0.27),
+              _pre(t0 + 0.29, "case_start", "case002", holder)]
+    t = t0 + 0.3
+    for case in ("case001", "case003", "case004", "case005"):
+        events += [_pre(t, "case_start", case, other),
+                   _pre(t + 0.12, "case_end", case, other, peak_rss_bytes=433_800_000, duration_s=0.12)]
+        t += 0.13
+    return events
+
+
+def _status(worker_exits: list[tuple[int, float, int, int]]) -> dict:
+    return {"main_pid": 7, "returncode": 1, "ended": worker_exits[-1][1] + 0.5, "phase": "preprocessing",
+            "configuration": "3d_fullres", "oom_kill_start": 0, "oom_kill_end": 1, "watchdog_fired": False,
+            "last_exception_line": "RuntimeError: Some background worker is 6 feet under. Yuck.",
+            "worker_exits": [{"pid": pid, "t": t, "main_alive": True, "oom_kill_before": before,
+                              "oom_kill_after": after, **PRE} for pid, t, before, after in worker_exits]}
+
+
+def _attribute(status: dict, agent_events: list[dict]):
+    """What runner/run.py (Preprocess.run and _fill) derives: the verdict and the victims' cases."""
+    from dataclasses import replace
+
+    from runner.diagnosis import classify
+    from runner.errors import Outcome
+    from runner.monitor import MonitorSummary
+    from runner.run import gather_facts
+
+    summary = MonitorSummary(True, "/sys/fs/cgroup/memory/docker/x", 1, 100, 2200 * 2**20, 2_291_000_000,
+                             2200 * 2**20, 0, 1, None)
+    records = case_records(agent_events)
+    verdict = classify(gather_facts(status, summary, 1, False, 0, None, records))
+    assert verdict.outcome is Outcome.OOM and verdict.oom_kills == 1
+    victims = [replace(v, case=case_held_by(records, v.pid, v.t)) if v.role == "worker" else v
+               for v in verdict.victims]
+    return verdict, victims
+
+
+def test_victim_is_not_a_process_that_vanished_before_the_oom_kill():
+    # Run 1: the kill was counted one poll (50 ms) before the killed worker was seen gone, so no exit
+    # lines up with the rise; pid 92 (cmdline of a worker, lived < 50 ms) had exited long before.
+    status = _status([(92, 585.003, 0, 0), (68, 589.692, 1, 1), (69, 589.795, 1, 1), (142, 589.795, 1, 1)])
+    verdict, victims = _attribute(status, _agent_events(holder=68, other=69, t0=584.686))
+    assert victims[0].pid == 68
+    assert victims[0].case == "case002"
+
+
+def test_one_kill_one_victim_the_worker_holding_the_big_case():
+    # Run 2: pid 69 (holding case002) was killed; the main process saw it, raised "6 feet under" and
+    # terminated the pool within the same 50 ms poll, so idle pid 68 vanished in that window too.
+    status = _status([(68, 599.336, 0, 1), (69, 599.336, 0, 1), (138, 599.387, 1, 1)])
+    verdict, victims = _attribute(status, _agent_events(holder=69, other=68, t0=595.592))
+    assert len(victims) <= verdict.oom_kills
+    assert victims[0].pid == 69
+    assert victims[0].case == "case002"
+
+
+def test_victim_attribution_when_the_exit_lines_up_with_the_rise():
+    # A third recorded run (2000m): the killed worker is seen gone in the poll of the rise, alone.
+    status = _status([(69, 1000.0, 0, 1), (68, 1000.1, 1, 1), (150, 1000.1, 1, 1)])
+    verdict, victims = _attribute(status, _agent_events(holder=69, other=68, t0=996.0))
+    assert [(v.role, v.pid, v.case) for v in victims] == [("worker", 69, "case002")]

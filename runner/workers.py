@@ -1,0 +1,91 @@
+"""Worker counts and the memory-aware admission plan, from the estimate.  Pure functions.
+
+* ``-np auto`` / ``-npfp auto``: the largest fixed pool whose largest cases fit
+  the cap side by side, with the estimate's safety margin (and no more
+  workers than cores).
+* ``--schedule memory`` (the default when no worker count is given): the agent
+  admits cases largest first while the predicted extra memory of the cases in
+  flight stays within a budget: the cap (less the margin), less the main
+  process and the workers' baselines.  ``admission_plan`` computes that budget
+  and how many workers to start.
+* A case predicted not to fit the cap even alone is ``bad_input`` before the
+  run, with the ``--mem`` it needs.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from runner.errors import BadInputError
+from runner.estimate import Estimate
+from runner.options import PreprocessOptions
+from runner.units import format_bytes, format_mem_arg
+
+
+def usable_bytes(est: Estimate) -> int:
+    """The part of the cap the plan may fill: the margin covers the model's worst error."""
+    return int(est.cap_bytes / (1.0 + est.margin))
+
+
+def case_extras(est: Estimate, configuration: str) -> dict[str, int]:
+    return {row["case"]: int(row["extra_bytes"]) for row in est.per_case
+            if row["phase"] == "preprocessing" and row["configuration"] == configuration}
+
+
+def admission_plan(est: Estimate, configuration: str, max_workers: int) -> dict | None:
+    """Workers and extra-memory budget for one configuration (None: the estimate has no such configuration)."""
+    extras = case_extras(est, configuration)
+    if not extras:
+        return None
+    usable = usable_bytes(est)
+    largest = max(extras.values())
+    workers = 1
+    for w in range(1, max(1, min(max_workers, est.cpus, len(extras))) + 1):
+        # every idle worker still holds its baseline; the largest case must fit next to them
+        if est.baseline.main_bytes + w * est.baseline.worker_bytes + largest <= usable:
+            workers = w
+    budget = usable - est.baseline.main_bytes - workers * est.baseline.worker_bytes
+    return {"workers": workers, "budget_bytes": max(budget, largest), "case_bytes": extras,
+            "margin": est.margin, "cap_bytes": est.cap_bytes}
+
+
+def resolve_workers(opts: PreprocessOptions, est: Estimate, np_auto: bool, npfp_auto: bool,
+                    schedule: str) -> PreprocessOptions:
+    """Fill in the worker counts nnrun chooses."""
+    new = opts
+    if npfp_auto:
+        new = replace(new, npfp=max(1, est.max_npfp))
+    if schedule == "memory":
+        plans = {c: admission_plan(est, c, max_workers=est.cpus) for c in opts.configurations}
+        values = tuple(max(1, (p or {}).get("workers", 1)) for p in plans.values())
+        new = replace(new, np=values if len(set(values)) > 1 else values[:1])
+    elif np_auto:
+        values = tuple(max(1, est.max_np.get(c, 1)) for c in opts.configurations)
+        new = replace(new, np=values if len(set(values)) > 1 else values[:1])
+    return new
+
+
+def check_fits(est: Estimate, host_mem_bytes: int | None, fingerprint_needed: bool) -> None:
+    """bad_input, with the --mem it needs, when a case (or the fingerprint's main process) cannot fit."""
+    rows = [r for r in est.too_large if fingerprint_needed or r["phase"] != "fingerprint"]
+    if rows:
+        worst = max(rows, key=lambda r: r["predicted_peak_bytes"])
+        need = int((worst["predicted_peak_bytes"] + est.baseline.main_bytes) * (1.0 + est.margin))
+        where = ("fingerprint extraction" if worst["phase"] == "fingerprint"
+                 else f"preprocessing {worst['configuration']}")
+        more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
+        raise BadInputError(
+            f"case {worst['case']} needs about {format_bytes(worst['predicted_peak_bytes'])} in {where}{more}: "
+            f"it does not fit the {format_bytes(est.cap_bytes)} cap even alone",
+            hint=_mem_hint(need, host_mem_bytes))
+    if fingerprint_needed and est.main_fingerprint_peak_bytes * (1.0 + est.margin) > est.cap_bytes:
+        need = int(est.main_fingerprint_peak_bytes * (1.0 + est.margin))
+        raise BadInputError(
+            f"nnU-Net's main process needs about {format_bytes(est.main_fingerprint_peak_bytes)} at the end of "
+            f"fingerprint extraction: more than the {format_bytes(est.cap_bytes)} cap",
+            hint=_mem_hint(need, host_mem_bytes))
+
+
+def _mem_hint(need: int, host_mem_bytes: int | None) -> str:
+    if host_mem_bytes and need > host_mem_bytes:
+        return f"it needs about {format_bytes(need)}, more than this host has: use a larger machine"
+    return f"run with --mem {format_mem_arg(need)} or more"
