@@ -319,6 +319,14 @@ class Baseline:
     worker_bytes: int        # one spawned worker with nnunetv2's preprocessing modules imported
     image_id: str
     measured: bool           # False: a default, not measured in this image
+    # File-backed pages (shared libraries: torch, numpy...) that every process maps: the memory cgroup
+    # charges them once, so a second process costs its RSS minus these.
+    shared_bytes: int = 0
+
+    @property
+    def worker_added_bytes(self) -> int:
+        """What one more worker process adds to the cgroup's usage before it touches a case."""
+        return max(0, self.worker_bytes - self.shared_bytes)
 
 
 def predict_peak(geom: CaseGeometry, phase: str, target_spacing, baseline: Baseline, model: dict) -> int:
@@ -414,12 +422,13 @@ def estimate(dataset: RawDataset, plans: dict | None, configurations: Iterable[s
             row = {"case": g.case_id, "phase": phase, "configuration": configuration,
                    "predicted_peak_bytes": peak, "extra_bytes": extra}
             est.per_case.append(row)
-            if (peak + baseline.main_bytes) * (1.0 + margin) > cap_bytes:
+            if (peak - baseline.shared_bytes + baseline.main_bytes) * (1.0 + margin) > cap_bytes:
                 est.too_large.append({k: row[k] for k in ("case", "phase", "configuration", "predicted_peak_bytes")})
         key = phase if configuration is None else configuration
         order = sorted(range(len(geoms)), key=lambda i: -peaks[i])
         est.largest[key] = [{"case": geoms[i].case_id, "predicted_peak_bytes": peaks[i]} for i in order[:5]]
-        return sorted(peaks, reverse=True)
+        # side by side, each worker adds its peak less the shared pages the main process already maps
+        return sorted((p - baseline.shared_bytes for p in peaks), reverse=True)
 
     fp = add("fingerprint", None, None)
     main_pool = main_bytes_during_fingerprint_pool(geoms, baseline)
@@ -582,13 +591,15 @@ def measure_baseline(engine_factory: Callable, image: str, cache_dir: Path,
     cache = cache_dir / f"baseline-{image_id.replace(':', '-')}.json"
     try:
         data = json.loads(cache.read_text())
-        return Baseline(int(data["main_bytes"]), int(data["worker_bytes"]), data["image_id"], True)
+        return Baseline(int(data["main_bytes"]), int(data["worker_bytes"]), data["image_id"], True,
+                        _shared_bytes(data.get("raw") or {}))
     except (OSError, ValueError, KeyError):
         pass
     started = time.time()
     stdout = run_probe(image, _PROBE) if run_probe else _run_probe_container(engine, image, _PROBE)
     main, worker, raw = parse_probe_output(stdout)
-    baseline = Baseline(main_bytes=main, worker_bytes=worker, image_id=image_id, measured=True)
+    baseline = Baseline(main_bytes=main, worker_bytes=worker, image_id=image_id, measured=True,
+                        shared_bytes=_shared_bytes(raw))
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps({**asdict(baseline), "image": image, "raw": raw,
@@ -596,6 +607,12 @@ def measure_baseline(engine_factory: Callable, image: str, cache_dir: Path,
                                "probe_s": round(time.time() - started, 1)}, indent=1) + "\n")
     os.replace(tmp, cache)
     return baseline
+
+
+def _shared_bytes(raw: dict) -> int:
+    """The workers' file-backed RSS (RssFile) from the probe's raw numbers; 0 when not recorded."""
+    files = [int(w["RssFile"]) for w in raw.get("workers", []) if "RssFile" in w]
+    return min(files) if files else 0
 
 
 def default_cache_dir() -> Path:

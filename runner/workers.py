@@ -41,9 +41,9 @@ def admission_plan(est: Estimate, configuration: str, max_workers: int) -> dict 
     workers = 1
     for w in range(1, max(1, min(max_workers, est.cpus, len(extras))) + 1):
         # every idle worker still holds its baseline; the largest case must fit next to them
-        if est.baseline.main_bytes + w * est.baseline.worker_bytes + largest <= usable:
+        if est.baseline.main_bytes + w * est.baseline.worker_added_bytes + largest <= usable:
             workers = w
-    budget = usable - est.baseline.main_bytes - workers * est.baseline.worker_bytes
+    budget = usable - est.baseline.main_bytes - workers * est.baseline.worker_added_bytes
     return {"workers": workers, "budget_bytes": max(budget, largest), "case_bytes": extras,
             "margin": est.margin, "cap_bytes": est.cap_bytes}
 
@@ -69,7 +69,8 @@ def check_fits(est: Estimate, host_mem_bytes: int | None, fingerprint_needed: bo
     rows = [r for r in est.too_large if fingerprint_needed or r["phase"] != "fingerprint"]
     if rows:
         worst = max(rows, key=lambda r: r["predicted_peak_bytes"])
-        need = int((worst["predicted_peak_bytes"] + est.baseline.main_bytes) * (1.0 + est.margin))
+        need = int((worst["predicted_peak_bytes"] - est.baseline.shared_bytes + est.baseline.main_bytes)
+                   * (1.0 + est.margin))
         where = ("fingerprint extraction" if worst["phase"] == "fingerprint"
                  else f"preprocessing {worst['configuration']}")
         more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""

@@ -12,18 +12,16 @@ Caps were measured on this machine (2 cores, cgroup v1):
   case002 and 0.4 GiB on the others; with -np 1 the whole run peaks at about
   1.93 GiB anonymous memory, with -np 2 at about 2.2 GiB.  Under 2000m with
   -np 2 the run ended oom with the worker holding case002 killed in 17 of 17
-  runs (2100m: 5/5, 2200m: 2/2; 2400m finishes).  nnrun named case002 in 15
-  of the 17: twice another worker-like process vanished no later than the
-  killed one (the idle worker torn down in the same 50 ms poll, or a short
-  lived child of a worker seconds before), and nnrun's victim attribution
-  then picks the wrong pid.  That known bug is replayed deterministically
-  (strict xfails) in tests/unit/test_telemetry.py; here it turns into an
-  xfail only when the run folder shows that race, and fails otherwise.
+  runs (2100m: 5/5, 2200m: 2/2; 2400m finishes).  In 2 of the 17 another
+  worker-like process vanished no later than the killed one (the idle worker
+  the pool tore down in the same 50 ms poll, or a short-lived child of a
+  worker seconds before): nnrun must still name case002 (replayed from
+  recorded runs in tests/unit/test_telemetry.py).
 * Dataset501_Demo (the bundled demo): fingerprint extraction with -npfp 1
   under 1200m kills the main process when NNRUN_TEST_OOM_VICTIM=main; eight
   verification workers under 1g are OOM-killed while they start.
 
-The ok demo run (``-c 3d_fullres -np 2 -npfp 2 --mem 4g``, about 27 s) runs
+The ok demo run (``-c 3d_fullres -np 2 -npfp 2 --mem 4g``, 15-30 s) runs
 once per module and several tests read its run folder.
 """
 from __future__ import annotations
@@ -108,39 +106,16 @@ def test_victim_case_names_the_big_case_the_killed_worker_held(docker_ready, tmp
     for case in ("case000", "case001", "case003", "case004", "case005"):
         assert pre_cases[case]["status"] == "done" and pre_cases[case]["peak_rss_bytes"] < GIB
     holder = pre_cases["case002"]["pid"]
-    if report["victim_case"] != "case002":
-        _xfail_if_victim_attribution_race(run_dir, holder, report)
-    assert report["victim_case"] == "case002", (report["victims"], report["message"])
+    exits = json.loads((run_dir / "status.json").read_text()).get("worker_exits", [])
+    assert report["victim_case"] == "case002", (report["victims"], report["message"], exits)
     assert report["victims"][0] == {"role": "worker", "pid": holder, "case": "case002"}
+    assert len(report["victims"]) <= report["oom_kills"]          # one victim per kill, not per exit
     # The human report says it in words.
     print(f"\nvictim message: {report['message']}")
     assert "while preprocessing case002 (3d_fullres)" in result.stderr
     assert "while preprocessing case002 (3d_fullres)" in report["message"]
     assert "case case002" in result.stderr                                    # the 'killed:' line
     assert _report_json(run_dir) == report
-
-
-VICTIM_RACE_BUG = (
-    "BUG (intermittent; deterministic replays: tests/unit/test_telemetry.py::test_victim_is_not_a_process_"
-    "that_vanished_before_the_oom_kill and ::test_one_kill_one_victim_the_worker_holding_the_big_case): "
-    "runner/diagnosis.py find_victims reports a worker that vanished no later than the killed one - the idle "
-    "worker the pool tore down in the same 50 ms poll (equal times are ordered by pid), or any earlier exit "
-    "when no exit lines up with the counter's rise - so victim_case is wrong or null")
-
-
-def _xfail_if_victim_attribution_race(run_dir: Path, holder: int, report: dict) -> None:
-    """A wrong victim_case is the known bug only when another worker vanished no later than the one
-    holding case002 (then nnrun must rank the candidates, and it does not); otherwise it is a failure."""
-    status = json.loads((run_dir / "status.json").read_text())
-    exits = [w for w in status.get("worker_exits", []) if w.get("main_alive")]
-    mine = [w for w in exits if w["pid"] == holder]
-    assert mine, f"the supervisor never saw worker {holder} (holding case002) vanish: {exits}"
-    rivals = [w for w in exits if w["pid"] != holder and w["t"] <= mine[0]["t"]]
-    if rivals:
-        pytest.xfail(f"{VICTIM_RACE_BUG}. This run: case002 held by pid {holder} (gone at {mine[0]['t']}, "
-                     f"counter {mine[0]['oom_kill_before']}->{mine[0]['oom_kill_after']}); also gone by then: "
-                     f"{[(w['pid'], w['t'], w['oom_kill_before'], w['oom_kill_after']) for w in rivals]}; "
-                     f"reported victims {report['victims']}")
 
 
 # --------------------------------------------------------------------------- 2. main-process OOM

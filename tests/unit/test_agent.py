@@ -103,6 +103,13 @@ def test_case_id_from_path_with_the_datasets_file_ending(monkeypatch):
     assert case_id_from_path("labelsTr/case002.mha") == "case002"
 
 
+def test_case_id_from_a_label_ending_like_a_channel_stays_whole(monkeypatch):
+    """Label paths only (documented): a case id may itself end in _NNNN, so nothing else is cut."""
+    monkeypatch.setenv(FILE_ENDING_ENV, ".nii.gz")
+    assert case_id_from_path("/data/raw/D/labelsTr/patient_0001.nii.gz") == "patient_0001"
+    assert case_id_from_path("/data/raw/D/labelsTr/case003_0000.nii.gz") == "case003_0000"
+
+
 # --------------------------------------------------------------------------- per_case
 
 @per_case(lambda label_file, *a, **k: case_id_from_path(label_file))

@@ -7,11 +7,9 @@
 * ``RichProgress``: renders to a (fake) terminal without error.
 * ``make_progress``: Quiet / Plain / Rich.
 
-BUG found here: ``RichProgress()`` cannot be constructed (rich's ``Live``
-calls ``get_renderable`` in its constructor, before ``_file_check`` exists),
-so ``nnrun preprocess`` on a terminal ends as an internal error.  The tests
-that construct it plainly are strict xfails; the renderer itself is tested on
-an instance built around the bug (``_rich_progress``).
+Regression guarded here: rich's ``Live`` calls ``get_renderable`` in its own
+constructor, so ``RichProgress`` must set up the state ``_render`` reads first
+(it once did not, and ``nnrun preprocess`` on a terminal ended as ``bug``).
 """
 from __future__ import annotations
 
@@ -196,21 +194,8 @@ def _plain_text(renderable) -> str:
     return console.file.getvalue()
 
 
-RICH_INIT_BUG = ("BUG: runner/cli_progress.py:150 RichProgress.__init__ creates rich.live.Live(get_renderable="
-                 "self._render) before setting self._file_check/_started; Live.__init__ calls get_renderable() "
-                 "at once -> AttributeError, so `nnrun preprocess` on a terminal is outcome bug (exit 1). "
-                 "Fix: set _file_check and _started before creating Live")
-
-
-def _rich_progress() -> RichProgress:
-    """A RichProgress built around the constructor bug (the attributes _render reads exist first)."""
-    p = RichProgress.__new__(RichProgress)
-    p._file_check, p._started = None, False
-    RichProgress.__init__(p)
-    return p
-
-
 def test_rich_progress_can_be_constructed(terminal):
+    """Plain construction works (Live renders once in its constructor)."""
     p = RichProgress()
     try:
         p.event({"event": "run_start", "cases": 6, "limit_bytes": CAP})
@@ -226,7 +211,7 @@ def test_make_progress_on_a_terminal_gives_a_working_rich_progress(terminal):
 
 
 def test_rich_progress_renders_to_a_terminal(terminal):
-    p = _rich_progress()
+    p = RichProgress()
     assert p.console.file is terminal and p.console.is_terminal
     try:
         p.stage("checking 12 image and label files of Dataset502_Mixed to the end")
@@ -259,7 +244,7 @@ def test_rich_progress_renders_to_a_terminal(terminal):
 
 
 def test_rich_progress_before_any_event_and_memory_in_red(terminal):
-    p = _rich_progress()
+    p = RichProgress()
     try:
         assert "starting" in _plain_text(p._render())
         p.event({"event": "run_start", "cases": 6, "limit_bytes": CAP})
@@ -270,13 +255,13 @@ def test_rich_progress_before_any_event_and_memory_in_red(terminal):
         p.close()
 
 
-def test_make_progress_picks_the_renderer(monkeypatch):
+def test_make_progress_picks_the_renderer(terminal, monkeypatch):
     assert isinstance(make_progress(True), QuietProgress)
     assert isinstance(make_progress(True, tty=True), QuietProgress)
     assert isinstance(make_progress(False, tty=False), PlainProgress)
-    # (make_progress(False, tty=True) -> RichProgress: see the strict xfail above.)
-    monkeypatch.setattr(cli_progress, "RichProgress", lambda: "rich")
-    assert make_progress(False, tty=True) == "rich"
+    rich_one = make_progress(False, tty=True)
+    assert isinstance(rich_one, RichProgress)
+    rich_one.close()
     # nnU-Net's raw output and a live panel do not mix: plain lines then.
     plain = make_progress(False, show_nnunet_output=True, tty=True)
     assert isinstance(plain, PlainProgress) and plain.show_nnunet_output
@@ -292,7 +277,9 @@ def test_make_progress_picks_the_renderer(monkeypatch):
             return self._tty
 
     monkeypatch.setattr(sys, "stderr", Stream(True))
-    assert make_progress(False) == "rich"
+    rich_one = make_progress(False)
+    assert isinstance(rich_one, RichProgress)
+    rich_one.close()
     monkeypatch.setattr(sys, "stderr", Stream(False))
     assert isinstance(make_progress(False), PlainProgress)
 
