@@ -227,8 +227,8 @@ def preprocess_command(
         settings = RunSettings(mem=mem, image=image, raw_root=raw, preprocessed_root=preprocessed,
                                skip_file_check=skip_file_check, shm_size=shm_size, passthrough_argv=passthrough,
                                plot=not no_plot, retries=retry, schedule=schedule, np_auto=np_auto,
-                               npfp_auto=npfp_auto, workers_pinned=np_values is not None or npfp_value != DEFAULT_NPFP
-                               and not npfp_auto)
+                               npfp_auto=npfp_auto,
+                               workers_pinned=np_values is not None or (npfp is not None and not npfp_auto))
         from runner.docker_engine import DockerEngine  # the Docker SDK loads only when a run needs it
         progress = make_progress(quiet, nnunet_output)
         try:

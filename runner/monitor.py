@@ -124,11 +124,24 @@ class CgroupMonitor:
                   "oom_kill": c.oom_kill, "limit": c.limit_bytes}
         if self.timeline_path is not None:
             sample["procs"] = self._process_rss()
-            if self._timeline is None:
-                self._timeline = open(self.timeline_path, "a", buffering=1)
-            self._timeline.write(json.dumps(sample) + "\n")
+            try:
+                if self._timeline is None:
+                    self._timeline = open(self.timeline_path, "a", buffering=1)
+                self._timeline.write(json.dumps(sample) + "\n")
+            except OSError:
+                # A full disk: stop recording the timeline, keep sampling for the verdict.
+                self.timeline_path = None
+                self._close_timeline()
         if self.on_sample is not None:
             self.on_sample(sample)
+
+    def _close_timeline(self) -> None:
+        if self._timeline is not None:
+            try:
+                self._timeline.close()
+            except OSError:
+                pass
+            self._timeline = None
 
     def _process_rss(self) -> dict:
         """host pid -> {rss, ns_pid} for the processes in the container's cgroup.
@@ -179,9 +192,7 @@ class CgroupMonitor:
         if self._thread is not None:
             self._thread.join(timeout=2)
         self.sample()  # one last reading if the cgroup is still there
-        if self._timeline is not None:
-            self._timeline.close()
-            self._timeline = None
+        self._close_timeline()
         return MonitorSummary(
             readable=self.samples > 0,
             cgroup_dir=str(self.cgroup_dir) if self.cgroup_dir else None,

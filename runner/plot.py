@@ -313,6 +313,9 @@ def render_memory_png(data: PlotData, path: Path, width_px: int = 1400, height_p
             # Tiny figures: the layout engine gives up (and says so); the PNG is still written.
             warnings.filterwarnings("ignore", message="constrained_layout not applied")
             fig.savefig(fh, format="png", dpi=_DPI)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)      # mkstemp makes 0600; the run's other files are 0644
         os.replace(tmp_name, path)
     except BaseException:
         try:

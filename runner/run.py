@@ -12,6 +12,7 @@ import os
 import platform
 import secrets
 import shlex
+import shutil
 import sys
 import threading
 import time
@@ -107,8 +108,11 @@ def preflight(opts: PreprocessOptions, settings: RunSettings, sink: ProgressSink
     raw_root = _resolve_root(settings.raw_root, "nnUNet_raw", "--raw")
     dataset = load_raw_dataset(raw_root, opts.dataset_id)
     preprocessed_root = _resolve_root(settings.preprocessed_root, "nnUNet_preprocessed", "--preprocessed")
-    if preprocessed_root.exists() and not preprocessed_root.is_dir():
-        raise BadInputError(f"--preprocessed {preprocessed_root} is not a folder")
+    existing = preprocessed_root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInputError(f"--preprocessed {preprocessed_root}: {existing} is not a folder")
     if raw_root == preprocessed_root:
         raise BadInputError("the raw and preprocessed folders must differ")
     if not settings.skip_file_check:
@@ -233,12 +237,21 @@ def build_spec(opts: PreprocessOptions, settings: RunSettings, dataset: RawDatas
     )
 
 
-def _read_status(run_dir: Path) -> dict | None:
-    """The supervisor's status.json, or what its event log says when it died before writing one."""
+def _read_status(run_dir: Path, log_tail: bytes = b"") -> dict | None:
+    """The supervisor's status.json; else the status it printed when it could not write the file (a full
+    disk); else what its event log says when it died before writing one."""
     try:
         return json.loads((run_dir / STATUS_FILE).read_text())
     except (OSError, ValueError):
-        return _status_from_events(run_dir)
+        pass
+    marker = b"nnrun-supervisor: cannot write status.json"
+    for line in reversed(log_tail.splitlines()):
+        if line.startswith(marker) and b"; status: " in line:
+            try:
+                return json.loads(line.split(b"; status: ", 1)[1])
+            except ValueError:
+                break
+    return _status_from_events(run_dir)
 
 
 def _status_from_events(run_dir: Path) -> dict | None:
@@ -260,6 +273,14 @@ def _status_from_events(run_dir: Path) -> dict | None:
         elif kind == "worker_exit":
             partial["worker_exits"].append(event)
     return partial if len(partial) > 2 else None
+
+
+def _disk_full(folder: Path, below_bytes: int = 8 * 1024 * 1024) -> bool:
+    """nnU-Net's error after a full disk need not say so (blosc2: 'Error while creating the NDArray')."""
+    try:
+        return shutil.disk_usage(folder).free < below_bytes
+    except OSError:
+        return False
 
 
 def _last_log_line(log_path: Path) -> str | None:
@@ -344,6 +365,7 @@ class Preprocess:
         self.engine: Engine | None = None
         self._container_done = threading.Event()
         self.recovered: list[str] = []
+        self._log_tail = b""                # the container's last output (the supervisor's fallback status)
         self.last_recommendation = None
         self.estimate = None
         self.schedule_note: str | None = None
@@ -378,6 +400,7 @@ class Preprocess:
                         + (" (memory-aware admission)" if settings.schedule == "memory" else ""))
 
     def _new_attempt(self) -> None:
+        self._log_tail = b""
         self.container_id = None
         self._container_done = threading.Event()
         self.recovered = []
@@ -393,6 +416,8 @@ class Preprocess:
     def run(self) -> RunReport:
         opts, settings, sink = self.opts, self.settings, self.sink
         mem_bytes, dataset, preprocessed_root = preflight(opts, settings, sink)
+        preprocessed_dataset = preprocessed_root / dataset.name
+        check_output_writable(preprocessed_dataset)      # before Docker: nothing to connect for a bad folder
         sink.stage("connecting to the container engine")
         engine = self.engine = self.engine_factory()
         info = engine.info()
@@ -402,8 +427,6 @@ class Preprocess:
                                 hint=f"give at most {format_bytes(info.mem_total_bytes)}")
         image = engine.image(settings.image)
 
-        preprocessed_dataset = preprocessed_root / dataset.name
-        check_output_writable(preprocessed_dataset)
         if settings.schedule == "memory" or settings.np_auto or settings.npfp_auto:
             self._choose_workers(dataset, preprocessed_dataset, mem_bytes, info)
             opts, settings = self.opts, self.settings
@@ -449,7 +472,11 @@ class Preprocess:
                     preprocessed_dataset: Path, run_id: str, info, image) -> RunReport:
         opts, settings, sink = self.opts, self.settings, self.sink
         engine = self.engine
-        run_dir = new_run_dir(preprocessed_dataset, run_id)
+        try:
+            run_dir = new_run_dir(preprocessed_dataset, run_id)
+        except OSError as err:
+            raise BadInputError(f"cannot create the run folder in {preprocessed_dataset}: {err.strerror}",
+                                hint="free space in the output folder or pick another --preprocessed") from None
         uid, gid, chown_back = container_user(preprocessed_root)
         staging = preprocessed_dataset / NNRUN_DIR / STAGING_DIR     # the agent stages configurations here
         staging.mkdir(parents=True, exist_ok=True)
@@ -471,9 +498,9 @@ class Preprocess:
             per_config = opts.workers_per_configuration()
             plan = {"configurations": {c: admission_plan(self.estimate, c, max_workers=per_config.get(c, 1))
                                        for c in opts.configurations}}
-            write_json_atomic(run_dir / SCHEDULE_FILE, plan)
+            try_write_json(run_dir / SCHEDULE_FILE, plan)   # without it the agent uses a fixed pool
         manifest = build_manifest(run_id, opts, settings, spec, dataset, info, image, mem_bytes)
-        write_json_atomic(run_dir / MANIFEST_FILE, manifest)
+        try_write_json(run_dir / MANIFEST_FILE, manifest)
         sink.stage(f"starting nnU-Net in {settings.image} under a {format_bytes(mem_bytes)} cap "
                    f"(nnU-Net log: {log_path})")
         sink.event({"event": "run_start", "cases": len(dataset.cases), "limit_bytes": mem_bytes,
@@ -509,31 +536,37 @@ class Preprocess:
                     pass
         finally:
             self._container_done.set()
-            summary = monitor.stop() if monitor else MonitorSummary(False, None, None, 0, None, None, None,
-                                                                   None, None, "monitor not started")
-            engine_oom_killed, engine_events = False, 0
-            if self.container_id:
-                try:
-                    state = engine.state(self.container_id)
-                    engine_oom_killed = state.oom_killed
-                    if exit_code is None:
-                        exit_code = state.exit_code
-                except (NnrunError, Exception):  # noqa: BLE001 - best effort before removal
-                    pass
-                if log_thread is not None:
-                    log_thread.join(timeout=2)
-            status = _read_status(run_dir)
-            counter_readable = summary.oom_kill_last is not None or (status or {}).get("oom_kill_end") is not None
-            if self.container_id and not counter_readable:
-                try:
-                    engine_events = engine.oom_event_count(self.container_id, started, time.time())
-                except Exception:  # noqa: BLE001 - only a fallback
-                    engine_events = 0
-            if self.container_id:
-                engine.remove(self.container_id)
+            summary = MonitorSummary(False, None, None, 0, None, None, None, None, None, "monitor not started")
+            engine_oom_killed, engine_events, status = False, 0, None
+            try:
+                if monitor:
+                    summary = monitor.stop()
+                if self.container_id:
+                    try:
+                        state = engine.state(self.container_id)
+                        engine_oom_killed = state.oom_killed
+                        if exit_code is None:
+                            exit_code = state.exit_code
+                    except Exception:  # noqa: BLE001 - best effort before removal
+                        pass
+                    if log_thread is not None:
+                        log_thread.join(timeout=2)
+                status = _read_status(run_dir, self._log_tail)
+                counter_readable = (summary.oom_kill_last is not None
+                                    or (status or {}).get("oom_kill_end") is not None)
+                if self.container_id and not counter_readable:
+                    try:
+                        engine_events = engine.oom_event_count(self.container_id, started, time.time())
+                    except Exception:  # noqa: BLE001 - only a fallback
+                        engine_events = 0
+            finally:
+                if self.container_id:
+                    engine.remove(self.container_id)      # never left behind, whatever failed above
         ended = time.time()
 
-        records = case_records(read_jsonl(run_dir / AGENT_FILE))
+        agent_events = read_jsonl(run_dir / AGENT_FILE)
+        records = case_records(agent_events)
+        self.agent_ran = bool(agent_events)
         facts = gather_facts(status, summary, exit_code, engine_oom_killed, engine_events, interrupt, records)
         verdict = classify(facts)
         self._fill(report, facts, verdict, status, summary, dataset, preprocessed_dataset, mem_bytes,
@@ -546,7 +579,7 @@ class Preprocess:
         if settings.plot:
             report.plot_path = self._plot(run_dir, report, dataset)
         manifest.update(ended=_iso(ended), outcome=report.outcome.value, exit_code=report.exit_code)
-        write_json_atomic(run_dir / MANIFEST_FILE, manifest)
+        try_write_json(run_dir / MANIFEST_FILE, manifest)
         self._write_report(run_dir, report)
         return report
 
@@ -576,6 +609,7 @@ class Preprocess:
     def _pump_logs(self) -> None:
         try:
             for chunk in self.engine.logs(self.container_id):
+                self._log_tail = (self._log_tail + chunk)[-65536:]
                 self.sink.nnunet_output(chunk)
         except Exception:  # noqa: BLE001 - the stream ends when the container goes away
             return
@@ -610,7 +644,7 @@ class Preprocess:
         in_flight = cases_in_flight([c.case_id for c in dataset.cases], phase, facts.configuration, workers,
                                     preprocessed_dataset, opts.plans_name, progress[0] if progress else None)
         exact = False
-        if records:
+        if records or getattr(self, "agent_ran", False):
             # The agent's log says exactly which cases had started and not ended.
             open_cases = [r for r in records if r.status == "unfinished" and r.phase == phase
                           and (phase != "preprocessing" or r.configuration == facts.configuration)]
@@ -652,9 +686,10 @@ class Preprocess:
         elif o is Outcome.ERROR:
             line = facts.exception_line or _last_log_line(log_path) or f"exit status {facts.nnunet_returncode}"
             detail = ""
-            if "No space left on device" in line or "Errno 28" in line:
+            if "No space left on device" in line or "Errno 28" in line or _disk_full(preprocessed_dataset):
                 report.reason = "ENOSPC"
-                detail = f"; the output disk is full (ENOSPC): free space in {preprocessed_dataset.parent}"
+                detail = (f"; the output disk is full (ENOSPC: No space left on device): free space in "
+                          f"{preprocessed_dataset.parent}")
             if "broadcast" in line or "shape" in line.lower():
                 bad = shape_mismatches(dataset)
                 if bad:
@@ -692,10 +727,7 @@ class Preprocess:
             return None
 
     def _write_report(self, run_dir: Path, report: RunReport) -> None:
-        try:
-            write_json_atomic(run_dir / REPORT_FILE, to_json(report))
-        except OSError:
-            pass
+        try_write_json(run_dir / REPORT_FILE, to_json(report))
 
 
 def recover_dead_run(preprocessed_dataset: Path, engine: Engine, plans_name: str) -> list[str]:
@@ -725,6 +757,15 @@ def attempt_summary(report: RunReport) -> dict:
             "workers": report.workers, "phase": report.phase, "configuration": report.configuration,
             "victim": report.victim, "victim_case": report.victim_case, "oom_kills": report.oom_kills,
             "duration_s": report.duration_s, "run_dir": report.run_dir}
+
+
+def try_write_json(path: Path, data: dict) -> bool:
+    """nnrun's own records are best effort: a full disk must not turn the verdict into a crash."""
+    try:
+        write_json_atomic(path, data)
+        return True
+    except OSError:
+        return False
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

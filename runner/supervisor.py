@@ -418,7 +418,10 @@ class Supervisor:
             self.oom_kill_last = final.oom_kill
         if returncode == 0:
             self.tracker.finish()
-        log.close()
+        try:
+            log.close()
+        except OSError:
+            pass        # a full disk: the verdict matters more than the last bytes of the log
         self.emit("child_exit", returncode=returncode, phase=self.tracker.phase,
                   configuration=self.tracker.configuration)
         self.write_status(returncode=returncode, ended=ended)
@@ -479,6 +482,19 @@ class Supervisor:
             print(f"nnrun-supervisor: cannot write {STATUS_FILE}: {err}; status: {json.dumps(status)}", flush=True)
 
 
+def _safe_run(sup: "Supervisor") -> int:
+    """Whatever goes wrong in the supervisor itself, pass on nnU-Net's exit status if it has one."""
+    try:
+        return sup.run()
+    except Exception as err:  # noqa: BLE001 - the supervisor must not hide nnU-Net's outcome
+        print(f"nnrun-supervisor: internal error: {type(err).__name__}: {err}", flush=True)
+        child = sup.child
+        if child is not None and child.returncode is not None:
+            sup.write_status(returncode=child.returncode)
+            return 128 - child.returncode if child.returncode < 0 else child.returncode
+        return 125
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m runner.supervisor",
                                      description="nnrun's in-container supervisor (PID 1)")
@@ -497,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     # the integration tests can assert the victim (the kernel's choice among
     # equal candidates is not deterministic).
     test_victim = os.environ.get("NNRUN_TEST_OOM_VICTIM") or None
-    return Supervisor(args.run_dir, command, args.verify, test_victim, args.wait_for_host).run()
+    return _safe_run(Supervisor(args.run_dir, command, args.verify, test_victim, args.wait_for_host))
 
 
 if __name__ == "__main__":

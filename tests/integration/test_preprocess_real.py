@@ -94,8 +94,11 @@ def test_worker_oom_in_preprocessing(docker_ready, demo_raw, tmp_path):
     assert report["victims"][0]["role"] == "worker" and isinstance(report["victims"][0]["pid"], int)
     assert report["limit_bytes"] == 1200 * 2**20
     assert report["peak_anon_bytes"] > 0.8 * report["limit_bytes"]
-    assert report["cases_in_flight"] and report["cases_exact"] is True     # from the agent's log
-    assert report["victim_case"] in report["cases_in_flight"]
+    # From the agent's log: exact, possibly empty when the kill came while workers were still
+    # importing (test_telemetry_real.py pins the victim case on a dataset built for it).
+    assert report["cases_exact"] is True
+    if report["victim_case"] is not None:
+        assert report["victim_case"] in report["cases_in_flight"]
     assert report["recommendation_argv"][:2] == ["nnrun", "preprocess"]
     argv = report["recommendation_argv"]
     assert argv[argv.index("-np") + 1] == "2"          # half of 4, same cap
@@ -112,8 +115,9 @@ def test_worker_oom_in_preprocessing(docker_ready, demo_raw, tmp_path):
 
 def test_main_process_oom_in_fingerprint(docker_ready, demo_raw, tmp_path):
     pre = tmp_path / "pre"
+    # Pinned workers (fixed schedule): the estimate would otherwise refuse the cap up front.
     result = run_nnrun("preprocess", "-d", "501", "--mem", "1200m", "--raw", str(demo_raw), "--preprocessed",
-                       str(pre), *FAST, "-npfp", "1", env={"NNRUN_TEST_OOM_VICTIM": "main"})
+                       str(pre), *FAST, "-np", "1", "-npfp", "1", env={"NNRUN_TEST_OOM_VICTIM": "main"})
     report = _assert_report(result, "oom", 3)
     assert report["victim"] == "main" and report["phase"] == "fingerprint"
     assert report["victims"][0]["role"] == "main"
