@@ -445,8 +445,7 @@ class Preprocess:
             self.recovered = recover_dead_run(preprocessed_dataset, engine, opts.plans_name)
             attempts: list[dict] = []
             while True:
-                write_json_atomic(active, {"run_id": run_id, "pid": os.getpid(), "started": time.time()})
-                marked = True
+                marked = try_write_json(active, {"run_id": run_id, "pid": os.getpid(), "started": time.time()})
                 report = self._run_locked(mem_bytes, dataset, preprocessed_root, preprocessed_dataset, run_id,
                                           info, image)
                 attempts.append(attempt_summary(report))
@@ -460,7 +459,8 @@ class Preprocess:
                 self._new_attempt()
                 run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
             report.attempts = attempts
-            self._write_report(Path(report.run_dir), report) if report.run_dir else None
+            if report.run_dir:
+                self._write_report(Path(report.run_dir), report)
             return report
         finally:
             # Reached whatever the outcome; only a killed nnrun leaves the marker for the next run.
