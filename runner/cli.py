@@ -261,10 +261,16 @@ def estimate_command(
         _finish(_report_for_error(err), as_json, False)
         return
     from runner.estimate import estimate_json, render_estimate
+    from runner.workers import check_fits
     _err(render_estimate(est))
     if as_json:
         sys.stdout.write(json.dumps(estimate_json(est)) + "\n")
-    raise typer.Exit(0 if not est.too_large else exit_code_for(Outcome.BAD_INPUT))
+    try:
+        check_fits(est, None, fingerprint_needed=True)   # what `nnrun preprocess` would refuse
+    except BadInputError as err:
+        _err(f"nnrun: bad_input: {err.one_line()}")
+        raise typer.Exit(exit_code_for(Outcome.BAD_INPUT))
+    raise typer.Exit(0)
 
 
 @app.command("report")
