@@ -121,7 +121,7 @@ def clean_folder(folder: str, cases: list[str]) -> list[str]:
     """Drop temporary files and incomplete cases; return the complete cases."""
     complete = []
     for name in os.listdir(folder):
-        if name.startswith(TMP_MARK) or TMP_MARK in name:
+        if TMP_MARK in name:
             os.remove(os.path.join(folder, name))
     for case in cases:
         if case_complete(folder, case):

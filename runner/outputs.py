@@ -10,6 +10,8 @@ import os
 import shutil
 from pathlib import Path
 
+from runner.agent_preprocess import TMP_MARK   # the agent writes under names holding it, then renames
+
 NNRUN_DIR = ".nnrun"
 FINGERPRINT_FILE = "dataset_fingerprint.json"
 GT_FOLDER = "gt_segmentations"
@@ -52,7 +54,6 @@ def cases_in_flight(case_ids: list[str], phase: str | None, configuration: str |
     return []
 
 
-TMP_MARK = ".nnrun-tmp"      # runner.agent_preprocess writes under names holding this, then renames
 
 
 def incomplete_outputs(preprocessed_dataset: Path) -> list[Path]:

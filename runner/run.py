@@ -29,6 +29,7 @@ from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted
 from runner.monitor import DEFAULT_CGROUP_ROOT, CgroupMonitor, MonitorSummary
 from runner.nifti import check_files, read_header
 from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv, validate
+from runner.agent_preprocess import STAGING
 from runner.outputs import NNRUN_DIR, cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
 from runner.locks import acquire as acquire_locks, owner_info, scope_for_run
 from runner.report import RunReport, to_json
@@ -49,7 +50,6 @@ IMAGE_USER = (1000, 1000)   # the unprivileged user the Dockerfile creates
 REPORT_FILE = "report.json"
 MANIFEST_FILE = "manifest.json"
 PLOT_FILE = "memory.png"
-STAGING_DIR = "staging"           # in .nnrun/: configurations being preprocessed (runner.agent_preprocess)
 SCHEDULE_FILE = "schedule.json"   # in the run folder: the memory-aware admission plan for the agent
 ACTIVE_FILE = "active.json"     # in .nnrun/: the run in progress (left behind only if nnrun died)
 STOP_TIMEOUT_S = 10
@@ -478,7 +478,7 @@ class Preprocess:
             raise BadInputError(f"cannot create the run folder in {preprocessed_dataset}: {err.strerror}",
                                 hint="free space in the output folder or pick another --preprocessed") from None
         uid, gid, chown_back = container_user(preprocessed_root)
-        staging = preprocessed_dataset / NNRUN_DIR / STAGING_DIR     # the agent stages configurations here
+        staging = preprocessed_dataset / STAGING     # the agent stages configurations here
         staging.mkdir(parents=True, exist_ok=True)
         if os.getuid() == 0 and (uid, gid) != (0, 0):
             # Outputs of the dataset (earlier runs included) must be writable by the unprivileged user.
