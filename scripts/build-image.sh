@@ -70,9 +70,9 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
 fi
 
 # 3. Build context: the wheelhouse (hard links when possible) and the runner package.
-CONTEXT="$CACHE/context"
-rm -rf "$CONTEXT"
-mkdir -p "$CONTEXT"
+# One folder per build, so that builds of several tags can run at once.
+CONTEXT="$(mktemp -d "$CACHE/context.XXXXXX")"
+trap 'rm -rf "$CONTEXT"' EXIT
 cp -al "$WHEELS" "$CONTEXT/wheels" 2>/dev/null || cp -a "$WHEELS" "$CONTEXT/wheels"
 rm -f "$CONTEXT/wheels/.requirements"
 (cd "$REPO" && tar -c --exclude=__pycache__ runner) | tar -C "$CONTEXT" -x
