@@ -30,6 +30,9 @@ from runner.monitor import DEFAULT_CGROUP_ROOT, CgroupMonitor, MonitorSummary
 from runner.nifti import check_files, read_header
 from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv, validate
 from runner.agent_preprocess import STAGING
+from runner.shards import (PLANS_NAME_ENV, SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_MAP_ENV, SKIP_PLANNING_ENV,
+                           Shard)
+from runner.shards import map_path as shard_map_path
 from runner.outputs import NNRUN_DIR, cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
 from runner.locks import acquire as acquire_locks, owner_info, scope_for_run
 from runner.report import RunReport, to_json
@@ -92,6 +95,8 @@ class RunSettings:
     npfp_auto: bool = False          # -npfp auto
     workers_pinned: bool = False     # the user gave -np or -npfp
     passthrough_argv: list[str] = field(default_factory=list)   # nnrun options to repeat in advice
+    shard: Shard | None = None       # --shard K/N: preprocess only shard K of N of the cases
+    runtime: str = "docker"          # docker | podman (a container engine) | host (this node, in its own cgroup)
 
 
 def _resolve_root(given: str | None, env_name: str, flag: str) -> Path:
@@ -194,20 +199,29 @@ def hand_over(paths: list[Path], uid: int, gid: int) -> None:
                     pass
 
 
-def build_spec(opts: PreprocessOptions, settings: RunSettings, dataset: RawDataset, preprocessed_dataset: Path,
-               run_dir: Path, mem_bytes: int, run_id: str, user: tuple[int, int] | None = None) -> ContainerSpec:
-    command = ["--run-dir", CONTAINER_RUN_DIR, "--wait-for-host"]
+def container_command(opts: PreprocessOptions, run_dir: str = CONTAINER_RUN_DIR,
+                      wait_for_host: bool = True) -> list[str]:
+    """The image entrypoint's arguments: the supervisor, then nnU-Net's own entry point run by the agent."""
+    command = ["--run-dir", run_dir]
+    if wait_for_host:
+        command.append("--wait-for-host")
     if opts.verify_dataset_integrity:
         command.append("--verify")
     # nnU-Net's own entry point, run by the agent that records which worker holds which case.
-    command += ["--", "python3", "-m", "runner.agent", *nnunet_argv(opts)[1:]]
+    return command + ["--", "python3", "-m", "runner.agent", *nnunet_argv(opts)[1:]]
+
+
+def container_environment(opts: PreprocessOptions, settings: RunSettings, file_ending: str,
+                          run_dir: str = CONTAINER_RUN_DIR, dataset_name: str | None = None,
+                          preprocessed: str = CONTAINER_PREPROCESSED, raw: str = CONTAINER_RAW) -> dict[str, str]:
+    """The container's environment (also used by the Kubernetes and Slurm renderers)."""
     env = {
-        "nnUNet_raw": CONTAINER_RAW,
-        "nnUNet_preprocessed": CONTAINER_PREPROCESSED,
+        "nnUNet_raw": raw,
+        "nnUNet_preprocessed": preprocessed,
         "nnUNet_results": "/tmp/nnUNet_results",
         "PYTHONUNBUFFERED": "1",
         "HOME": "/tmp",
-        "NNRUN_FILE_ENDING": dataset.file_ending,
+        "NNRUN_FILE_ENDING": file_ending,
     }
     # The agent resumes from complete cases (and starts over with --clean).
     env["NNRUN_RESUME"] = "1"
@@ -215,10 +229,25 @@ def build_spec(opts: PreprocessOptions, settings: RunSettings, dataset: RawDatas
         env["NNRUN_CLEAN"] = "1"
     env["NNRUN_SCHEDULE"] = settings.schedule
     if settings.schedule == "memory":
-        env["NNRUN_SCHEDULE_FILE"] = f"{CONTAINER_RUN_DIR}/{SCHEDULE_FILE}"
+        env["NNRUN_SCHEDULE_FILE"] = f"{run_dir}/{SCHEDULE_FILE}"
+    if settings.shard is not None:
+        # Fingerprint and plans exist (checked before); this run preprocesses its shard of the cases.
+        env[SHARD_INDEX_ENV] = str(settings.shard.index)
+        env[SHARD_COUNT_ENV] = str(settings.shard.count)
+        env[SKIP_PLANNING_ENV] = "1"
+        env[PLANS_NAME_ENV] = opts.plans_name
+        if dataset_name:
+            env[SHARD_MAP_ENV] = shard_map_path(f"{preprocessed}/{dataset_name}", opts.plans_name)
     for hook in ("NNRUN_TEST_OOM_VICTIM", "NNRUN_TEST_KILL_AT"):     # test-only hooks
         if os.environ.get(hook):
             env[hook] = os.environ[hook]
+    return env
+
+
+def build_spec(opts: PreprocessOptions, settings: RunSettings, dataset: RawDataset, preprocessed_dataset: Path,
+               run_dir: Path, mem_bytes: int, run_id: str, user: tuple[int, int] | None = None) -> ContainerSpec:
+    command = container_command(opts)
+    env = container_environment(opts, settings, dataset.file_ending, dataset_name=dataset.name)
     return ContainerSpec(
         image=settings.image,
         command=command,
