@@ -25,14 +25,19 @@ chosen points, so the resume tests can kill deterministically.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import signal
 import time
+from contextlib import contextmanager
 from multiprocessing import get_context
 
 from runner.agent_events import emit
+from runner.shards import (PLANS_NAME_ENV, SHARD_MAP_ENV, SKIP_PLANNING_ENV, cases_of, header_weights,
+                           load_or_create, read_map, shard_from_env)
+from runner.shards import map_path as shard_map_path
 
 RESUME_ENV = "NNRUN_RESUME"
 CLEAN_ENV = "NNRUN_CLEAN"
@@ -75,7 +80,10 @@ def atomic_copy_file(original):
         update = kwargs.get("update", False)
         if update and os.path.exists(dst) and os.path.getmtime(dst) >= os.path.getmtime(src):
             return dst, 0
-        tmp = f"{dst}{TMP_MARK}"
+        if not _gt_copy_is_mine(str(dst)):
+            return dst, 0           # another shard copies this case's ground truth
+        # A name of its own: shards of other tasks may copy other cases into this folder at the same time.
+        tmp = f"{dst}{TMP_MARK}.{os.getpid()}-{os.urandom(3).hex()}"
         result = original(src, tmp, *args, **kwargs)
         os.replace(tmp, dst)
         return result
@@ -117,12 +125,20 @@ def case_complete(folder: str, case: str) -> bool:
     return True
 
 
-def clean_folder(folder: str, cases: list[str]) -> list[str]:
-    """Drop temporary files and incomplete cases; return the complete cases."""
+def clean_folder(folder: str, cases: list[str], only_these: bool = False) -> list[str]:
+    """Drop temporary files and incomplete cases; return the complete cases.
+
+    ``only_these``: touch only the temporary files of ``cases`` (a shard must
+    not remove what another shard is writing into the same folder).
+    """
     complete = []
+    prefixes = tuple(f"{TMP_MARK}.{case}." for case in cases)
     for name in os.listdir(folder):
-        if TMP_MARK in name:
-            os.remove(os.path.join(folder, name))
+        if TMP_MARK in name and (not only_these or name.startswith(prefixes)):
+            try:
+                os.remove(os.path.join(folder, name))
+            except FileNotFoundError:
+                pass
     for case in cases:
         if case_complete(folder, case):
             complete.append(case)
@@ -145,10 +161,54 @@ def _budget_for(configuration: str) -> dict | None:
     return (plan.get("configurations") or {}).get(configuration)
 
 
+def _my_shard_cases(dataset_folder: str, plans_identifier: str, cases: list[str], dataset: dict) -> list[str] | None:
+    """The cases of this task's shard (None: no sharding), from the shared map (made here if no task made it)."""
+    shard = shard_from_env()
+    if shard is None:
+        return None
+    path = os.environ.get(SHARD_MAP_ENV) or shard_map_path(dataset_folder, plans_identifier)
+    shard_map = load_or_create(path, shard.count, cases,
+                               lambda: (header_weights({c: dataset[c]["images"] for c in cases}), "voxels"),
+                               plans_identifier)
+    mine = cases_of(shard_map, shard.index)
+    _emit("shard", index=shard.index, count=shard.count, cases=mine, map=path,
+          balanced_by=shard_map.get("balanced_by"))
+    return mine
+
+
+def _gt_copy_is_mine(dst: str) -> bool:
+    """With shards, each shard copies the ground truth of its own cases only."""
+    shard = shard_from_env()
+    path = os.environ.get(SHARD_MAP_ENV)
+    if shard is None or not path:
+        return True
+    shard_map = read_map(path)
+    if shard_map is None:
+        return True
+    name = os.path.basename(dst)
+    ending = os.environ.get("NNRUN_FILE_ENDING", "")
+    case = name[: -len(ending)] if ending and name.endswith(ending) else name
+    owner = shard_map["assignment"].get(case)
+    return owner is None or int(owner) == shard.index
+
+
+@contextmanager
+def _folder_lock(staging: str):
+    """Serialise moving a configuration folder between staging and its final place (shards share it)."""
+    os.makedirs(os.path.dirname(staging), exist_ok=True)
+    fd = os.open(staging + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def preprocess_configuration(self, dataset_name_or_id, configuration_name: str, plans_identifier: str,
                              num_processes: int) -> None:
-    """DefaultPreprocessor.run, with staging, resume and a choice of scheduler."""
-    from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p
+    """DefaultPreprocessor.run, with staging, resume, shards and a choice of scheduler."""
+    from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -166,28 +226,31 @@ def preprocess_configuration(self, dataset_name_or_id, configuration_name: str, 
     dataset_json = load_json(join(nnUNet_preprocessed, dataset_name, 'dataset.json'))
     dataset = get_filenames_of_train_images_and_targets(join(nnUNet_raw, dataset_name), dataset_json)
     cases = sorted(dataset.keys())
+    mine = _my_shard_cases(join(nnUNet_preprocessed, dataset_name), plans_identifier, cases, dataset)
+    sharded = mine is not None
+    mine = cases if mine is None else mine
 
     final_dir = join(nnUNet_preprocessed, dataset_name, configuration_manager.data_identifier)
     staging = join(nnUNet_preprocessed, dataset_name, STAGING, configuration_manager.data_identifier)
-    if os.environ.get(CLEAN_ENV) == "1":
+    if os.environ.get(CLEAN_ENV) == "1" and not sharded:      # the host refuses --clean with --shard
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(final_dir, ignore_errors=True)
-    if isdir(final_dir) and not isdir(staging):
-        done = clean_folder(final_dir, cases)
-        if len(done) == len(cases):
-            _emit("configuration_complete", configuration=configuration_name, cases=len(cases), skipped=True)
-            print(f"nnrun: {configuration_manager.data_identifier} is complete from an earlier run: kept "
-                  f"(--clean redoes it)", flush=True)
-            return
-        # A folder native nnU-Net left unfinished: carry its complete cases over.
-        os.makedirs(os.path.dirname(staging), exist_ok=True)
-        os.replace(final_dir, staging)
-    maybe_mkdir_p(staging)
-    done = set(clean_folder(staging, cases))
-    pending = [c for c in cases if c not in done]
+    with _folder_lock(staging):
+        if isdir(final_dir) and not isdir(staging):
+            done = clean_folder(final_dir, cases, only_these=sharded)
+            if len(done) == len(cases):
+                _emit("configuration_complete", configuration=configuration_name, cases=len(cases), skipped=True)
+                print(f"nnrun: {configuration_manager.data_identifier} is complete from an earlier run: kept "
+                      f"(--clean redoes it)", flush=True)
+                return
+            # A folder native nnU-Net left unfinished: carry its complete cases over.
+            os.replace(final_dir, staging)
+        os.makedirs(staging, exist_ok=True)
+    done = set(clean_folder(staging, mine, only_these=sharded))
+    pending = [c for c in mine if c not in done]
     _emit("resume", configuration=configuration_name, complete=len(done), pending=len(pending))
     if done:
-        print(f"nnrun: resuming {configuration_name}: {len(done)} of {len(cases)} cases already complete",
+        print(f"nnrun: resuming {configuration_name}: {len(done)} of {len(mine)} cases already complete",
               flush=True)
     args = {c: (join(staging, c), dataset[c]['images'], dataset[c]['label'], plans_manager, configuration_manager,
                 dataset_json) for c in pending}
@@ -197,12 +260,26 @@ def preprocess_configuration(self, dataset_name_or_id, configuration_name: str, 
             _run_memory_aware(self, args, budget)
         else:
             _run_fixed(self, args, num_processes)
-    missing = [c for c in cases if not case_complete(staging, c)]
-    if missing:
-        raise RuntimeError(f"nnrun: {len(missing)} case(s) not complete after preprocessing: {missing[:5]}")
-    if isdir(final_dir):
-        shutil.rmtree(final_dir)
-    os.replace(staging, final_dir)
+    with _folder_lock(staging):
+        # Under the lock: another shard that finished last may have moved the folder into place already.
+        where = staging if isdir(staging) else final_dir
+        missing = [c for c in mine if not case_complete(where, c)]
+        if missing:
+            raise RuntimeError(f"nnrun: {len(missing)} case(s) not complete after preprocessing: {missing[:5]}")
+        if sharded:
+            if where == final_dir:
+                _emit("configuration_complete", configuration=configuration_name, cases=len(cases), skipped=True)
+                return
+            others = [c for c in cases if c not in set(mine) and not case_complete(staging, c)]
+            if others:
+                _emit("shard_complete", configuration=configuration_name, cases=len(mine), others_pending=len(others))
+                print(f"nnrun: shard of {configuration_name} complete ({len(mine)} cases); {len(others)} case(s) "
+                      f"of other shards still pending: the last shard to finish moves the folder into place",
+                      flush=True)
+                return
+        if isdir(final_dir):
+            shutil.rmtree(final_dir)
+        os.replace(staging, final_dir)
     _emit("configuration_complete", configuration=configuration_name, cases=len(cases), skipped=False)
 
 
@@ -282,5 +359,27 @@ def install() -> None:
     except ImportError:
         pass
     DefaultPreprocessor.run_case_save = atomic_run_case_save(DefaultPreprocessor.run_case_save)
+    if os.environ.get(SKIP_PLANNING_ENV) == "1":
+        skip_global_steps()
     if os.environ.get(RESUME_ENV) == "1":
         DefaultPreprocessor.run = preprocess_configuration
+
+
+def skip_global_steps() -> None:
+    """A shard task: the fingerprint and plans exist (made once by the plan step); only preprocess.
+
+    nnU-Net's entry point calls extract_fingerprints and plan_experiments by
+    the names it imported; replacing those names skips both.  Re-planning in
+    every shard would rewrite the plans file that running shards read.
+    """
+    from nnunetv2.experiment_planning import plan_and_preprocess_entrypoints as entry
+
+    def extract_fingerprints(*args, **kwargs):
+        print("nnrun: fingerprint exists (shard task): not extracted again", flush=True)
+
+    def plan_experiments(*args, **kwargs):
+        print("nnrun: plans exist (shard task): not planned again", flush=True)
+        return os.environ.get(PLANS_NAME_ENV) or "nnUNetPlans"
+
+    entry.extract_fingerprints = extract_fingerprints
+    entry.plan_experiments = plan_experiments

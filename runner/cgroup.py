@@ -255,7 +255,9 @@ def _read_v1(cgroup_dir: Path) -> MemoryCounters:
         version=1,
         usage_bytes=usage,
         peak_usage_bytes=_read_single(cgroup_dir / "memory.max_usage_in_bytes"),
-        limit_bytes=v1_limit_to_bytes(_read_single(cgroup_dir / "memory.limit_in_bytes")),
+        # A limit set on a parent (a Slurm job's cgroup) applies too: memory.stat has the effective one.
+        limit_bytes=_min_limit(v1_limit_to_bytes(_read_single(cgroup_dir / "memory.limit_in_bytes")),
+                               v1_limit_to_bytes(_first_key(stat, "hierarchical_memory_limit"))),
         anon_bytes=_first_key(stat, "total_rss", "rss"),
         file_bytes=_first_key(stat, "total_cache", "cache"),
         shmem_bytes=_first_key(stat, "total_shmem", "shmem"),
@@ -275,7 +277,7 @@ def _read_v2(cgroup_dir: Path) -> MemoryCounters:
         # memory.peak exists from kernel 5.19 on.
         peak_usage_bytes=_read_single(cgroup_dir / "memory.peak"),
         # "max" and an absent memory.max (the root cgroup) both mean unlimited.
-        limit_bytes=_read_single(cgroup_dir / "memory.max"),
+        limit_bytes=_v2_effective_limit(cgroup_dir),
         anon_bytes=_first_key(stat, "anon"),
         file_bytes=_first_key(stat, "file"),
         shmem_bytes=_first_key(stat, "shmem"),
@@ -283,6 +285,54 @@ def _read_v2(cgroup_dir: Path) -> MemoryCounters:
         oom_kill=_first_key(events, "oom_kill"),
         under_oom=None,
     )
+
+
+def _min_limit(*limits: int | None) -> int | None:
+    present = [v for v in limits if v is not None]
+    return min(present) if present else None
+
+
+def _v2_effective_limit(cgroup_dir: Path) -> int | None:
+    """memory.max of the folder and of every parent that has one: the lowest applies.
+
+    Walks up while the parent is a memory cgroup folder too (it stops at the
+    root of the hierarchy, or of a container's cgroup namespace).
+    """
+    limit = _read_single(cgroup_dir / "memory.max")
+    parent = cgroup_dir.parent
+    for _ in range(32):
+        if parent == parent.parent or not (parent / "memory.max").is_file():
+            break
+        limit = _min_limit(limit, _read_single(parent / "memory.max"))
+        parent = parent.parent
+    return limit
+
+
+def process_memory_cgroup(proc_cgroup_text: str, root: Path = DEFAULT_ROOT) -> Path:
+    """The memory cgroup folder of a process, from its ``/proc/PID/cgroup`` text.
+
+    v1 lines are ``ID:memory[,...]:/path``; v2 has one ``0::/path`` line.  Used
+    by ``--runtime host``, where nnU-Net runs in the cgroup of the surrounding
+    job (a Slurm task) instead of a container's.
+    """
+    root = Path(root)
+    v1_path = v2_path = None
+    for line in proc_cgroup_text.splitlines():
+        parts = line.strip().split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if "memory" in controllers.split(","):
+            v1_path = path
+        elif parts[0] == "0" and controllers == "":
+            v2_path = path
+    if detect_cgroup_version(root) == 2:
+        if v2_path is None:
+            raise CgroupReadError("no cgroup v2 line (0::/path) in /proc/self/cgroup")
+        return root / v2_path.lstrip("/")
+    if v1_path is None:
+        raise CgroupReadError("no memory controller line in /proc/self/cgroup")
+    return root / "memory" / v1_path.lstrip("/")
 
 
 def list_cgroup_pids(cgroup_dir: Path) -> list[int]:

@@ -176,6 +176,18 @@ def preprocess_command(
     nnunet_output: bool = typer.Option(False, "--nnunet-output",
                                        help="Stream nnU-Net's own output to stderr (it is always in the log file)."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Do not render memory.png in the run folder."),
+    shard: Optional[str] = typer.Option(None, "--shard",
+                                        help="K/N: preprocess only shard K (0..N-1) of N of the cases, e.g. one Slurm "
+                                             "array task or Kubernetes index each. Needs the fingerprint and plans "
+                                             "(run once with --no_pp first); the case->shard map is shared in "
+                                             ".nnrun/shards.<plans>.json. `nnrun merge` checks the result."),
+    runtime: str = typer.Option("docker", "--runtime", "--engine",
+                                help="docker: a container of --image (default); podman: the same through Podman's "
+                                     "Docker-compatible API; host: nnU-Net as processes on this node, under the "
+                                     "memory limit of the surrounding job (a Slurm task), with --host-python."),
+    host_python: Optional[str] = typer.Option(None, "--host-python",
+                                              help="--runtime host: a Python with nnunetv2 installed "
+                                                   "[default: $NNRUN_HOST_PYTHON, else this Python]."),
     retry: Optional[int] = typer.Option(None, "--retry", min=0, max=10,
                                         help="After an OOM kill, run again with fewer workers (never more memory), "
                                              "only on unfinished cases, up to N times [default: 2 when nnrun chose "
@@ -219,26 +231,110 @@ def preprocess_command(
             verbose=verbose,
             extra_args=extra_args,
         )
+        shard_spec = _parse_shard(shard)
+        if runtime not in RUNTIMES:
+            raise BadInputError(f"--runtime must be one of {', '.join(RUNTIMES)} (got {runtime!r})")
         passthrough: list[str] = []
         for flag, value, default in (("--image", image, DEFAULT_IMAGE), ("--raw", raw, None),
-                                     ("--preprocessed", preprocessed, None), ("--shm-size", shm_size, "256m")):
+                                     ("--preprocessed", preprocessed, None), ("--shm-size", shm_size, "256m"),
+                                     ("--shard", shard, None), ("--runtime", runtime, "docker"),
+                                     ("--host-python", host_python, None)):
             if value != default:
                 passthrough += [flag, value]
         settings = RunSettings(mem=mem, image=image, raw_root=raw, preprocessed_root=preprocessed,
                                skip_file_check=skip_file_check, shm_size=shm_size, passthrough_argv=passthrough,
                                plot=not no_plot, retries=retry, schedule=schedule, np_auto=np_auto,
                                npfp_auto=npfp_auto,
-                               workers_pinned=np_values is not None or (npfp is not None and not npfp_auto))
-        from runner.docker_engine import DockerEngine  # the Docker SDK loads only when a run needs it
+                               workers_pinned=np_values is not None or (npfp is not None and not npfp_auto),
+                               shard=shard_spec, runtime=runtime)
+        engine_factory = engine_factory_for(runtime, host_python)
         progress = make_progress(quiet, nnunet_output)
         try:
             with _Interrupts():
-                report = Preprocess(opts, settings, DockerEngine, progress).run()
+                report = Preprocess(opts, settings, engine_factory, progress).run()
         finally:
             progress.close()
     except NnrunError as err:
         report = _report_for_error(err)
     _finish(report, as_json, quiet)
+
+
+RUNTIMES = ("docker", "podman", "host")
+
+
+def engine_factory_for(runtime: str, host_python: str | None = None):
+    """The engine behind --runtime (imported only when a run needs it: no Docker SDK at start-up)."""
+    if runtime == "host":
+        from runner.host_engine import HostEngine
+        return lambda: HostEngine(python=host_python)
+    from runner.docker_engine import DockerEngine
+    return DockerEngine
+
+
+def _parse_shard(text: str | None):
+    if text is None:
+        return None
+    from runner.shards import ShardError, parse_shard
+    try:
+        return parse_shard(text)
+    except ShardError as err:
+        raise BadInputError(str(err)) from None
+
+
+@app.command("merge", context_settings={"help_option_names": ["-h", "--help"]})
+def merge_command(
+    dataset: str = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name)."),
+    configurations: Optional[List[str]] = typer.Option(None, "-c", help="Configurations to check [default: those "
+                                                                        "of 2d 3d_fullres 3d_lowres the plans have]."),
+    overwrite_plans_name: Optional[str] = typer.Option(None, "-overwrite_plans_name", help="Custom plans identifier."),
+    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
+    preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
+                                               help="nnU-Net preprocessed folder [default: $nnUNet_preprocessed]."),
+    mem: str = typer.Option("SIZE", "--mem", help="The --mem to put in the commands that redo missing shards."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Check that the shards of a dataset add up to a complete preprocessed dataset, and finish it.
+
+    Every case of every planned configuration must be complete, with its
+    ground-truth copy. A staging folder whose cases are all complete is moved
+    into place (when the last shard was killed before doing it), temporary
+    files of killed tasks are removed. Refused while shard runs are running.
+    Exit codes: 0 complete, 2 incomplete or bad input (the shards to rerun are named), 6 infrastructure.
+    """
+    from runner.dataset import load_raw_dataset
+    from runner.locks import acquire as acquire_locks, owner_info, scope_for_run
+    from runner.merge import merge, render_merge, rerun_command
+    from runner.run import _resolve_root
+
+    try:
+        raw_root = _resolve_root(raw, "nnUNet_raw", "--raw")
+        ds = load_raw_dataset(raw_root, parse_dataset_id(dataset))
+        pre = _resolve_root(preprocessed, "nnUNet_preprocessed", "--preprocessed") / ds.name
+        if not pre.is_dir():
+            raise BadInputError(f"{pre} does not exist: nothing preprocessed yet")
+        plans_name = overwrite_plans_name or "nnUNetPlans"
+        configs = tuple(configurations) if configurations else None
+        # The same locks a full run takes: no shard of this dataset may be running.
+        scope = scope_for_run(configs or ("2d", "3d_fullres", "3d_lowres"), no_pp=False)
+        with acquire_locks(pre, scope, owner_info(f"merge-{os.getpid()}")):
+            result = merge(ds, pre, plans_name, configs)
+            if os.getuid() == 0:
+                # Root's shard containers ran as the image's user; the dataset goes back to the caller.
+                from runner.run import hand_over
+                hand_over([pre], 0, 0)
+    except NnrunError as err:
+        _err(f"nnrun: {err.outcome.value}: {err.one_line()}")
+        if as_json:
+            sys.stdout.write(json.dumps({"outcome": err.outcome.value, "message": err.one_line(),
+                                         "exit_code": exit_code_for(err.outcome)}) + "\n")
+        raise typer.Exit(exit_code_for(err.outcome))
+    outcome = Outcome.OK if result.ok else Outcome.BAD_INPUT
+    hint = rerun_command(result, ds.dataset_id, mem)
+    _err(render_merge(result, hint))
+    if as_json:
+        sys.stdout.write(json.dumps({**result.to_json(), "exit_code": exit_code_for(outcome),
+                                     "next": None if result.ok else hint}) + "\n")
+    raise typer.Exit(exit_code_for(outcome))
 
 
 @app.command("estimate", context_settings={"help_option_names": ["-h", "--help"]})

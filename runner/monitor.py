@@ -54,7 +54,8 @@ class MonitorSummary:
 class CgroupMonitor:
     def __init__(self, container_id: str, cgroup_root: Path = DEFAULT_CGROUP_ROOT,
                  interval_s: float = 0.1, locate_timeout_s: float = 5.0, timeline_path: Path | None = None,
-                 proc_root: Path = Path("/proc"), on_sample: Callable[[dict], None] | None = None) -> None:
+                 proc_root: Path = Path("/proc"), on_sample: Callable[[dict], None] | None = None,
+                 cgroup_dir: Path | None = None) -> None:
         self.container_id = container_id
         self.cgroup_root = Path(cgroup_root)
         self.interval_s = interval_s
@@ -70,7 +71,7 @@ class CgroupMonitor:
         self.cpu_s = 0.0
         self.wall_s = 0.0
         self._thread: threading.Thread | None = None
-        self.cgroup_dir: Path | None = None
+        self.cgroup_dir: Path | None = cgroup_dir      # None: found from the container id
         self.version: int | None = None
         self.samples = 0
         self.limit: int | None = None

@@ -64,6 +64,10 @@ class RunReport:
     peak_shm_bytes: int | None = None                    # peak use of /dev/shm in the container
     plot_path: str | None = None
     plot_error: str | None = None
+    shard: str | None = None                             # "K/N" for a --shard run
+    shard_cases: list[str] | None = None                 # the cases of that shard
+    dataset_complete: bool | None = None                 # a shard run: every shard's cases are complete
+    runtime: str | None = None                           # docker | podman | host
 
     @property
     def exit_code(self) -> int:

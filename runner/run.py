@@ -29,7 +29,7 @@ from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted
 from runner.monitor import DEFAULT_CGROUP_ROOT, CgroupMonitor, MonitorSummary
 from runner.nifti import check_files, read_header
 from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv, validate
-from runner.agent_preprocess import STAGING
+from runner.agent_preprocess import STAGING, TMP_MARK
 from runner.shards import (PLANS_NAME_ENV, SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_MAP_ENV, SKIP_PLANNING_ENV,
                            Shard)
 from runner.shards import map_path as shard_map_path
@@ -120,15 +120,65 @@ def preflight(opts: PreprocessOptions, settings: RunSettings, sink: ProgressSink
         raise BadInputError(f"--preprocessed {preprocessed_root}: {existing} is not a folder")
     if raw_root == preprocessed_root:
         raise BadInputError("the raw and preprocessed folders must differ")
-    if not settings.skip_file_check:
-        files = list(dataset.all_files())
-        sink.stage(f"checking {len(files)} image and label files of {dataset.name} to the end")
-        problems = check_files(files, workers=settings.check_workers, progress=sink.file_check)
-        if problems:
-            first = problems[0]
-            more = f" (and {len(problems) - 1} more damaged file(s))" if len(problems) > 1 else ""
-            raise BadInputError(first.message + more, hint=first.hint)
+    if settings.shard is not None:
+        check_shard_run(opts, preprocessed_root / dataset.name, settings.mem)
+    elif not settings.skip_file_check:      # a shard checks its own cases' files, once it knows them
+        check_dataset_files(dataset, settings, sink)
     return mem_bytes, dataset, preprocessed_root
+
+
+def check_dataset_files(dataset: RawDataset, settings: RunSettings, sink: ProgressSink) -> None:
+    """Read every image and label file to its end (damaged files fail here, not in a worker)."""
+    files = list(dataset.all_files())
+    sink.stage(f"checking {len(files)} image and label files of {dataset.name} to the end")
+    problems = check_files(files, workers=settings.check_workers, progress=sink.file_check)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more damaged file(s))" if len(problems) > 1 else ""
+        raise BadInputError(first.message + more, hint=first.hint)
+
+
+def check_shard_run(opts: PreprocessOptions, preprocessed_dataset: Path, mem: str) -> None:
+    """A shard only preprocesses: the global steps must have run once before (they are not sharded)."""
+    if opts.no_pp:
+        raise BadInputError("--shard preprocesses cases; --no_pp runs only the global steps",
+                            hint="run the planning step once without --shard, then the shards")
+    if opts.clean:
+        raise BadInputError("--clean cannot be combined with --shard: it would delete other shards' cases",
+                            hint="run `nnrun preprocess --clean --no_pp` once before the shards")
+    if opts.verify_dataset_integrity:
+        raise BadInputError("--verify_dataset_integrity belongs to the planning step, not to a shard",
+                            hint="pass it to the run with --no_pp")
+    needed = [preprocessed_dataset / "dataset_fingerprint.json", preprocessed_dataset / f"{opts.plans_name}.json",
+              preprocessed_dataset / "dataset.json"]
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        raise BadInputError(f"a shard run needs the fingerprint and plans of {preprocessed_dataset.name}, "
+                            f"missing: {', '.join(missing)}",
+                            hint=f"run the planning step once first: nnrun preprocess -d {opts.dataset_id} "
+                                 f"--mem {mem} --no_pp (nnrun slurm submit does this for you)")
+
+
+def dataset_complete(preprocessed_dataset: Path, plans_name: str, configurations) -> bool:
+    """Every configuration's folder is in its final place (nothing left in staging)."""
+    from runner.outputs import data_identifier
+    try:
+        planned = json.loads((preprocessed_dataset / f"{plans_name}.json").read_text())["configurations"]
+    except (OSError, ValueError, KeyError):
+        return False
+    for configuration in configurations:
+        if configuration not in planned:      # nnU-Net skips configurations its plans do not have
+            continue
+        ident = data_identifier(preprocessed_dataset, plans_name, configuration)
+        if not (preprocessed_dataset / ident).is_dir() or (preprocessed_dataset / STAGING / ident).exists():
+            return False
+    return True
+
+
+def shard_dataset(dataset: RawDataset, cases: list[str]) -> RawDataset:
+    """The dataset restricted to a shard's cases (same order)."""
+    keep = set(cases)
+    return replace(dataset, cases=tuple(c for c in dataset.cases if c.case_id in keep))
 
 
 def shape_mismatches(dataset: RawDataset) -> list[str]:
@@ -398,6 +448,7 @@ class Preprocess:
         self.last_recommendation = None
         self.estimate = None
         self.schedule_note: str | None = None
+        self.shard_cases: list[str] = []        # --shard: this shard's cases (from the shared map)
         # --retry: 2 when nnrun chose the worker counts, else only what the user asked for.
         self.retries = settings.retries if settings.retries is not None else (0 if settings.workers_pinned else 2)
 
@@ -428,6 +479,55 @@ class Preprocess:
         self.sink.stage(f"workers: -npfp {self.opts.npfp}; " + ", ".join(f"{c} {n}" for c, n in chosen.items())
                         + (" (memory-aware admission)" if settings.schedule == "memory" else ""))
 
+    def _shard_cases(self, dataset: RawDataset, preprocessed_dataset: Path, mem_bytes: int) -> RawDataset:
+        """Read (or make) the shared case -> shard map and return the dataset restricted to this shard."""
+        from runner.shards import ShardError, header_weights, load_or_create, map_path
+
+        shard = self.settings.shard
+        case_ids = sorted(c.case_id for c in dataset.cases)
+
+        def weights() -> tuple[dict[str, int], str]:
+            predicted = self._predicted_case_bytes(dataset, preprocessed_dataset, mem_bytes)
+            if predicted:
+                return predicted, "predicted_memory"
+            return header_weights({c.case_id: list(c.images) for c in dataset.cases}), "voxels"
+
+        path = map_path(preprocessed_dataset, self.opts.plans_name)
+        try:
+            shard_map = load_or_create(path, shard.count, case_ids, weights, self.opts.plans_name)
+        except ShardError as err:
+            raise BadInputError(str(err)) from None
+        except OSError as err:
+            raise BadInputError(f"cannot write the shard map {path}: {err.strerror}") from None
+        mine = [c for c, k in shard_map["assignment"].items() if int(k) == shard.index]
+        self.shard_cases = sorted(mine)
+        self.sink.stage(f"shard {shard}: {len(mine)} of {len(case_ids)} cases "
+                        f"(map {path}, balanced by {shard_map.get('balanced_by')})")
+        return shard_dataset(dataset, mine)
+
+    def _own_leftovers(self, paths: list[Path]) -> list[Path]:
+        """Other shards may be writing into the same folders: only this shard's cases' temporary files."""
+        ending = self.full_dataset.file_ending
+        mine = tuple(f"{c}{ending}{TMP_MARK}" for c in self.shard_cases)
+        return [p for p in paths if p.name.startswith(mine)]
+
+    def _predicted_case_bytes(self, dataset: RawDataset, preprocessed_dataset: Path, mem_bytes: int) -> dict | None:
+        """Each case's largest predicted preprocessing peak over the configurations (None: no estimate)."""
+        from runner.estimate import Baseline, estimate, load_model
+        # The extra memory above the process baseline ranks the cases; the baseline itself is the same for all.
+        no_baseline = Baseline(main_bytes=0, worker_bytes=0, image_id="", measured=False)
+        try:
+            plans = json.loads((preprocessed_dataset / f"{self.opts.plans_name}.json").read_text())
+            est = estimate(dataset, plans, self.opts.configurations, mem_bytes, no_baseline, load_model(),
+                           cpus=os.cpu_count() or 1)
+        except (NnrunError, OSError, ValueError, KeyError, RuntimeError):
+            return None
+        out: dict[str, int] = {}
+        for row in est.per_case:
+            if row.get("phase") == "preprocessing":
+                out[row["case"]] = max(out.get(row["case"], 0), int(row.get("extra_bytes") or 0))
+        return out or None
+
     def _new_attempt(self) -> None:
         self._log_tail = b""
         self.container_id = None
@@ -451,11 +551,21 @@ class Preprocess:
         engine = self.engine = self.engine_factory()
         info = engine.info()
         if info.mem_total_bytes and mem_bytes > info.mem_total_bytes:
-            raise BadInputError(f"--mem {settings.mem} is more than the Docker host's memory "
+            where = ("this job's memory limit" if info.name == "host"
+                     else f"the {'Podman' if info.name == 'podman' else 'Docker'} host's memory")
+            raise BadInputError(f"--mem {settings.mem} is more than {where} "
                                 f"({format_bytes(info.mem_total_bytes)})",
                                 hint=f"give at most {format_bytes(info.mem_total_bytes)}")
+        if info.name == "host" and info.mem_total_bytes and mem_bytes < info.mem_total_bytes:
+            sink.stage(f"--runtime host: the cap is this job's limit, {format_bytes(info.mem_total_bytes)}; "
+                       f"--mem {settings.mem} is used for the estimate only")
         image = engine.image(settings.image)
 
+        self.full_dataset = dataset
+        if settings.shard is not None:
+            dataset = self._shard_cases(dataset, preprocessed_dataset, mem_bytes)
+            if not settings.skip_file_check:
+                check_dataset_files(dataset, settings, sink)
         if settings.schedule == "memory" or settings.np_auto or settings.npfp_auto:
             self._choose_workers(dataset, preprocessed_dataset, mem_bytes, info)
             opts, settings = self.opts, self.settings
@@ -466,12 +576,18 @@ class Preprocess:
                                 hint="check --preprocessed and its owner and permissions") from None
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         # A second run writing the same outputs must not start (exit 2, naming the first).
-        locks = acquire_locks(preprocessed_dataset, scope_for_run(opts.configurations, opts.no_pp),
+        shard = settings.shard
+        locks = acquire_locks(preprocessed_dataset,
+                              scope_for_run(opts.configurations, opts.no_pp,
+                                            (shard.index + 1, shard.count) if shard else None),
                               owner_info(run_id))
-        active = preprocessed_dataset / NNRUN_DIR / ACTIVE_FILE
+        # One marker per shard: shards of the same dataset run at the same time.
+        active = preprocessed_dataset / NNRUN_DIR / (f"active.shard-{shard.index}-of-{shard.count}.json" if shard
+                                                     else ACTIVE_FILE)
         marked = False
         try:
-            self.recovered = recover_dead_run(preprocessed_dataset, engine, opts.plans_name)
+            self.recovered = recover_dead_run(preprocessed_dataset, engine, opts.plans_name, active,
+                                              self._own_leftovers if shard else None)
             attempts: list[dict] = []
             while True:
                 marked = try_write_json(active, {"run_id": run_id, "pid": os.getpid(), "started": time.time()})
@@ -506,7 +622,10 @@ class Preprocess:
         except OSError as err:
             raise BadInputError(f"cannot create the run folder in {preprocessed_dataset}: {err.strerror}",
                                 hint="free space in the output folder or pick another --preprocessed") from None
-        uid, gid, chown_back = container_user(preprocessed_root)
+        if settings.runtime == "host":
+            uid, gid, chown_back = os.getuid(), os.getgid(), False      # nnU-Net runs as the caller here
+        else:
+            uid, gid, chown_back = container_user(preprocessed_root)
         staging = preprocessed_dataset / STAGING     # the agent stages configurations here
         staging.mkdir(parents=True, exist_ok=True)
         if os.getuid() == 0 and (uid, gid) != (0, 0):
@@ -517,7 +636,7 @@ class Preprocess:
         log_path = run_dir / NNUNET_LOG
         spec = build_spec(opts, settings, dataset, preprocessed_dataset, run_dir, mem_bytes, run_id, (uid, gid))
         workers = {"npfp": opts.npfp, "np": opts.workers_per_configuration(), "schedule": settings.schedule}
-        report = RunReport(outcome=Outcome.BUG, message="", dataset=dataset.name,
+        report = RunReport(outcome=Outcome.BUG, message="", dataset=dataset.name, runtime=settings.runtime,
                            configurations=list(opts.configurations), workers=workers,
                            nnunet_argv=nnunet_argv(opts), image=settings.image, image_id=image.image_id,
                            run_id=run_id, run_dir=str(run_dir), log_path=str(log_path), limit_bytes=mem_bytes)
@@ -530,8 +649,10 @@ class Preprocess:
             try_write_json(run_dir / SCHEDULE_FILE, plan)   # without it the agent uses a fixed pool
         manifest = build_manifest(run_id, opts, settings, spec, dataset, info, image, mem_bytes)
         try_write_json(run_dir / MANIFEST_FILE, manifest)
-        sink.stage(f"starting nnU-Net in {settings.image} under a {format_bytes(mem_bytes)} cap "
-                   f"(nnU-Net log: {log_path})")
+        where = (f"with {image.ref.removeprefix('host:')} under this job's" if settings.runtime == "host"
+                 else f"in {settings.image} under a")
+        sink.stage(f"starting nnU-Net {where} {format_bytes(info.mem_total_bytes if settings.runtime == 'host' else mem_bytes)} "
+                   f"cap (nnU-Net log: {log_path})")
         sink.event({"event": "run_start", "cases": len(dataset.cases), "limit_bytes": mem_bytes,
                     "log_path": str(log_path), "run_dir": str(run_dir)})
         started = time.time()
@@ -548,8 +669,10 @@ class Preprocess:
                 report.log_path = None          # nnU-Net never ran
                 self._write_report(run_dir, report)
                 return report
+            cgroup_dir = getattr(engine, "cgroup_dir", None)       # --runtime host: the job's own cgroup
             monitor = CgroupMonitor(self.container_id, settings.cgroup_root, timeline_path=run_dir / TIMELINE_FILE,
-                                    on_sample=sink.memory).start()
+                                    on_sample=sink.memory,
+                                    cgroup_dir=cgroup_dir(self.container_id) if cgroup_dir else None).start()
             log_thread = threading.Thread(target=self._pump_logs, name="logs", daemon=True)
             log_thread.start()
             threading.Thread(target=self._watch_run_dir, args=(monitor, run_dir), name="watch",
@@ -602,8 +725,20 @@ class Preprocess:
                    info.mem_total_bytes, log_path, started, ended, records)
         report.removed_outputs = list(self.recovered)
         if verdict.outcome is not Outcome.OK:
-            report.removed_outputs += remove_paths(incomplete_outputs(preprocessed_dataset))
-        if chown_back:
+            leftovers = incomplete_outputs(preprocessed_dataset)
+            if settings.shard is not None:
+                leftovers = self._own_leftovers(leftovers)
+            report.removed_outputs += remove_paths(leftovers)
+        if settings.shard is not None:
+            report.shard, report.shard_cases = str(settings.shard), list(self.shard_cases)
+            report.dataset_complete = dataset_complete(preprocessed_dataset, opts.plans_name, opts.configurations)
+            if report.outcome is Outcome.OK:
+                rest = ("every shard is complete: the dataset is ready" if report.dataset_complete else
+                        "cases of other shards are still pending (`nnrun merge` checks the whole dataset)")
+                report.message = (f"shard {settings.shard} of {dataset.name}: {len(self.shard_cases)} cases "
+                                  f"preprocessed in {report.duration_s:.1f} s; {rest}")
+        if chown_back and settings.shard is None:
+            # Shards run side by side in these folders: `nnrun merge` hands the dataset back at the end.
             hand_over([preprocessed_dataset], os.getuid(), os.getgid())
         if settings.plot:
             report.plot_path = self._plot(run_dir, report, dataset)
@@ -759,14 +894,15 @@ class Preprocess:
         try_write_json(run_dir / REPORT_FILE, to_json(report))
 
 
-def recover_dead_run(preprocessed_dataset: Path, engine: Engine, plans_name: str) -> list[str]:
+def recover_dead_run(preprocessed_dataset: Path, engine: Engine, plans_name: str, active: Path | None = None,
+                     keep_only: Callable[[list[Path]], list[Path]] | None = None) -> list[str]:
     """Clean up after an earlier nnrun that died without cleaning up (e.g. SIGKILLed).
 
     Its ``.nnrun/active.json`` is still there (we hold the locks, so it is not
     running).  If its container still runs, refuse; otherwise remove what the
     phase it died in may have left half-written, as that run would have.
     """
-    active = preprocessed_dataset / NNRUN_DIR / ACTIVE_FILE
+    active = active or preprocessed_dataset / NNRUN_DIR / ACTIVE_FILE
     try:
         dead = json.loads(active.read_text())
     except (OSError, ValueError):
@@ -776,7 +912,8 @@ def recover_dead_run(preprocessed_dataset: Path, engine: Engine, plans_name: str
             raise BadInputError(f"a container of an earlier nnrun run ({dead.get('run_id')}) is still writing "
                                 f"{preprocessed_dataset.name}", hint=f"stop it: docker rm -f {cid[:12]}")
         engine.remove(cid)
-    removed = remove_paths(incomplete_outputs(preprocessed_dataset))
+    leftovers = incomplete_outputs(preprocessed_dataset)
+    removed = remove_paths(keep_only(leftovers) if keep_only else leftovers)
     active.unlink(missing_ok=True)
     return removed
 

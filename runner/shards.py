@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -139,30 +140,40 @@ def read_map(path: str | os.PathLike) -> dict | None:
         raise ShardError(f"cannot read the shard map {os.fspath(path)}: {err}") from None
 
 
-def load_or_create(path: str | os.PathLike, count: int, cases: list[str], make_weights, plans_name: str,
-                   balanced_by: str) -> dict:
+def load_or_create(path: str | os.PathLike, count: int, cases: list[str], make_weights, plans_name: str) -> dict:
     """The map at ``path``; made (under an flock, written atomically) when no task made it yet.
 
-    ``make_weights()`` is called only when the map is made here.  Concurrent
-    tasks serialise on ``<path>.lock`` so exactly one map is ever written.
+    ``make_weights()`` returns ``(weights, balanced_by)`` and is called only
+    when the map is made here.  Concurrent tasks serialise on ``<path>.lock``
+    so exactly one map is ever written; once written it never changes, so a
+    task that finds it reads it without the lock (the lock file may belong to
+    another user, e.g. root on the host while the container runs as uid 1000).
     """
     path = os.fspath(path)
+    existing = read_map(path)
+    if existing is not None:
+        check_map(existing, count, cases, path)
+        return existing
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
     try:
+        try:
+            os.fchmod(fd, 0o666)        # whoever runs the next task (host user or container user) can lock it
+        except OSError:
+            pass
         fcntl.flock(fd, fcntl.LOCK_EX)
         existing = read_map(path)
         if existing is not None:
             check_map(existing, count, cases, path)
             return existing
-        weights = make_weights()
-        missing = set(cases) - set(weights)
-        weights = {**weights, **{c: 0 for c in missing}}
-        shard_map = build_map({c: weights[c] for c in cases}, count, plans_name, balanced_by)
+        weights, balanced_by = make_weights()
+        weights = {**{c: 0 for c in cases}, **{c: w for c, w in weights.items() if c in set(cases)}}
+        shard_map = build_map(weights, count, plans_name, balanced_by)
         tmp = f"{path}.tmp.{os.getpid()}"
         with open(tmp, "w") as fh:
             json.dump(shard_map, fh, indent=1)
             fh.write("\n")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
         return shard_map
     finally:
@@ -186,3 +197,22 @@ def shard_from_env(environ: dict | None = None) -> Shard | None:
     if not 0 <= index < count_i:
         raise ShardError(f"{SHARD_INDEX_ENV}={index} is not between 0 and {count_i - 1}")
     return Shard(index, count_i)
+
+
+def header_weights(images: dict[str, list[str]]) -> dict[str, int]:
+    """Voxels x channels of each case, from the image headers (NIfTI); file sizes for other formats."""
+    from runner.nifti import read_header
+
+    weights = {}
+    for case, files in images.items():
+        total = 0
+        for f in files:
+            try:
+                total += math.prod(read_header(f).shape[:3])
+            except Exception:  # noqa: BLE001 - not NIfTI or unreadable: its size still orders the cases
+                try:
+                    total += os.path.getsize(f)
+                except OSError:
+                    pass
+        weights[case] = total
+    return weights

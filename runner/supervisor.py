@@ -42,6 +42,7 @@ EVENTS_FILE = "events.jsonl"
 NNUNET_LOG = "nnunet.log"
 AGENT_EVENTS_FILE = "agent.jsonl"    # written by runner.agent inside nnU-Net's processes
 SUPERVISOR_SCHEMA = 1
+CGROUP_DIR_ENV = "NNRUN_CGROUP_DIR"
 
 # nnU-Net raises its own processes' oom_score_adj so that the kernel picks one
 # of them, never this supervisor (an unprivileged process may raise its score).
@@ -227,7 +228,9 @@ class Supervisor:
     def read_counters(self) -> MemoryCounters | None:
         try:
             if self.cgroup_dir is None:
-                self.cgroup_dir = own_cgroup_dir()
+                # --runtime host: the job's cgroup, found by the host; in a container: its own.
+                given = os.environ.get(CGROUP_DIR_ENV)
+                self.cgroup_dir = Path(given) if given else own_cgroup_dir()
             counters = read_memory_counters(self.cgroup_dir)
         except CgroupReadError as err:
             self.cgroup_error = str(err)
