@@ -26,6 +26,7 @@ from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted, ex
 from runner.options import DEFAULT_NPFP, PreprocessOptions, spread_multi_value_options
 from runner.report import RunReport, dumps, load_report, render_human, report_from_json
 from runner.run import DEFAULT_IMAGE, Preprocess, RunSettings
+from runner.cli_k8s import k8s_app
 
 app = typer.Typer(
     name="nnrun",
@@ -35,6 +36,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+app.add_typer(k8s_app, name="k8s")
 
 
 def _parser_exception_types(name: str) -> tuple[type, ...]:
