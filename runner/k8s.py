@@ -97,7 +97,7 @@ _QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?
 def quantity_bytes(text: str) -> int:
     """A memory quantity of the Kubernetes API (``3Gi``, ``1536Mi``, ``3G``, ``3e9``, ``268435456``) in bytes.
 
-    Fractions of a byte round up, as the API server does for memory.
+    Fractions of a byte round up, as Kubernetes does when it turns a quantity into bytes.
     Raises ValueError for anything else.
     """
     m = _QUANTITY.match(str(text).strip())
