@@ -163,13 +163,16 @@ def manifest_command(
     memory request == limit == --mem, non-root, a read-only root file system,
     no capabilities and no privilege escalation.  Apply them in order:
 
-      nnrun k8s manifest -d 501 --mem 6g --shards 4 --raw-claim nnunet-raw
-        --preprocessed-claim nnunet-preprocessed --job plan -o plan.yaml
-      (the same with --job shards -o shards.yaml)
-      kubectl apply -f plan.yaml && kubectl wait --for=condition=complete
-        --timeout=24h job/nnrun-d501-plan && kubectl apply -f shards.yaml
+    \b
+      nnrun k8s manifest -d 501 --mem 6g --shards 4 --raw-claim nnunet-raw \\
+          --preprocessed-claim nnunet-preprocessed --job plan -o plan.yaml
+      (the same options with --job shards -o shards.yaml)
+      kubectl apply -f plan.yaml && kubectl wait --for=condition=complete \\
+          --timeout=24h job/nnrun-d501-plan && kubectl apply -f shards.yaml
 
-    Then: kubectl get pods -l io.nnrun.dataset=Dataset501_Name -o json | nnrun k8s diagnose -
+    \b
+    Then:
+      kubectl get pods -l io.nnrun.dataset=Dataset501_Name -o json | nnrun k8s diagnose -
 
     Arguments after `--` go to nnUNetv2_plan_and_preprocess verbatim.
     """
@@ -253,6 +256,7 @@ def diagnose_command(
     status.json.  The resubmit command gives only the failed shards, OOM-killed
     ones with 1.5 times the memory.
 
+    \b
       kubectl get pods -l io.nnrun.dataset=Dataset501_Name -o json | nnrun k8s diagnose -
 
     Exit code: the worst outcome's (3 oom, 4 error, 5 killed, 6 infra, in this
