@@ -328,7 +328,7 @@ def _pod_environment(req: ManifestRequest, role: str, run_dir: str) -> list:
         opts = shard_options(req.opts)
         settings = RunSettings(mem=req.mem, image=req.image, schedule="fixed", shard=Shard(0, req.shards))
     env_values = container_environment(opts, settings, req.file_ending, run_dir=run_dir,
-                                       dataset_name=req.dataset_name)
+                                       dataset_name=req.dataset_name, test_hooks=False)
 
     def field_ref(path: str):
         return k.V1EnvVarSource(field_ref=k.V1ObjectFieldSelector(field_path=path))

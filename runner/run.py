@@ -263,7 +263,8 @@ def container_command(opts: PreprocessOptions, run_dir: str = CONTAINER_RUN_DIR,
 
 def container_environment(opts: PreprocessOptions, settings: RunSettings, file_ending: str,
                           run_dir: str = CONTAINER_RUN_DIR, dataset_name: str | None = None,
-                          preprocessed: str = CONTAINER_PREPROCESSED, raw: str = CONTAINER_RAW) -> dict[str, str]:
+                          preprocessed: str = CONTAINER_PREPROCESSED, raw: str = CONTAINER_RAW,
+                          test_hooks: bool = True) -> dict[str, str]:
     """The container's environment (also used by the Kubernetes and Slurm renderers)."""
     env = {
         "nnUNet_raw": raw,
@@ -288,8 +289,8 @@ def container_environment(opts: PreprocessOptions, settings: RunSettings, file_e
         env[PLANS_NAME_ENV] = opts.plans_name
         if dataset_name:
             env[SHARD_MAP_ENV] = shard_map_path(f"{preprocessed}/{dataset_name}", opts.plans_name)
-    for hook in ("NNRUN_TEST_OOM_VICTIM", "NNRUN_TEST_KILL_AT"):     # test-only hooks
-        if os.environ.get(hook):
+    for hook in ("NNRUN_TEST_OOM_VICTIM", "NNRUN_TEST_KILL_AT"):     # test-only hooks (never in rendered manifests)
+        if test_hooks and os.environ.get(hook):
             env[hook] = os.environ[hook]
     return env
 
