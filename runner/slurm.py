@@ -624,6 +624,7 @@ class TaskView:
     json_path: str | None = None
     output_path: str | None = None
     note: str | None = None
+    retried_after_oom: list[dict] = field(default_factory=list)   # nnrun's earlier attempts that were OOM-killed
 
     @property
     def label(self) -> str:
@@ -678,8 +679,12 @@ def classify(v: TaskView) -> None:
             v.note = f"nnrun said {v.outcome.value}, Slurm counted an OOM kill in the job: oom"
             v.outcome = Outcome.OOM
         elif _slurm_says_oom(v) and v.outcome is Outcome.OK:
-            v.note = ("Slurm counted an OOM kill in this job, but nnrun finished the shard "
-                      "(a retry with fewer workers succeeded)")
+            first = v.retried_after_oom[0] if v.retried_after_oom else {}
+            where = "".join([f" in {first['phase']}" if first.get("phase") else "",
+                             f" on case {first['victim_case']}" if first.get("victim_case") else ""])
+            v.note = (f"Slurm counted an OOM kill{where}; nnrun retried with fewer workers and finished"
+                      if v.retried_after_oom else
+                      "Slurm counted an OOM kill in this job, but nnrun finished its work")
         return
     if state is None:
         if v.nnrun_exit_code is not None:
@@ -788,6 +793,9 @@ def _view(role: str, shard: int | None, files: dict, state: JobState | None) -> 
         v.recommendation_argv = rep.get("recommendation_argv")
         v.run_dir = rep.get("run_dir")
         v.dataset_complete = rep.get("dataset_complete")
+        v.retried_after_oom = [{k: a.get(k) for k in ("phase", "victim_case", "workers")}
+                               for a in (rep.get("attempts") or [])[:-1]
+                               if isinstance(a, dict) and a.get("outcome") == "oom"]
         if v.nnrun_exit_code is None and isinstance(rep.get("exit_code"), int):
             v.nnrun_exit_code = rep["exit_code"]
     elif files.get("json_error") and files.get("exit") is not None:
@@ -968,6 +976,14 @@ def diagnose(record: dict, plan: TaskView | None, tasks: list[TaskView], sources
     d.oom_shards = [v.shard for v in tasks if v.outcome is Outcome.OOM]
     running = [v for v in every if not v.finished]
     ok = [v for v in tasks if v.outcome is Outcome.OK]
+    never_ran = [v for v in tasks if v.finished and v.outcome is None]
+    # afterok: a plan job that Slurm did not end COMPLETED cancels the array, even when nnrun inside it
+    # finished the plans (e.g. after an OOM kill it recovered from by a retry: Slurm still says OUT_OF_MEMORY).
+    plan_blocked = (not plan_failed and plan is not None and bool(never_ran)
+                    and plan.slurm_state not in (None, "COMPLETED"))
+    if never_ran and not plan_failed:
+        d.outcome = worst([d.outcome, _STATE_OUTCOME.get(plan.slurm_state, Outcome.KILLED)
+                           if plan_blocked else Outcome.KILLED])
 
     # The one command to run next: just the failed shards, with more memory or fewer workers.
     failed_views = [plan] if plan_failed else [v for v in tasks if v.shard in d.failed_shards]
@@ -1017,11 +1033,8 @@ def diagnose(record: dict, plan: TaskView | None, tasks: list[TaskView], sources
                             + (f": resubmit with --time {new_time}" if new_time else ""))
     if plan_failed:
         d.advice.append("the plan job failed, so no shard ran: resubmit the whole dataset")
-    elif plan is not None and plan.outcome is Outcome.OK and any(
-            v.finished and v.job_id is None and v.outcome is None for v in tasks):
-        d.advice.append("the plan job's nnrun finished (after a retry), but Slurm ended the job "
-                        f"{plan.slurm_state or 'unsuccessfully'}, so afterok never started the shards: "
-                        "resubmit them (the plans exist)")
+    elif plan_blocked:
+        d.advice.append("the plans exist: resubmit the shards alone (the command below has no plan job)")
     if d.finished and not failed_views and not plan_failed and tasks and len(ok) == len(tasks):
         if d.dataset_complete is False:
             d.advice.append("these shards are done, but other shards of the dataset are not: "
@@ -1034,6 +1047,12 @@ def diagnose(record: dict, plan: TaskView | None, tasks: list[TaskView], sources
         cause = "OOM-killed" if v.outcome is Outcome.OOM else v.outcome.value
         d.message = (f"the plan job {v.job_id} (fingerprint and planning) failed ({cause}"
                      f"{', Slurm ' + v.slurm_state if v.slurm_state else ''}); none of the {n} shard task(s) ran")
+    elif plan_blocked:
+        first = plan.retried_after_oom[0] if plan.retried_after_oom else None
+        how = (f" (nnrun retried after an OOM kill{' on case ' + first['victim_case'] if first.get('victim_case') else ''})"
+               if first is not None else "")
+        d.message = (f"the plan job {plan.job_id} wrote the plans{how}, but Slurm ended it {plan.slurm_state}, "
+                     f"so afterok cancelled the {len(never_ran)} shard task(s)")
     elif d.oom_shards:
         parts = []
         for v in ooms:

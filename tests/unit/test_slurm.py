@@ -394,6 +394,44 @@ def test_diagnosis_of_a_real_plan_oom(tmp_path, scontrol):
     assert "plan job 21" in diag.message
 
 
+@pytest.mark.parametrize("scontrol", [True, False])
+def test_real_nnunet_plan_job_recovered_by_retry_but_slurm_cancelled_the_array(tmp_path, scontrol):
+    """Real nnU-Net (--runtime host, demo dataset, --mem 3g): nnrun's fingerprint workers were OOM-killed, it
+    retried with -npfp 4 and wrote the plans, but Slurm ended the job OUT_OF_MEMORY and afterok cancelled the array."""
+    rec = fixture_submission(tmp_path, "submission_demo_plan_recovered")
+    d = FIX / "submission_demo_plan_recovered"
+    known = {"31": (d / "scontrol_plan.txt").read_text(), "32": (d / "scontrol_array.txt").read_text()}
+    diag = slurm.status(rec, slurm.SlurmClient(Replay(scontrol=known if scontrol else {},
+                                                      sacct_c=(d / "sacct_c.txt").read_text())))
+    assert diag.finished and diag.outcome is Outcome.OOM and diag.exit_code == 3
+    assert diag.plan.outcome is Outcome.OK and diag.plan.slurm_state == "OUT_OF_MEMORY"
+    assert diag.plan.retried_after_oom[0]["victim_case"] == "case005"
+    assert "on case case005" in diag.plan.note
+    assert [(v.slurm_state, v.outcome) for v in diag.tasks] == [("CANCELLED", None)] * 3
+    argv = diag.recommendation_argv
+    assert argv[argv.index("--only-shards") + 1] == "0,1,2" and argv[argv.index("--mem") + 1] == "3g"
+    assert "-c" in argv and "3d_fullres" in argv and "--host-python" in argv
+    assert "afterok cancelled the 3 shard task(s)" in diag.message
+
+
+@pytest.mark.parametrize("scontrol", [True, False])
+def test_real_nnunet_array_oom_killed_recommends_fewer_workers(tmp_path, scontrol):
+    """Real nnU-Net (--runtime host, demo dataset, --mem 1g -np 4 --retry 0): every shard OOM-killed by Slurm;
+    nnrun's own recommendation (-np 2 under the same memory) becomes the resubmit command."""
+    rec = fixture_submission(tmp_path, "submission_demo_all_oom")
+    d = FIX / "submission_demo_all_oom"
+    diag = slurm.status(rec, slurm.SlurmClient(Replay(
+        scontrol={"36": (d / "scontrol_array.txt").read_text()} if scontrol else {},
+        sacct_c=(d / "sacct_c.txt").read_text())))
+    assert diag.outcome is Outcome.OOM and diag.exit_code == 3 and diag.oom_shards == [0, 1, 2]
+    assert [v.slurm_state for v in diag.tasks] == ["OUT_OF_MEMORY"] * 3
+    assert diag.tasks[1].cases_in_flight == ["case003"]
+    argv = diag.recommendation_argv
+    assert argv[argv.index("--mem") + 1] == "1g" and argv[argv.index("-np") + 1] == "2"
+    assert argv[argv.index("--retry") + 1] == "0" and argv[argv.index("--only-shards") + 1] == "0,1,2"
+    assert any("cases in flight: case003" in a for a in diag.advice)
+
+
 # --------------------------------------------------------------------------- diagnosis rules
 
 def record(tmp_path, **kw) -> dict:
@@ -486,9 +524,13 @@ def test_running_submission_is_not_finished_and_exits_0(tmp_path):
 
 def test_nnrun_ok_after_a_retry_wins_over_slurm_oom_state(tmp_path):
     rec = record(tmp_path)
-    task_files(rec, 0, {"outcome": "ok", "exit_code": 0}, 0)
+    task_files(rec, 0, {"outcome": "ok", "exit_code": 0, "attempts": [
+        {"outcome": "oom", "phase": "preprocessing", "victim_case": "case007", "workers": {"np": {"3d_fullres": 4}}},
+        {"outcome": "ok", "phase": None, "victim_case": None}]}, 0)
     d = diag(rec, [st(0, "OUT_OF_MEMORY", "0:125"), st(1, "COMPLETED"), st(2, "COMPLETED")])
-    assert d.outcome is Outcome.OK and "retry" in d.tasks[0].note
+    assert d.outcome is Outcome.OK and d.exit_code == 0 and d.recommendation_argv is None
+    assert d.tasks[0].note == ("Slurm counted an OOM kill in preprocessing on case case007; "
+                               "nnrun retried with fewer workers and finished")
 
 
 def test_slurm_oom_upgrades_an_nnrun_error(tmp_path):
@@ -543,7 +585,8 @@ def test_plan_recovered_by_retry_but_slurm_oom_cancels_the_array(tmp_path):
     d = slurm.diagnose(rec, p, tasks)
     argv = d.recommendation_argv
     assert argv[argv.index("--only-shards") + 1] == "0,1,2"
-    assert any("afterok never started" in a for a in d.advice)
+    assert d.outcome is Outcome.OOM and "afterok cancelled" in d.message
+    assert any("plans exist" in a for a in d.advice)
 
 
 @pytest.mark.parametrize("text,minutes", [("5", 5), ("00:01:00", 1), ("1:30", 2), ("2:00:00", 120),
