@@ -431,6 +431,9 @@ def version_command() -> None:
     print(__version__)
 
 
+app.add_typer(importlib.import_module("runner.cli_slurm").app, name="slurm")
+
+
 def _wants_json(argv: list[str]) -> bool:
     return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
 

@@ -22,6 +22,9 @@ fi
 # 2. A Docker engine that answers (installed and started when we are root).
 "$REPO/scripts/ensure-docker.sh"
 
+# 2b. A one-node Slurm for the Slurm backend (root only: it installs and starts daemons).
+if [ "$(id -u)" = 0 ]; then "$REPO/scripts/ensure-slurm.sh"; fi
+
 # 3. The image (Docker's layer cache makes this seconds when nothing changed).
 "$REPO/scripts/build-image.sh" 2> >(grep -v -e '^WARNING: Location' -e 'DEPRECATED' -e 'BuildKit is currently' -e 'environment-variable' -e '^ *$' >&2)
 

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "tests/integration" in str(item.fspath):
+        if "tests/integration" in str(item.fspath) and item.get_closest_marker("slurm") is None:
             item.add_marker(pytest.mark.docker)
 
 

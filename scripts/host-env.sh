@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# A Python environment for `nnrun preprocess --runtime host` (e.g. in a Slurm
+# task on a node without Docker): a venv with the image's nnU-Net stack,
+# installed offline (--no-index) from the same wheelhouse scripts/build-image.sh
+# uses.  Idempotent (a stamp file records what is installed); prints the venv's
+# python on stdout, the only thing this script prints there:
+#
+#   export NNRUN_HOST_PYTHON="$(scripts/host-env.sh)"
+#
+# Environment: NNRUN_CACHE (default /var/cache/nnrun as root, ~/.cache/nnrun
+# otherwise; the wheelhouse is $NNRUN_CACHE/wheels, the venv $NNRUN_CACHE/hostenv),
+# NNRUN_HOSTENV (the venv folder), NNRUN_BASE_PYTHON (the Python the venv is
+# made from; default python3: its version must match the wheelhouse's wheels).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ "$(id -u)" = 0 ]; then CACHE="${NNRUN_CACHE:-/var/cache/nnrun}"; else CACHE="${NNRUN_CACHE:-$HOME/.cache/nnrun}"; fi
+VENV="${NNRUN_HOSTENV:-$CACHE/hostenv}"
+BASE_PYTHON="${NNRUN_BASE_PYTHON:-python3}"
+# Keep these three in step with scripts/build-image.sh (same wheelhouse, same stamp).
+TORCH_VERSION=2.13.0
+NNUNETV2_VERSION=2.8.1
+REQUIREMENTS="torch==$TORCH_VERSION nnunetv2==$NNUNETV2_VERSION psutil"
+
+log() { echo "host-env: $*" >&2; }
+mkdir -p "$CACHE"
+
+BASE_VERSION="$("$BASE_PYTHON" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)" \
+    || { log "$BASE_PYTHON does not run: set NNRUN_BASE_PYTHON to a Python 3.10+"; exit 1; }
+STAMP="$VENV/.nnrun-hostenv"
+WANT="$REQUIREMENTS python=$BASE_VERSION"
+
+verify() {
+    "$VENV/bin/python" -c "import nnunetv2, torch, psutil, blosc2, SimpleITK" >/dev/null 2>&1 || return 1
+    PYTHONPATH="$REPO" "$VENV/bin/python" -m runner.supervisor --help >/dev/null 2>&1 || return 1
+}
+
+# Warm path: the stamp is written only after a full verify, so a quick check suffices.
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
+   && PYTHONPATH="$REPO" "$VENV/bin/python" -m runner.supervisor --help >/dev/null 2>&1; then
+    echo "$VENV/bin/python"
+    exit 0
+fi
+
+# 1. The wheelhouse (the same resolution step as build-image.sh: the host's pip
+#    trusts the host's CA and finds the CPU build of torch in its find-links).
+WHEELS="$CACHE/wheels"
+WSTAMP="$WHEELS/.requirements"
+if [ ! -f "$WSTAMP" ] || [ "$(cat "$WSTAMP")" != "$REQUIREMENTS" ]; then
+    log "resolving $REQUIREMENTS into $WHEELS"
+    rm -rf "$WHEELS.tmp"
+    # shellcheck disable=SC2086
+    "$BASE_PYTHON" -m pip wheel -q -w "$WHEELS.tmp" $REQUIREMENTS
+    rm -rf "$WHEELS"
+    mv "$WHEELS.tmp" "$WHEELS"
+    echo "$REQUIREMENTS" >"$WSTAMP"
+fi
+
+# 2. The venv (in place: a venv cannot be moved; the stamp, written last, marks it complete).
+log "making $VENV from $BASE_PYTHON $BASE_VERSION (offline, from $WHEELS)"
+rm -rf "$VENV"
+"$BASE_PYTHON" -m venv "$VENV"
+# shellcheck disable=SC2086
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-index --find-links "$WHEELS" $REQUIREMENTS \
+    || { log "pip install from $WHEELS failed (is $BASE_PYTHON the Python the wheels were resolved for?)"; exit 1; }
+if ! verify; then
+    log "the venv at $VENV does not import nnunetv2 or run runner.supervisor"
+    "$VENV/bin/python" -c "import nnunetv2, torch, psutil" >&2 || true
+    exit 1
+fi
+echo "$WANT" >"$STAMP"
+log "ready: $VENV/bin/python (nnunetv2 $NNUNETV2_VERSION, torch $TORCH_VERSION)"
+echo "$VENV/bin/python"
