@@ -115,7 +115,7 @@ def test_ok_run_through_podman_with_the_same_settings(podman_ready, demo_raw, tm
 
     # The verdict's evidence came from the host reading Podman's container cgroup.
     assert report["oom_kills"] == 0 and report["oom_source"] == "cgroup"
-    assert report["cgroup_reader"] == "host"
+    assert report["cgroup_reader"] == "host" and report["runtime"] == "podman"
     assert 0 < report["peak_anon_bytes"] < report["limit_bytes"] == 4 * 2**30
     print(f"\npodman container cgroup: {cgroup_dir}")
     assert cgroup_dir is not None and "libpod" in str(cgroup_dir)

@@ -217,7 +217,7 @@ def test_cli_unknown_engine_is_bad_input(tiny_raw, tmp_path, capsys):
     code = cli.main(["preprocess", "-d", "501", "--mem", "1g", "--raw", str(tiny_raw), "--preprocessed",
                      str(tmp_path / "pre"), "--engine", "lxc", "--json", "-q"])
     out, err = capsys.readouterr()
-    assert code == 2 and json.loads(out)["outcome"] == "bad_input" and "--engine" in json.loads(out)["message"]
+    assert code == 2 and json.loads(out)["outcome"] == "bad_input" and "docker, podman" in json.loads(out)["message"]
 
 
 def test_cli_engine_podman_unreachable_is_infra(tiny_raw, tmp_path, monkeypatch, capsys):
@@ -238,6 +238,6 @@ def test_cli_engine_podman_is_passed_on_to_the_run_and_its_advice(fake_preproces
     assert code == 0
     opts, settings, factory = fake_preprocess.calls[-1]
     assert settings.runtime == "podman"
-    assert settings.passthrough_argv[settings.passthrough_argv.index("--engine") + 1] == "podman"
+    assert settings.passthrough_argv[settings.passthrough_argv.index("--runtime") + 1] == "podman"
     engine = factory()
     assert engine.expect == "podman" and engine.base_url == "unix:///p.sock"
