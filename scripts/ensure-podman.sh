@@ -19,6 +19,7 @@ IMAGE="${NNRUN_IMAGE:-nnrun:$VERSION}"
 SOCK="${NNRUN_PODMAN_SOCKET:-/run/nnrun-podman.sock}"
 URL="unix://$SOCK"
 LOG=/var/log/nnrun-podman.log
+WORKDIR=/run/nnrun-podman        # the service's working directory
 
 log() { echo "ensure-podman: $*" >&2; }
 
@@ -44,7 +45,10 @@ if ! answers; then
         rm -f "$SOCK"
     fi
     log "starting podman system service on $URL (log: $LOG)"
-    setsid nohup podman system service --time=0 "$URL" >>"$LOG" 2>&1 </dev/null &
+    # conmon writes a file named `oom` into its working directory (inherited from the
+    # service) whenever a container's cgroup hits its limit: keep that out of the caller's.
+    mkdir -p "$WORKDIR"
+    (cd "$WORKDIR" && exec setsid nohup podman system service --time=0 "$URL" >>"$LOG" 2>&1 </dev/null) &
     for _ in $(seq 1 60); do
         answers && break
         sleep 0.5
