@@ -269,8 +269,8 @@ def engine_factory_for(runtime: str, host_python: str | None = None):
     if runtime == "host":
         from runner.host_engine import HostEngine
         return lambda: HostEngine(python=host_python)
-    from runner.docker_engine import DockerEngine
-    return DockerEngine
+    from runner.docker_engine import engine_factory
+    return engine_factory(runtime)      # docker (a Podman socket in DOCKER_HOST is recognised) or podman
 
 
 def _parse_shard(text: str | None):
@@ -348,13 +348,19 @@ def estimate_command(
     preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
                                                help="Preprocessed folder; its plans give the target spacing when present."),
     image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The image whose worker baseline is measured (once, cached)."),
+    engine: str = typer.Option("docker", "--engine",
+                               help="Container engine: docker (DOCKER_HOST or the default socket; a Podman service "
+                                    "there works too) or podman (its Docker-compatible API at $NNRUN_PODMAN_HOST or "
+                                    "the standard sockets; scripts/ensure-podman.sh sets it up)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Predict each case's peak memory per phase from image headers, and the -np/-npfp that fit the cap."""
+    from runner.docker_engine import engine_factory
     from runner.estimate_cli import run_estimate
 
     try:
-        est = run_estimate(dataset, mem, tuple(configurations) if configurations else None, raw, preprocessed, image)
+        est = run_estimate(dataset, mem, tuple(configurations) if configurations else None, raw, preprocessed, image,
+                           engine_factory(engine))
     except NnrunError as err:
         _finish(_report_for_error(err), as_json, False)
         return
@@ -398,13 +404,22 @@ def doctor_command(
     preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
                                                help="nnU-Net preprocessed folder [default: $nnUNet_preprocessed]."),
     no_probe: bool = typer.Option(False, "--no-probe", help="Skip the probe container that checks the cap is enforced."),
+    engine: str = typer.Option("docker", "--engine",
+                               help="Container engine: docker (DOCKER_HOST or the default socket; a Podman service "
+                                    "there works too) or podman (its Docker-compatible API at $NNRUN_PODMAN_HOST or "
+                                    "the standard sockets; scripts/ensure-podman.sh sets it up)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Check that this machine can run nnrun: Docker, cgroups, memory, enforcement, image, folders."""
-    from runner.docker_engine import DockerEngine
+    from runner.docker_engine import engine_factory
     from runner.doctor import doctor_json, render_doctor, run_checks
 
-    report = run_checks(DockerEngine, image, raw, preprocessed, probe=not no_probe)
+    try:
+        factory = engine_factory(engine)
+    except NnrunError as err:
+        _err(f"nnrun: {err.outcome.value}: {err.one_line()}")
+        raise typer.Exit(exit_code_for(err.outcome))
+    report = run_checks(factory, image, raw, preprocessed, probe=not no_probe)
     _err(render_doctor(report))
     if as_json:
         sys.stdout.write(json.dumps(doctor_json(report)) + "\n")

@@ -7,42 +7,131 @@ a :class:`DockerEngine` connects on first use.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
 
 import docker
 import docker.errors
 import requests.exceptions
 
 from runner.engine import ContainerSpec, ContainerState, EngineInfo, ImageInfo
-from runner.errors import InfraError
+from runner.errors import BadInputError, InfraError
 
 SETUP_HINT = "run scripts/setup.sh, which installs and starts Docker and builds the image"
 
+ENGINES = ("docker", "podman")
+PODMAN_HOST_ENV = "NNRUN_PODMAN_HOST"
+# The socket scripts/ensure-podman.sh serves Podman's Docker-compatible API on.
+NNRUN_PODMAN_SOCKET = "/run/nnrun-podman.sock"
+PODMAN_SETUP_HINT = ("as root, run scripts/ensure-podman.sh: it installs Podman, serves its API on "
+                     f"unix://{NNRUN_PODMAN_SOCKET} and loads the image from Docker into Podman's own store")
 
-def _daemon_hint(base_url: str) -> str:
+# Podman asks the OCI runtime for container rlimits above the limits of its own
+# service process by default (nofile 1048576); where root lacks
+# CAP_SYS_RESOURCE (this kind of machine) every start then fails with
+# "error setting rlimit type 7 (nofile) / type 6 (nproc): operation not
+# permitted".  nnrun asks for lower ones, for Podman only: nofile at the
+# kernel's default hard limit, nproc (a per-uid count of tasks across the
+# host, threads included) above any pids limit nnrun sets, so the container's
+# pids cgroup is what binds.
+PODMAN_NOFILE = 4096
+PODMAN_NPROC_MIN = 8192
+
+
+def _daemon_hint(base_url: str, engine: str | None = None) -> str:
+    if engine == "podman":
+        return (f"is the Podman service running and is {base_url} the right address? "
+                f"Set {PODMAN_HOST_ENV}, or {PODMAN_SETUP_HINT}")
     return (f"is dockerd running and is {base_url} the right address? "
             f"Start it (e.g. `dockerd &` or `systemctl start docker`), fix DOCKER_HOST, or {SETUP_HINT}")
 
 
-class DockerEngine:
-    """Docker (or Podman's Docker-compatible API) behind nnrun's Engine protocol."""
+def _image_hint(engine: str | None, image: str) -> str:
+    if engine == "podman":
+        return (f"Podman has its own image store: `docker save {image} | podman load`, or {PODMAN_SETUP_HINT} "
+                f"(NNRUN_IMAGE={image} for another tag)")
+    return SETUP_HINT
 
-    def __init__(self, base_url: str | None = None, timeout_s: int = 60) -> None:
+
+def podman_socket_candidates(uid: int | None = None, env: Mapping[str, str] | None = None) -> list[str]:
+    """Where a Podman API socket usually is, most likely first for this user."""
+    env = os.environ if env is None else env
+    uid = os.getuid() if uid is None else uid
+    rootless = f"{env.get('XDG_RUNTIME_DIR') or f'/run/user/{uid}'}/podman/podman.sock"
+    rootful = [NNRUN_PODMAN_SOCKET, "/run/podman/podman.sock"]
+    return rootful + [rootless] if uid == 0 else [rootless] + rootful
+
+
+def podman_base_url(env: Mapping[str, str] | None = None, uid: int | None = None) -> str:
+    """``$NNRUN_PODMAN_HOST``, else the first standard socket that exists, else nnrun's own socket path."""
+    env = os.environ if env is None else env
+    if env.get(PODMAN_HOST_ENV):
+        return env[PODMAN_HOST_ENV]
+    candidates = podman_socket_candidates(uid, env)
+    for path in candidates:
+        try:
+            if Path(path).is_socket():
+                return f"unix://{path}"
+        except OSError:
+            continue
+    return f"unix://{candidates[0]}"
+
+
+def is_podman(version: Mapping) -> bool:
+    """Podman's /version names a "Podman Engine" component (and some builds say so in Platform.Name)."""
+    names = [str((c or {}).get("Name", "")) for c in version.get("Components") or []]
+    names.append(str((version.get("Platform") or {}).get("Name", "")))
+    return any("podman" in n.lower() for n in names)
+
+
+def engine_factory(name: str | None) -> Callable[[], "DockerEngine"]:
+    """The Engine factory for ``--engine``: docker (DOCKER_HOST or the default socket; a Podman
+    service there is recognised as such) or podman ($NNRUN_PODMAN_HOST or the standard sockets)."""
+    name = (name or "docker").lower()
+    if name == "docker":
+        return DockerEngine
+    if name == "podman":
+        return lambda: DockerEngine(base_url=podman_base_url(), expect="podman")
+    raise BadInputError(f"--engine must be one of {', '.join(ENGINES)} (got {name!r})")
+
+
+class DockerEngine:
+    """Docker (or Podman's Docker-compatible API) behind nnrun's Engine protocol.
+
+    Which of the two answers is read from the server's version on connecting
+    (``name``); ``expect="podman"`` refuses anything else.
+    """
+
+    def __init__(self, base_url: str | None = None, timeout_s: int = 60, expect: str | None = None) -> None:
         self.base_url = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self.timeout_s = timeout_s
+        self.expect = expect
+        self.name: str | None = None          # "docker" / "podman" once connected
+        self._version: dict = {}
         self._client: docker.DockerClient | None = None
+
+    @property
+    def _label(self) -> str:
+        return "Podman" if (self.name or self.expect) == "podman" else "Docker"
 
     # -- connection ---------------------------------------------------------
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
+            what = "Podman service" if self.expect == "podman" else "Docker daemon"
             try:
                 client = docker.DockerClient(base_url=self.base_url, timeout=self.timeout_s)
                 client.ping()
+                version = client.version() or {}
             except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as err:
-                raise InfraError(f"Docker daemon not reachable at {self.base_url}",
-                                 hint=_daemon_hint(self.base_url)) from err
-            self._client = client
+                raise InfraError(f"{what} not reachable at {self.base_url}",
+                                 hint=_daemon_hint(self.base_url, self.expect)) from err
+            name = "podman" if is_podman(version) else "docker"
+            if self.expect and name != self.expect:
+                client.close()
+                raise InfraError(f"the engine at {self.base_url} is {name}, not {self.expect}",
+                                 hint=_daemon_hint(self.base_url, self.expect))
+            self.name, self._version, self._client = name, version, client
         return self._client
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -52,14 +141,14 @@ class DockerEngine:
         except docker.errors.NotFound:
             raise
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as err:
-            raise InfraError(f"Docker failed to {what}: {_short(err)}", hint=_daemon_hint(self.base_url)) from err
+            raise InfraError(f"{self._label} failed to {what}: {_short(err)}",
+                             hint=_daemon_hint(self.base_url, self.name or self.expect)) from err
 
     # -- Engine protocol ----------------------------------------------------
     def info(self) -> EngineInfo:
         raw = self._call("report its info", self.client.info)
-        version = self._call("report its version", self.client.version)
-        name = "podman" if any("podman" in str(c.get("Name", "")).lower()
-                               for c in version.get("Components", []) or []) else "docker"
+        version = self._version or self._call("report its version", self.client.version)
+        name = self.name or ("podman" if is_podman(version) else "docker")
         cgroup_version = raw.get("CgroupVersion")
         return EngineInfo(
             name=name,
@@ -75,18 +164,23 @@ class DockerEngine:
         try:
             img = self._call(f"inspect image {ref}", self.client.images.get, ref)
         except docker.errors.NotFound:
-            raise InfraError(f"image {ref} not found", hint=SETUP_HINT) from None
+            raise InfraError(f"image {ref} not found{self._in_store()}", hint=_image_hint(self.name, ref)) from None
         return ImageInfo(ref=ref, image_id=img.id, labels=dict(img.labels or {}),
                          repo_digests=list(img.attrs.get("RepoDigests") or []))
 
     def create(self, spec: ContainerSpec) -> str:
-        kwargs = host_config_kwargs(spec)
+        client = self.client                  # connects, so self.name says which engine answers
+        kwargs = host_config_kwargs(spec, engine=self.name or "docker")
         try:
-            container = self._call("create the container", self.client.containers.create,
+            container = self._call("create the container", client.containers.create,
                                    spec.image, command=spec.command, **kwargs)
         except docker.errors.NotFound:
-            raise InfraError(f"image {spec.image} not found", hint=SETUP_HINT) from None
+            raise InfraError(f"image {spec.image} not found{self._in_store()}",
+                             hint=_image_hint(self.name, spec.image)) from None
         return container.id
+
+    def _in_store(self) -> str:
+        return " in Podman's image store" if self.name == "podman" else ""
 
     def start(self, container_id: str) -> None:
         container = self._container(container_id)
@@ -145,13 +239,26 @@ class DockerEngine:
             pass
 
     def oom_event_count(self, container_id: str, since: float, until: float) -> int:
-        """How many ``oom`` events Docker sent for the container (cgroup v1: limit hits, not kills)."""
-        events = self._call("read events", self.client.events, since=int(since), until=int(until) + 1,
-                            filters={"container": container_id, "event": "oom"}, decode=True)
+        """How many ``oom`` events the engine sent for the container: only a fallback when the cgroup
+        counter could not be read.  Docker on cgroup v1 sends one per limit hit, not per kill; Podman
+        sends one only when it thinks the container itself was OOM-killed (none for a killed child),
+        and its events backend (file or journald) may be unavailable, which raises InfraError.  The
+        stream ends at ``until``; a client with a short timeout keeps a silent engine from hanging nnrun.
+        """
+        _ = self.client
         try:
-            return sum(1 for _ in events)
+            client = docker.DockerClient(base_url=self.base_url, timeout=15)
+        except docker.errors.DockerException as err:
+            raise InfraError(f"{self._label} failed to read events: {_short(err)}") from err
+        try:
+            events = self._call("read events", client.events, since=int(since), until=int(until) + 1,
+                                filters={"container": container_id, "event": "oom"}, decode=True)
+            try:
+                return self._call("read events", lambda: sum(1 for e in events if _is_oom_event(e, container_id)))
+            finally:
+                events.close()
         finally:
-            events.close()
+            client.close()
 
     def list_containers(self, label: str) -> list[str]:
         found = self._call("list containers", self.client.containers.list, all=True, filters={"label": label})
@@ -200,16 +307,18 @@ class DockerEngine:
         ``stdout``, ``stderr``, ``engine_oom_killed``, ``mem_bytes``.
         """
         run_id = f"{run_id_prefix}-{os.urandom(6).hex()}"
+        client = self.client
+        extra = podman_kwargs(pids_limit) if self.name == "podman" else {}
         try:
             container = self._call(
-                "create a container", self.client.containers.create, image,
+                "create a container", client.containers.create, image,
                 entrypoint=entrypoint, command=command, mem_limit=int(mem_bytes), memswap_limit=int(mem_bytes),
                 labels={"io.nnrun.run-id": run_id,
                         **({"io.nnrun.test-id": os.environ["NNRUN_TEST_ID"]} if os.environ.get("NNRUN_TEST_ID") else {})},
                 network_mode="none", detach=True, init=False, read_only=True, tmpfs=tmpfs or {"/tmp": "rw,size=64m"},
-                cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=pids_limit)
+                cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=pids_limit, **extra)
         except docker.errors.NotFound:
-            raise InfraError(f"image {image} not found", hint=SETUP_HINT) from None
+            raise InfraError(f"image {image} not found{self._in_store()}", hint=_image_hint(self.name, image)) from None
         try:
             try:
                 self._call("start the container", container.start)
@@ -238,8 +347,28 @@ class DockerEngine:
             self.remove(container.id)
 
 
-def host_config_kwargs(spec: ContainerSpec) -> dict:
-    """The Docker SDK ``containers.create`` arguments for a spec (also used by tests and compose checks)."""
+def podman_kwargs(pids_limit: int | None = None) -> dict:
+    """What every container nnrun creates through Podman also gets: rlimits Podman can set."""
+    nproc = max(PODMAN_NPROC_MIN, pids_limit or 0)
+    return {"ulimits": [{"name": "nofile", "soft": PODMAN_NOFILE, "hard": PODMAN_NOFILE},
+                        {"name": "nproc", "soft": nproc, "hard": nproc}]}
+
+
+def _is_oom_event(event, container_id: str) -> bool:
+    """An ``oom`` event of this container (the filters asked for just those; an engine may ignore them)."""
+    if not isinstance(event, dict):
+        return False
+    if str(event.get("status") or event.get("Action") or "").lower() != "oom":
+        return False
+    ids = [str(i) for i in (event.get("id"), (event.get("Actor") or {}).get("ID")) if i]
+    return not ids or any(container_id.startswith(i) or i.startswith(container_id) for i in ids)
+
+
+def host_config_kwargs(spec: ContainerSpec, engine: str = "docker") -> dict:
+    """The Docker SDK ``containers.create`` arguments for a spec (also used by tests and compose checks).
+
+    ``engine="podman"`` adds the rlimits Podman needs (:func:`podman_kwargs`); nothing else differs.
+    """
     kwargs: dict = {
         "mem_limit": spec.mem_limit_bytes,
         "memswap_limit": spec.mem_limit_bytes,   # equal to the cap: no swap
@@ -267,6 +396,8 @@ def host_config_kwargs(spec: ContainerSpec) -> dict:
         kwargs["cap_drop"] = ["ALL"]
     if spec.no_new_privileges:
         kwargs["security_opt"] = ["no-new-privileges"]
+    if engine == "podman":
+        kwargs.update(podman_kwargs(spec.pids_limit))
     return kwargs
 
 

@@ -294,8 +294,9 @@ def _check_image(ctx: _Context) -> Check:
     try:
         img = ctx.engine.image(ctx.image)
     except NnrunError as err:
-        return Check(NAME_IMAGE, FAIL, _one_line(err.message), SETUP_ADVICE,
-                     {"image": ctx.image, "present": False})
+        # Podman has its own image store: the engine's hint says how to fill it.
+        advice = err.hint if ctx.info.name == "podman" and err.hint else SETUP_ADVICE
+        return Check(NAME_IMAGE, FAIL, _one_line(err.message), advice, {"image": ctx.image, "present": False})
     ctx.image_info = img
     labels = dict(img.labels or {})
     versions = {"nnrun": labels.get(LABEL_NNRUN), "nnunetv2": labels.get(LABEL_NNUNET),

@@ -13,8 +13,9 @@ from runner.units import parse_mem
 
 
 def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | None, raw: str | None,
-                 preprocessed: str | None, image: str) -> Estimate:
-    from runner.docker_engine import DockerEngine
+                 preprocessed: str | None, image: str, engine_factory=None) -> Estimate:
+    if engine_factory is None:
+        from runner.docker_engine import DockerEngine as engine_factory
 
     opts = validate(PreprocessOptions(parse_dataset_id(dataset_arg),
                                       configurations=configurations or DEFAULT_CONFIGURATIONS))
@@ -29,7 +30,7 @@ def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | N
         plans_path = Path(pre_root) / dataset.name / f"{opts.plans_name}.json"
         if plans_path.is_file():
             plans = json.loads(plans_path.read_text())
-    engine = DockerEngine()
+    engine = engine_factory()
     info = engine.info()
     if info.mem_total_bytes and cap > info.mem_total_bytes:
         raise BadInputError(f"--mem {mem} is more than the Docker host's memory")

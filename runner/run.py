@@ -637,7 +637,9 @@ class Preprocess:
         log_path = run_dir / NNUNET_LOG
         spec = build_spec(opts, settings, dataset, preprocessed_dataset, run_dir, mem_bytes, run_id, (uid, gid))
         workers = {"npfp": opts.npfp, "np": opts.workers_per_configuration(), "schedule": settings.schedule}
-        report = RunReport(outcome=Outcome.BUG, message="", dataset=dataset.name, runtime=settings.runtime,
+        report = RunReport(outcome=Outcome.BUG, message="", dataset=dataset.name,
+                           # what answered: DOCKER_HOST may point at a Podman service
+                           runtime=info.name if settings.runtime in ("docker", "podman") else settings.runtime,
                            configurations=list(opts.configurations), workers=workers,
                            nnunet_argv=nnunet_argv(opts), image=settings.image, image_id=image.image_id,
                            run_id=run_id, run_dir=str(run_dir), log_path=str(log_path), limit_bytes=mem_bytes)

@@ -3,9 +3,21 @@
 # When none answers and we run as root: install Debian's docker.io (and
 # debootstrap, which build-image.sh may need) and start dockerd in the
 # background.  Otherwise say what to do.
+# Also, as root, Debian's docker-compose (1.29: compose/ and its test).
 set -euo pipefail
 
 log() { echo "ensure-docker: $*" >&2; }
+
+if ! command -v docker-compose >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        log "installing docker-compose from Debian"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q >/dev/null
+        apt-get install -y -q --no-install-recommends docker-compose >/dev/null
+    else
+        log "docker-compose is missing (compose/ and its test need it): as root, apt-get install docker-compose"
+    fi
+fi
 
 if docker info >/dev/null 2>&1; then
     exit 0

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: set-up (idempotent), then the
-# fast pure suite and the integration suite (real Docker, real nnU-Net, real
-# OOM kills).  Extra arguments go to pytest (e.g. -m "not docker" for the pure
+# The whole test suite, from a fresh machine: set-up (idempotent; as root also
+# scripts/ensure-podman.sh), then the fast pure suite and the integration
+# suite (real Docker, Podman and docker-compose, real nnU-Net, real OOM
+# kills).  Extra arguments go to pytest (e.g. -m "not docker" for the pure
 # suite alone).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$REPO/scripts/setup.sh"
+# Podman's API with the image in its own store, for the --engine podman tests
+# (as root; the podman tests say why when Podman cannot run containers here).
+if [ "$(id -u)" = 0 ] && [ "${NNRUN_SKIP_DOCKER:-}" != 1 ]; then
+    "$REPO/scripts/ensure-podman.sh" >/dev/null || echo "test: scripts/ensure-podman.sh failed (see above)" >&2
+fi
 cd "$REPO"
 set +e
 python3 -m pytest -p no:cacheprovider "$@"

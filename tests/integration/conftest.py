@@ -10,11 +10,14 @@ NNRUN_TEST_ID, which nnrun copies into the label ``io.nnrun.test-id`` of each
 container it starts); after each test the suite asserts that no container
 with that id is left, and removes strays so one failure does not cascade.
 Other tests running at the same time have other ids, so they never interfere.
+The registry covers Podman's containers too (tests/integration/test_podman_real.py
+runs nnrun with ``--engine podman``) whenever the ``podman`` command exists.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,12 +46,33 @@ def _docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
 
 
+def _podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess | None:
+    """The podman command (its local store: the one the rootful or rootless service serves), if installed."""
+    if shutil.which("podman") is None:
+        return None
+    try:
+        return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
 def nnrun_containers() -> list[str]:
-    """The containers the current test's nnrun runs started (all of nnrun's outside a test)."""
+    """The containers the current test's nnrun runs started (all of nnrun's outside a test), in Docker and Podman."""
     test_id = os.environ.get("NNRUN_TEST_ID")
     label = f"{TEST_LABEL}={test_id}" if test_id else RUN_LABEL
     out = _docker("ps", "-aq", "--no-trunc", "--filter", f"label={label}", check=False).stdout
-    return [line for line in out.split() if line]
+    podman = _podman("ps", "-aq", "--no-trunc", "--filter", f"label={label}")
+    if podman is not None and podman.returncode == 0:
+        out += "\n" + podman.stdout
+    return list(dict.fromkeys(line for line in out.split() if line))
+
+
+def remove_containers(ids) -> None:
+    """Force-remove containers by id from whichever engine holds them."""
+    ids = list(ids)
+    if ids:
+        _docker("rm", "-f", *ids, check=False)
+        _podman("rm", "-f", "-i", *ids)
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +103,7 @@ def no_container_left_behind(request, monkeypatch):
         time.sleep(0.5)
         left = set(nnrun_containers()) - before
     if left:
-        _docker("rm", "-f", *left, check=False)
+        remove_containers(left)
         pytest.fail(f"test left {len(left)} nnrun container(s) behind: {sorted(c[:12] for c in left)}")
 
 
