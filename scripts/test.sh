@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: set-up (idempotent; as root also
-# scripts/ensure-podman.sh), then the fast pure suite and the integration
+# scripts/ensure-podman.sh and scripts/host-env.sh), then the fast pure suite and the integration
 # suite (real Docker, Podman and docker-compose, real nnU-Net, real OOM
 # kills).  Extra arguments go to pytest (e.g. -m "not docker" for the pure
 # suite alone).
@@ -11,6 +11,11 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # (as root; the podman tests say why when Podman cannot run containers here).
 if [ "$(id -u)" = 0 ] && [ "${NNRUN_SKIP_DOCKER:-}" != 1 ]; then
     "$REPO/scripts/ensure-podman.sh" >/dev/null || echo "test: scripts/ensure-podman.sh failed (see above)" >&2
+fi
+# A Python with nnunetv2 for --runtime host (the host-runtime and Slurm tests), from the image's wheelhouse.
+if [ -z "${NNRUN_HOST_PYTHON:-}" ]; then
+    NNRUN_HOST_PYTHON="$("$REPO/scripts/host-env.sh")" || { echo "test: scripts/host-env.sh failed" >&2; exit 1; }
+    export NNRUN_HOST_PYTHON
 fi
 cd "$REPO"
 set +e
