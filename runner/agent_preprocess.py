@@ -132,9 +132,10 @@ def clean_folder(folder: str, cases: list[str], only_these: bool = False) -> lis
     not remove what another shard is writing into the same folder).
     """
     complete = []
-    prefixes = tuple(f"{TMP_MARK}.{case}." for case in cases)
+    # The exact temporary names atomic_run_case_save writes for these cases.
+    own_tmp = {f"{TMP_MARK}.{case}{suffix}" for case in cases for suffix in (*CASE_SUFFIXES, ".pkl")}
     for name in os.listdir(folder):
-        if TMP_MARK in name and (not only_these or name.startswith(prefixes)):
+        if TMP_MARK in name and (not only_these or name in own_tmp):
             try:
                 os.remove(os.path.join(folder, name))
             except FileNotFoundError:

@@ -91,6 +91,19 @@ def case_files_complete(folder: Path, case: str) -> bool:
     return True
 
 
+def _usable_map(obj) -> dict | None:
+    """A shard map with a shard count and an assignment of cases to shards in range, else None."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("assignment"), dict):
+        return None
+    try:
+        count = int(obj.get("shards"))
+        if count < 1 or any(not 0 <= int(k) < count for k in obj["assignment"].values()):
+            return None
+    except (TypeError, ValueError):
+        return None
+    return obj
+
+
 def _move_into_place(staging: Path, final: Path) -> None:
     """The same flock the agent takes (``<staging>.lock``), so a finishing shard and merge never race."""
     fd = os.open(str(staging) + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
@@ -141,11 +154,11 @@ def merge(dataset: RawDataset, preprocessed_dataset: Path, plans_name: str,
     gt = preprocessed_dataset / GT_FOLDER
     missing_gt = [c for c in cases if not (gt / f"{c}{dataset.file_ending}").is_file()]
 
-    shard_map = None
+    # The map only names the shards to rerun: one that cannot be read is ignored (the cases are still named).
     try:
-        shard_map = read_map(map_path(preprocessed_dataset, plans_name))
+        shard_map = _usable_map(read_map(map_path(preprocessed_dataset, plans_name)))
     except ShardError:
-        pass
+        shard_map = None
     by_shard: dict[int, list[str]] = {}
     incomplete = sorted({c for s in states for c in s.incomplete} | set(missing_gt))
     if shard_map is not None:
@@ -153,8 +166,9 @@ def merge(dataset: RawDataset, preprocessed_dataset: Path, plans_name: str,
             bad = [c for c in cases_of(shard_map, k) if c in incomplete]
             if bad:
                 by_shard[k] = bad
-    elif incomplete:
-        by_shard[-1] = incomplete           # not sharded: no shard to name
+    unassigned = [c for c in incomplete if not any(c in v for v in by_shard.values())]
+    if unassigned:
+        by_shard[-1] = unassigned           # not sharded (or not in the map): no shard to name
 
     # Temporary files outside .nnrun/ that killed tasks left (no run holds the locks now).
     removed = remove_paths(incomplete_outputs(preprocessed_dataset))

@@ -181,14 +181,23 @@ def load_or_create(path: str | os.PathLike, count: int, cases: list[str], make_w
         os.close(fd)
 
 
+def _env_int(env, name: str) -> int:
+    value = env.get(name)
+    if value is None or not str(value).strip().lstrip("-").isdigit():
+        raise ShardError(f"{name} must be a whole number (got {value!r})")
+    return int(value)
+
+
 def shard_from_env(environ: dict | None = None) -> Shard | None:
     """The agent's shard: NNRUN_SHARD_INDEX/NNRUN_SHARD_COUNT, through NNRUN_SHARD_LIST when set."""
     env = os.environ if environ is None else environ
     count = env.get(SHARD_COUNT_ENV)
     if not count:
         return None
-    count_i = int(count)
-    index = int(env.get(SHARD_INDEX_ENV, ""))
+    count_i = _env_int(env, SHARD_COUNT_ENV)
+    index = _env_int(env, SHARD_INDEX_ENV)
+    if count_i < 1:
+        raise ShardError(f"{SHARD_COUNT_ENV}={count_i}: the shard count must be at least 1")
     if env.get(SHARD_LIST_ENV):
         shards = parse_shard_list(env[SHARD_LIST_ENV], count_i)
         if not 0 <= index < len(shards):

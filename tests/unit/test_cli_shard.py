@@ -275,8 +275,6 @@ def test_merge_refused_while_a_shard_runs(sharded, capsys) -> None:
     assert code == 0, err
 
 
-@pytest.mark.xfail(strict=True, reason="nnrun merge with a shard map that is JSON but not a map ('{}') ends in "
-                                       "'nnrun: internal error: KeyError' (exit 1) instead of ok/bad_input")
 def test_merge_with_a_map_that_is_not_a_map_is_not_an_internal_error(sharded, capsys, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))      # the crash log goes there, not to ~
     raw, pre_root, pre, _ = sharded

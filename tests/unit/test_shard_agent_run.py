@@ -70,9 +70,6 @@ def test_clean_folder_only_these_leaves_other_shards_temporary_files(tmp_path: P
     assert (tmp_path / "b.pkl").exists()                  # other shards' complete cases are untouched
 
 
-@pytest.mark.xfail(strict=True, reason="clean_folder(only_these=True) matches temporary files with the prefix "
-                                       "'.nnrun-tmp.<case>.', which misses '.nnrun-tmp.<case>_seg.b2nd' "
-                                       "(the seg file atomic_run_case_save writes): it is left behind")
 def test_clean_folder_only_these_removes_all_of_its_cases_temporary_files(tmp_path: Path) -> None:
     for name in tmp_files_of("a"):
         (tmp_path / name).write_bytes(b"half")

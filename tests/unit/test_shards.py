@@ -464,15 +464,11 @@ def test_shard_from_env_index_out_of_range(index: str) -> None:
         shard_from_env({SHARD_INDEX_ENV: index, SHARD_COUNT_ENV: "4"})
 
 
-@pytest.mark.xfail(strict=True, reason="shard_from_env: NNRUN_SHARD_COUNT set without NNRUN_SHARD_INDEX raises "
-                                       "a bare ValueError from int('') instead of a ShardError naming the variable")
 def test_shard_from_env_count_without_index_is_a_shard_error() -> None:
     with pytest.raises(ShardError, match=SHARD_INDEX_ENV):
         shard_from_env({SHARD_COUNT_ENV: "4"})
 
 
-@pytest.mark.xfail(strict=True, reason="shard_from_env: a non-numeric NNRUN_SHARD_COUNT/INDEX raises a bare "
-                                       "ValueError ('invalid literal for int()') instead of a ShardError")
 @pytest.mark.parametrize("env", [{SHARD_COUNT_ENV: "four", SHARD_INDEX_ENV: "0"},
                                  {SHARD_COUNT_ENV: "4", SHARD_INDEX_ENV: "x"}])
 def test_shard_from_env_garbage_is_a_shard_error(env: dict) -> None:
