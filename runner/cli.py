@@ -19,6 +19,8 @@ import json
 
 import typer
 
+from runner import cli_options
+
 from runner import __version__
 from runner.dataset import parse_dataset_id
 from runner.cli_progress import make_progress
@@ -157,15 +159,14 @@ def preprocess_command(
                                                   help="Run nnU-Net's dataset integrity check first."),
     no_pp: bool = typer.Option(False, "--no_pp", help="Only fingerprint and planning, no preprocessing."),
     clean: bool = typer.Option(False, "--clean", help="Recompute the fingerprint even if one exists."),
-    planner: str = typer.Option("ExperimentPlanner", "-pl", help="Experiment planner class."),
-    fpe: str = typer.Option("DatasetFingerprintExtractor", "-fpe", help="Fingerprint extractor class."),
-    gpu_memory_target: Optional[float] = typer.Option(None, "-gpu_memory_target", help="GPU memory target in GB."),
-    preprocessor_name: str = typer.Option("DefaultPreprocessor", "-preprocessor_name", help="Preprocessor class."),
-    overwrite_target_spacing: Optional[List[float]] = typer.Option(None, "-overwrite_target_spacing",
-                                                                   help="Custom 3d_fullres target spacing (3 numbers)."),
-    overwrite_plans_name: Optional[str] = typer.Option(None, "-overwrite_plans_name", help="Custom plans identifier."),
-    verbose: bool = typer.Option(False, "--verbose", help="nnU-Net's verbose output."),
-    no_pbar: bool = typer.Option(False, "--no_pbar", help="Turn off nnU-Net's progress bars."),
+    planner: str = cli_options.PLANNER,
+    fpe: str = cli_options.FINGERPRINT_EXTRACTOR,
+    gpu_memory_target: Optional[float] = cli_options.GPU_MEMORY_TARGET,
+    preprocessor_name: str = cli_options.PREPROCESSOR_NAME,
+    overwrite_target_spacing: Optional[List[float]] = cli_options.OVERWRITE_TARGET_SPACING,
+    overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
+    verbose: bool = cli_options.VERBOSE,
+    no_pbar: bool = cli_options.NO_PBAR,
     image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The nnrun image to run."),
     raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]. Mounted read-only."),
     preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
@@ -288,7 +289,7 @@ def merge_command(
     dataset: str = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name)."),
     configurations: Optional[List[str]] = typer.Option(None, "-c", help="Configurations to check [default: those "
                                                                         "of 2d 3d_fullres 3d_lowres the plans have]."),
-    overwrite_plans_name: Optional[str] = typer.Option(None, "-overwrite_plans_name", help="Custom plans identifier."),
+    overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
     raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
     preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
                                                help="nnU-Net preprocessed folder [default: $nnUNet_preprocessed]."),
@@ -348,10 +349,7 @@ def estimate_command(
     preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
                                                help="Preprocessed folder; its plans give the target spacing when present."),
     image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The image whose worker baseline is measured (once, cached)."),
-    engine: str = typer.Option("docker", "--engine",
-                               help="Container engine: docker (DOCKER_HOST or the default socket; a Podman service "
-                                    "there works too) or podman (its Docker-compatible API at $NNRUN_PODMAN_HOST or "
-                                    "the standard sockets; scripts/ensure-podman.sh sets it up)."),
+    engine: str = cli_options.CONTAINER_ENGINE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Predict each case's peak memory per phase from image headers, and the -np/-npfp that fit the cap."""
@@ -404,10 +402,7 @@ def doctor_command(
     preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
                                                help="nnU-Net preprocessed folder [default: $nnUNet_preprocessed]."),
     no_probe: bool = typer.Option(False, "--no-probe", help="Skip the probe container that checks the cap is enforced."),
-    engine: str = typer.Option("docker", "--engine",
-                               help="Container engine: docker (DOCKER_HOST or the default socket; a Podman service "
-                                    "there works too) or podman (its Docker-compatible API at $NNRUN_PODMAN_HOST or "
-                                    "the standard sockets; scripts/ensure-podman.sh sets it up)."),
+    engine: str = cli_options.CONTAINER_ENGINE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Check that this machine can run nnrun: Docker, cgroups, memory, enforcement, image, folders."""

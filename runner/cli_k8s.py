@@ -13,6 +13,8 @@ from typing import List, Optional
 
 import typer
 
+from runner import cli_options
+
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, exit_code_for
 from runner.options import DEFAULT_NPFP, PreprocessOptions
@@ -143,15 +145,14 @@ def manifest_command(
     verify_dataset_integrity: bool = typer.Option(False, "--verify_dataset_integrity",
                                                   help="nnU-Net's integrity check, in the plan Job."),
     clean: bool = typer.Option(False, "--clean", help="Recompute the fingerprint (the plan Job)."),
-    planner: str = typer.Option("ExperimentPlanner", "-pl", help="Experiment planner class."),
-    fpe: str = typer.Option("DatasetFingerprintExtractor", "-fpe", help="Fingerprint extractor class."),
-    gpu_memory_target: Optional[float] = typer.Option(None, "-gpu_memory_target", help="GPU memory target in GB."),
-    preprocessor_name: str = typer.Option("DefaultPreprocessor", "-preprocessor_name", help="Preprocessor class."),
-    overwrite_target_spacing: Optional[List[float]] = typer.Option(None, "-overwrite_target_spacing",
-                                                                   help="Custom 3d_fullres target spacing (3 numbers)."),
-    overwrite_plans_name: Optional[str] = typer.Option(None, "-overwrite_plans_name", help="Custom plans identifier."),
-    verbose: bool = typer.Option(False, "--verbose", help="nnU-Net's verbose output."),
-    no_pbar: bool = typer.Option(False, "--no_pbar", help="Turn off nnU-Net's progress bars."),
+    planner: str = cli_options.PLANNER,
+    fpe: str = cli_options.FINGERPRINT_EXTRACTOR,
+    gpu_memory_target: Optional[float] = cli_options.GPU_MEMORY_TARGET,
+    preprocessor_name: str = cli_options.PREPROCESSOR_NAME,
+    overwrite_target_spacing: Optional[List[float]] = cli_options.OVERWRITE_TARGET_SPACING,
+    overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
+    verbose: bool = cli_options.VERBOSE,
+    no_pbar: bool = cli_options.NO_PBAR,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the manifest to FILE [default: stdout]."),
     as_json: bool = typer.Option(False, "--json", help="A JSON v1 List instead of YAML documents."),
 ) -> None:

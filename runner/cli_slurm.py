@@ -19,6 +19,8 @@ from typing import List, Optional
 
 import typer
 
+from runner import cli_options
+
 from runner.errors import BadInputError, InfraError, NnrunError, exit_code_for
 
 app = typer.Typer(
@@ -86,7 +88,7 @@ def submit_command(
     configurations: Optional[List[str]] = typer.Option(None, "-c", help="nnU-Net configurations to preprocess."),
     np_: Optional[List[str]] = typer.Option(None, "-np", help="Preprocessing workers per task (as nnrun preprocess)."),
     npfp: Optional[str] = typer.Option(None, "-npfp", help="Fingerprint workers of the plan job."),
-    overwrite_plans_name: Optional[str] = typer.Option(None, "-overwrite_plans_name", help="Custom plans identifier."),
+    overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
     retry: Optional[int] = typer.Option(None, "--retry", min=0, max=10, help="nnrun preprocess --retry in each job."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the batch scripts; submit nothing, write nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
