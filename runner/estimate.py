@@ -54,6 +54,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -588,7 +589,8 @@ def measure_baseline(engine_factory: Callable, image: str, cache_dir: Path,
     engine = engine_factory()
     image_id = engine.image(image).image_id
     cache_dir = Path(cache_dir)
-    cache = cache_dir / f"baseline-{image_id.replace(':', '-')}.json"
+    # An image id (sha256:...) or, for --runtime host, a Python's path: a plain file name either way.
+    cache = cache_dir / f"baseline-{re.sub(r'[^A-Za-z0-9._-]+', '-', image_id).strip('-')}.json"
     try:
         data = json.loads(cache.read_text())
         return Baseline(int(data["main_bytes"]), int(data["worker_bytes"]), data["image_id"], True,

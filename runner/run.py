@@ -835,7 +835,10 @@ class Preprocess:
         cap = format_bytes(report.limit_bytes)
         peak = (f"; anonymous memory peaked at {format_bytes(report.peak_anon_bytes)} of the {cap} cap"
                 if report.peak_anon_bytes else "")
-        if o is Outcome.OK:
+        if o is Outcome.OK and opts.no_pp:
+            report.message = (f"{dataset.name}: fingerprint and plans ready in {report.duration_s:.1f} s "
+                              f"(--no_pp: no case preprocessed){peak}")
+        elif o is Outcome.OK:
             report.message = (f"{dataset.name} preprocessed ({' '.join(opts.configurations)}) in "
                               f"{report.duration_s:.1f} s{peak}")
         elif o is Outcome.OOM:
