@@ -155,6 +155,12 @@ def main(argv: list[str] | None = None) -> None:
     plan_and_preprocess_entry()
 
 
+# The main process only, before the imports below: the workers the host asked to start early
+# (warm.json) import nnU-Net at the same time as this process does.
+if __name__ == "__main__" and os.environ.get(EVENTS_ENV):
+    from runner.agent_schedule import prestart
+    prestart()
+
 # Runs on import too: spawned workers import this module as __mp_main__ before
 # they unpickle a task, which is what puts the wrappers in place there.
 if os.environ.get(EVENTS_ENV):

@@ -295,53 +295,14 @@ _DEAD_WORKER = ('Some background worker is 6 feet under. Yuck. \n'
 
 def _run_fixed(preprocessor, args: dict, num_processes: int) -> None:
     """nnU-Net's own pool logic: every case queued on -np spawn workers, a dead worker is fatal."""
-    with get_context("spawn").Pool(num_processes) as pool:
-        workers = list(pool._pool)
-        results = {c: pool.starmap_async(preprocessor.run_case_save, (a,)) for c, a in args.items()}
-        remaining = set(results)
-        finished = 0
-        while remaining:
-            if not all(w.is_alive() for w in workers):
-                raise RuntimeError(_DEAD_WORKER)
-            for c in [c for c in remaining if results[c].ready()]:
-                results[c].get()
-                remaining.discard(c)
-                finished += 1
-                if finished == 1:
-                    kill_hook("between_cases")
-            time.sleep(0.1)
+    from runner.agent_schedule import run_fixed
+    run_fixed(preprocessor, args, num_processes)
 
 
 def _run_memory_aware(preprocessor, args: dict, budget: dict) -> None:
-    """Admit cases largest first while the predicted extra memory in flight fits the budget."""
-    case_bytes = {c: int((budget.get("case_bytes") or {}).get(c, 0)) for c in args}
-    limit = int(budget["budget_bytes"])
-    n_workers = max(1, min(int(budget.get("workers", 1)), len(args)))
-    pending = sorted(args, key=lambda c: (-case_bytes[c], c))
-    _emit("schedule", mode="memory", workers=n_workers, budget_bytes=limit,
-          order=pending, case_bytes=case_bytes)
-    with get_context("spawn").Pool(n_workers) as pool:
-        workers = list(pool._pool)
-        running: dict = {}
-        finished = 0
-        while pending or running:
-            if not all(w.is_alive() for w in workers):
-                raise RuntimeError(_DEAD_WORKER)
-            for c in [c for c, r in running.items() if r.ready()]:
-                running.pop(c).get()
-                finished += 1
-                if finished == 1:
-                    kill_hook("between_cases")
-            in_use = sum(case_bytes[c] for c in running)
-            for c in list(pending):
-                if len(running) >= n_workers:
-                    break
-                # A case always runs when nothing else does (the host checked it fits alone).
-                if not running or in_use + case_bytes[c] <= limit:
-                    running[c] = pool.starmap_async(preprocessor.run_case_save, (args[c],))
-                    in_use += case_bytes[c]
-                    pending.remove(c)
-            time.sleep(0.05)
+    """Admit cases largest first while the predicted memory in flight fits the cap (runner.agent_schedule)."""
+    from runner.agent_schedule import run_memory_aware
+    run_memory_aware(preprocessor, args, budget)
 
 
 def install() -> None:

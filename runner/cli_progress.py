@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from runner.diagnosis import describe_phase
+from runner.early_oom import EarlyOom
 from runner.units import format_bytes
 
 
@@ -93,6 +94,7 @@ class _BaseProgress:
     def __init__(self, show_nnunet_output: bool = False) -> None:
         self.state = ProgressState()
         self.show_nnunet_output = show_nnunet_output
+        self.early_oom = EarlyOom()      # the diagnosis line as soon as the killed process is known
 
     def nnunet_output(self, chunk: bytes) -> None:
         if self.show_nnunet_output:
@@ -129,6 +131,9 @@ class PlainProgress(_BaseProgress):
         line = self.state.apply_event(event)
         if line:
             _err(line)
+        early = self.early_oom.feed(event)
+        if early:
+            _err(early)
 
     def memory(self, sample: dict) -> None:
         super().memory(sample)
@@ -172,6 +177,9 @@ class RichProgress(_BaseProgress):
         self._ensure_started()
         if line and event.get("event") in ("phase", "oom_kill", "watchdog"):
             self.console.print(line, highlight=False)
+        early = self.early_oom.feed(event)
+        if early:
+            self.console.print(early, highlight=False, markup=False)
 
     def _render(self):
         from rich.progress_bar import ProgressBar

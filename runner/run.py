@@ -34,6 +34,9 @@ from runner.shards import (PLANS_NAME_ENV, SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHA
                            Shard)
 from runner.shards import map_path as shard_map_path
 from runner.outputs import NNRUN_DIR, cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
+from runner.plot_job import PlotJob, guess_title, plot_title
+from runner.agent_schedule import WARM_FILE
+from runner.workers import warm_workers
 from runner.locks import acquire as acquire_locks, owner_info, scope_for_run
 from runner.report import RunReport, to_json
 from runner.supervisor import EVENTS_FILE, HOST_ACK_FILE, NNUNET_LOG, STATUS_FILE
@@ -650,6 +653,10 @@ class Preprocess:
             plan = {"configurations": {c: admission_plan(self.estimate, c, max_workers=per_config.get(c, 1))
                                        for c in opts.configurations}}
             try_write_json(run_dir / SCHEDULE_FILE, plan)   # without it the agent uses a fixed pool
+        warm = warm_workers(opts, self.estimate, settings.schedule, settings.np_auto,
+                            (preprocessed_dataset / "dataset_fingerprint.json").is_file())
+        if warm:     # the agent starts these workers while nnU-Net's main process imports and plans
+            try_write_json(run_dir / WARM_FILE, warm)
         manifest = build_manifest(run_id, opts, settings, spec, dataset, info, image, mem_bytes)
         try_write_json(run_dir / MANIFEST_FILE, manifest)
         where = (f"with {image.ref.removeprefix('host:')} under this job's" if settings.runtime == "host"
@@ -757,12 +764,15 @@ class Preprocess:
         tails = [JsonlTail(run_dir / EVENTS_FILE), JsonlTail(run_dir / AGENT_FILE)]
         status = run_dir / STATUS_FILE
         acked = False
+        plot_job = self._plot_job = PlotJob(run_dir).prewarm() if self.settings.plot else None
         while not self._container_done.is_set():
             for tail in tails:
                 for event in tail.read_new():
                     self.sink.event(event)
             if not acked and status.exists():
                 monitor.final_sample()
+                if plot_job is not None:    # nnU-Net has ended: draw memory.png while the container goes
+                    plot_job.speculate(*guess_title(run_dir, monitor, parse_mem(self.settings.mem)))
                 try:
                     (run_dir / HOST_ACK_FILE).write_text("read\n")
                 except OSError:
@@ -886,12 +896,10 @@ class Preprocess:
     def _plot(self, run_dir: Path, report: RunReport, dataset: RawDataset) -> str | None:
         """memory.png, rendered once at the end; a plotting failure never changes the outcome."""
         try:
-            from runner.plot import plot_data_from_files, render_memory_png
-            title = (f"{dataset.name}  ·  outcome {report.outcome.value}  ·  "
-                     f"cap {format_bytes(report.limit_bytes or 0)}")
-            data = plot_data_from_files(run_dir / TIMELINE_FILE, run_dir / EVENTS_FILE, run_dir / AGENT_FILE,
-                                        report.limit_bytes, title)
-            return str(render_memory_png(data, run_dir / PLOT_FILE))
+            title = plot_title(dataset.name, report.outcome.value, report.limit_bytes)
+            job = getattr(self, "_plot_job", None)
+            job = job if job is not None and job.run_dir == run_dir else PlotJob(run_dir)
+            return job.result(title, report.limit_bytes)    # drawn already when the title was foreseen
         except Exception as err:  # noqa: BLE001 - e.g. matplotlib missing: say so, keep the verdict
             report.plot_error = f"{type(err).__name__}: {err}"[:300]
             return None

@@ -4,10 +4,16 @@
   the cap side by side, with the estimate's safety margin (and no more
   workers than cores).
 * ``--schedule memory`` (the default when no worker count is given): the agent
-  admits cases largest first while the predicted extra memory of the cases in
-  flight stays within a budget: the cap (less the margin), less the main
-  process and the workers' baselines.  ``admission_plan`` computes that budget
-  and how many workers to start.
+  admits cases largest first while the cgroup's predicted charge fits the cap:
+  the main process and every live worker's baseline (measured in the image),
+  plus, per running case, its predicted extra bytes and the safety margin of
+  its predicted peak (the model's error was measured on per-case peaks; the
+  baselines carry none).  Workers start on demand, so a case that needs the
+  cap to itself never shares it with an idle worker.  ``admission_plan``
+  gives the agent these numbers and the most workers that can ever run.
+* Warm workers: when nnrun chose the worker count and the fingerprint exists,
+  the first configuration's workers start while nnU-Net's main process imports
+  and plans (``warm_workers``).
 * A case predicted not to fit the cap even alone is ``bad_input`` before the
   run, with the ``--mem`` it needs.
 """
@@ -31,21 +37,55 @@ def case_extras(est: Estimate, configuration: str) -> dict[str, int]:
             if row["phase"] == "preprocessing" and row["configuration"] == configuration}
 
 
+def case_needs(est: Estimate, configuration: str) -> dict[str, int]:
+    """What admitting a case reserves: its predicted extra bytes + the margin of its predicted peak."""
+    return {c: e + int(round(est.margin * (est.baseline.worker_bytes + e)))
+            for c, e in case_extras(est, configuration).items()}
+
+
 def admission_plan(est: Estimate, configuration: str, max_workers: int) -> dict | None:
-    """Workers and extra-memory budget for one configuration (None: the estimate has no such configuration)."""
+    """The memory model of one configuration for the agent's admission (None: no such configuration).
+
+    ``workers``: the most workers that can ever run at once, the smallest cases side by side (at most
+    ``max_workers``, the cores and the cases); the agent starts them only as cases fit.
+    """
     extras = case_extras(est, configuration)
     if not extras:
         return None
-    usable = usable_bytes(est)
-    largest = max(extras.values())
+    need = case_needs(est, configuration)
+    main, per_worker, cap = est.baseline.main_bytes, est.baseline.worker_added_bytes, est.cap_bytes
+    smallest = sorted(need.values())
     workers = 1
-    for w in range(1, max(1, min(max_workers, est.cpus, len(extras))) + 1):
-        # every idle worker still holds its baseline; the largest case must fit next to them
-        if est.baseline.main_bytes + w * est.baseline.worker_added_bytes + largest <= usable:
+    for w in range(2, max(1, min(max_workers, est.cpus, len(extras))) + 1):
+        if main + w * per_worker + sum(smallest[:w]) <= cap:
             workers = w
-    budget = usable - est.baseline.main_bytes - workers * est.baseline.worker_added_bytes
-    return {"workers": workers, "budget_bytes": max(budget, largest), "case_bytes": extras,
-            "margin": est.margin, "cap_bytes": est.cap_bytes}
+    return {"model": 2, "workers": workers, "cap_bytes": cap, "main_bytes": main, "worker_added_bytes": per_worker,
+            "need_bytes": need, "case_bytes": extras, "margin": est.margin,
+            # model 1 (an agent without main_bytes): a budget for the cases' extra bytes
+            "budget_bytes": max(cap - main - workers * per_worker, max(need.values()))}
+
+
+def warm_workers(opts: PreprocessOptions, est: Estimate | None, schedule: str, np_auto: bool,
+                 fingerprint_exists: bool) -> dict | None:
+    """The workers to start with nnU-Net's main process (None: none), for ``warm.json``.
+
+    Only when no fingerprint pool runs first (the fingerprint exists, no --clean, no dataset
+    verification), preprocessing follows (no --no_pp), and nnrun chose the first configuration's
+    workers from the estimate: one for memory-aware admission (it starts the others as cases fit),
+    the ``-np auto`` pool otherwise.  Idle, they hold their baselines next to the main process.
+    """
+    if est is None or not fingerprint_exists or opts.clean or opts.no_pp or opts.verify_dataset_integrity:
+        return None
+    first = opts.configurations[0]
+    if schedule == "memory":
+        kind, n = "memory", 1
+    elif np_auto:
+        kind, n = "fixed", opts.workers_per_configuration().get(first, 1)
+    else:
+        return None
+    if est.baseline.main_bytes + n * est.baseline.worker_added_bytes > est.cap_bytes:
+        return None
+    return {"configuration": first, "kind": kind, "workers": n}
 
 
 def resolve_workers(opts: PreprocessOptions, est: Estimate, np_auto: bool, npfp_auto: bool,

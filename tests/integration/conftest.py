@@ -123,6 +123,11 @@ class NnrunResult:
 
 
 def nnrun_cmd(*args: str) -> list[str]:
+    """The CLI; runs of the suite's image (NNRUN_IMAGE or nnrun:<version>) unless the test names one."""
+    args = list(args)
+    head = args[:args.index("--")] if "--" in args else args
+    if args and args[0] in ("preprocess", "estimate", "doctor") and "--image" not in head:
+        args[1:1] = ["--image", IMAGE]
     return [sys.executable, "-m", "runner.cli", *args]
 
 

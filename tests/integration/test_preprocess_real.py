@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 
 from runner.demo import CaseSpec, make_dataset
+from runner.early_oom import EARLY_SUFFIX
 from runner.report import load_schema
 from tests.integration.conftest import (IMAGE, REPO, nnrun_cmd, nnrun_containers, nnrun_stderr_lines,
                                         parse_single_json, run_nnrun)
@@ -37,6 +38,11 @@ def _assert_report(result, outcome: str, exit_code: int) -> dict:
     assert result.returncode == exit_code == result.report["exit_code"]
     assert "Traceback" not in "\n".join(nnrun_stderr_lines(result.stderr))
     return result.report
+
+
+def _early_lines(stderr: str) -> list[str]:
+    """The early diagnosis lines (runner.early_oom): printed before nnU-Net has ended."""
+    return [ln for ln in stderr.splitlines() if ln.endswith(EARLY_SUFFIX)]
 
 
 def _assert_one_line_report(stderr: str, outcome: str) -> None:
@@ -105,6 +111,13 @@ def test_worker_oom_in_preprocessing(docker_ready, demo_raw, tmp_path):
     assert argv[argv.index("--mem") + 1] == "1200m"
     # The human report replaces "6 feet under" with the diagnosis.
     assert "worker process" in result.stderr and "preprocessing 3d_fullres" in result.stderr
+    # The diagnosis came first as one early line, as soon as the killed worker was known; it names the
+    # report's victim.
+    early = _early_lines(result.stderr)
+    assert len(early) == 1, result.stderr[-3000:]
+    assert early[0].startswith("nnrun: oom (out of memory): the kernel OOM-killed a worker "
+                               f"(pid {report['victims'][0]['pid']})")
+    assert "3d_fullres" in early[0]
     assert "next:" in result.stderr
     # No half-written output that a later run would trust: the case folder is gone,
     # the fingerprint and plans of the earlier complete run stay.
@@ -121,6 +134,8 @@ def test_main_process_oom_in_fingerprint(docker_ready, demo_raw, tmp_path):
     report = _assert_report(result, "oom", 3)
     assert report["victim"] == "main" and report["phase"] == "fingerprint"
     assert report["victims"][0]["role"] == "main"
+    assert _early_lines(result.stderr) == ["nnrun: oom (out of memory): the kernel OOM-killed nnU-Net's main process "
+                                           f"during fingerprint extraction {EARLY_SUFFIX}"]
     assert report["container_exit_code"] == 137     # the supervisor passes on the SIGKILL
     assert "main process" in report["message"]
     assert report["recommendation"] is not None and "--mem" in report["recommendation_argv"]

@@ -7,11 +7,17 @@ the large case's worker peaks at about 1.9 GiB, the small ones at 0.4 GiB.
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from runner.demo import CaseSpec, make_dataset
-from tests.integration.conftest import nnrun_containers, run_nnrun
+from tests.integration.conftest import IMAGE, nnrun_containers, run_nnrun
 from tests.integration.test_preprocess_real import _assert_report
+from tests.integration.treecompare import compare_trees
 
 pytestmark = pytest.mark.docker
 SMALL = CaseSpec((96, 96, 40), (0.8, 0.8, 1.5))
@@ -51,8 +57,13 @@ def test_memory_aware_admission_is_the_default_and_runs_the_large_case_first(doc
     report = _assert_report(_run(mixed_raw, tmp_path / "pre", "3g"), "ok", 0)
     assert report["workers"]["schedule"] == "memory" and report["oom_kills"] == 0
     pre_cases = [c for c in report["cases"] if c["phase"] == "preprocessing"]
-    first = min(pre_cases, key=lambda c: c["start"])
-    assert first["case"] == "case002"                    # largest first; the small ones fill the gaps
+    # Largest first: admitted first, as the first task of the first worker.  (A second worker started at
+    # the same moment for a small case may finish importing nnU-Net first: start times race.)
+    events = [json.loads(line) for line in (Path(report["run_dir"]) / "agent.jsonl").read_text().splitlines()]
+    schedule = [e for e in events if e["event"] == "schedule"]
+    assert len(schedule) == 1 and schedule[0]["order"][0] == "case002"
+    big = next(c for c in pre_cases if c["case"] == "case002")
+    assert min((c for c in pre_cases if c["pid"] == big["pid"]), key=lambda c: c["start"])["case"] == "case002"
     assert len(pre_cases) == 6 and all(c["status"] == "done" for c in pre_cases)
 
 
@@ -66,3 +77,31 @@ def test_retry_after_a_real_oom_finishes_with_fewer_workers(docker_ready, mixed_
     assert all(a["workers"] for a in report["attempts"])
     # the retry redid only unfinished cases: each case was completed exactly once across attempts
     assert report["limit_bytes"] == 2600 * 2**20
+
+
+def test_warm_worker_and_memory_aware_admission_write_what_native_nnunet_writes(docker_ready, mixed_raw, tmp_path):
+    """Fingerprint and plans exist: nnrun starts its first worker with nnU-Net's main process (warm.json),
+    admits cases by memory on up to two workers, and the folder is the one nnU-Net writes on its own."""
+    pre = tmp_path / "pre"
+    _assert_report(_run(mixed_raw, pre, "8g", "--no_pp"), "ok", 0)
+    report = _assert_report(_run(mixed_raw, pre, "3g"), "ok", 0)
+    run_dir = Path(report["run_dir"])
+    assert json.loads((run_dir / "warm.json").read_text()) == {"configuration": "3d_fullres", "kind": "memory",
+                                                               "workers": 1}
+    events = [json.loads(line) for line in (run_dir / "agent.jsonl").read_text().splitlines()]
+    warm = [e for e in events if e["event"] == "warm_workers"]
+    assert len(warm) == 1 and len(warm[0]["worker_pids"]) == 1
+    pre_cases = sorted((c for c in report["cases"] if c["phase"] == "preprocessing"), key=lambda c: c["start"])
+    assert pre_cases[0]["pid"] == warm[0]["worker_pids"][0]         # the warm worker ran the first case
+    assert len(pre_cases) == 6 and all(c["status"] == "done" and c["configuration"] == "3d_fullres"
+                                       for c in pre_cases)
+    assert report["workers"]["np"]["3d_fullres"] <= 2 and len({c["pid"] for c in pre_cases}) <= 2
+
+    native = tmp_path / "native" / "Dataset502_Mixed"
+    native.mkdir(parents=True)
+    subprocess.run(["docker", "run", "--rm", "--user", f"{os.getuid()}:{os.getgid()}", "--memory", "8g",
+                    "-v", f"{mixed_raw / 'Dataset502_Mixed'}:/data/raw/Dataset502_Mixed:ro",
+                    "-v", f"{native}:/data/preprocessed/Dataset502_Mixed", "--entrypoint",
+                    "nnUNetv2_plan_and_preprocess", IMAGE, "-d", "502", "-c", "3d_fullres", "-np", "2", "-npfp", "2"],
+                   check=True, capture_output=True, timeout=600)
+    assert compare_trees(pre / "Dataset502_Mixed", native) == []

@@ -66,6 +66,22 @@ SEQUENCE = [
 ]
 
 
+# The early diagnosis line (runner.early_oom) the sinks print once the killed worker is known: in SEQUENCE,
+# right after the worker_exit at the counter's rise.
+EARLY_LINE = ("nnrun: oom (out of memory): the kernel OOM-killed a worker (pid 69) while preprocessing case002 "
+              "(3d_fullres) (full report when nnU-Net has ended)")
+
+
+def _expected_plain_lines() -> list[str]:
+    lines = []
+    for event, line in SEQUENCE:
+        if line:
+            lines.append(line)
+        if event.get("event") == "worker_exit":
+            lines.append(EARLY_LINE)
+    return lines
+
+
 def test_progress_state_over_a_real_event_sequence():
     st = ProgressState()
     for event, line in SEQUENCE:
@@ -137,7 +153,7 @@ def test_plain_progress_writes_lines_to_stderr(capsys, monkeypatch):
     assert lines[0] == "nnrun: checking 12 image and label files of Dataset502_Mixed to the end"
     checks = [ln for ln in lines if ln.startswith("  files checked:")]
     assert checks[-1] == "  files checked: 12/12" and 3 <= len(checks) <= 6
-    assert lines[len(checks) + 1:] == [line for _, line in SEQUENCE if line]
+    assert lines[len(checks) + 1:] == _expected_plain_lines()
     assert "nnU-Net's own output" not in out.err
 
 
@@ -237,6 +253,7 @@ def test_rich_progress_renders_to_a_terminal(terminal):
     for line in ("phase: fingerprint extraction", "phase: preprocessing 3d_fullres",
                  "OOM kill in the container (preprocessing 3d_fullres)", "ending it (it would hang)"):
         assert line in written
+    assert " ".join(written.split()).count(EARLY_LINE) == 1     # (rich may wrap the long line)
     assert "case001 done" not in written
     assert "hidden" not in written
     assert not p._started

@@ -1,0 +1,81 @@
+"""runner.workers: the memory model the agent admits cases with, and which workers start early (pure).
+
+Numbers of the benchmark's mixed-size scenario (measured in the image: main process 402 MiB, a worker
+402 MiB of which 157 MiB are shared library pages; margin 15 %): a large case of 3.5 GiB extra needs
+the cap to itself, the small ones (0.1 GiB extra) fit two at a time.
+"""
+from __future__ import annotations
+
+from runner.estimate import Baseline, Estimate
+from runner.options import PreprocessOptions
+from runner.workers import admission_plan, case_needs, resolve_workers, warm_workers
+
+MIB = 2**20
+BASE = Baseline(main_bytes=402 * MIB, worker_bytes=402 * MIB, image_id="sha256:x", measured=True,
+                shared_bytes=157 * MIB)
+
+
+def _est(cap_mib: int, extras_mib: dict, cpus: int = 2, margin: float = 0.15) -> Estimate:
+    est = Estimate(cap_bytes=cap_mib * MIB, margin=margin, baseline=BASE, cpus=cpus)
+    for case, extra in extras_mib.items():
+        est.per_case.append({"case": case, "phase": "preprocessing", "configuration": "3d_fullres",
+                             "predicted_peak_bytes": BASE.worker_bytes + extra * MIB, "extra_bytes": extra * MIB})
+    return est
+
+
+MIXED = {"case000": 99, "case001": 185, "case002": 99, "case003": 3540, "case008": 1510, "case009": 185}
+
+
+def test_the_margin_applies_to_each_cases_predicted_peak():
+    need = case_needs(_est(4412, MIXED), "3d_fullres")
+    assert need["case003"] == 3540 * MIB + round(0.15 * (402 + 3540) * MIB)
+    assert need["case000"] == 99 * MIB + round(0.15 * (402 + 99) * MIB)
+
+
+def test_admission_plan_gives_the_agent_the_memory_model():
+    plan = admission_plan(_est(4412, MIXED), "3d_fullres", max_workers=2)
+    assert plan["model"] == 2 and plan["workers"] == 2
+    assert (plan["cap_bytes"], plan["main_bytes"], plan["worker_added_bytes"]) == (4412 * MIB, 402 * MIB, 245 * MIB)
+    assert plan["need_bytes"] == case_needs(_est(4412, MIXED), "3d_fullres")
+    assert plan["case_bytes"]["case003"] == 3540 * MIB
+    # the large case alone next to its worker and the main process: over the cap with its margin...
+    assert plan["main_bytes"] + plan["worker_added_bytes"] + plan["need_bytes"]["case003"] > plan["cap_bytes"]
+    # ...so it runs when nothing else does; two small ones side by side fit
+    assert plan["main_bytes"] + 2 * plan["worker_added_bytes"] + 2 * plan["need_bytes"]["case001"] <= plan["cap_bytes"]
+
+
+def test_admission_plan_workers_bounded_by_cap_cores_cases_and_max():
+    assert admission_plan(_est(1000, MIXED), "3d_fullres", 2)["workers"] == 1    # two small ones do not fit
+    assert admission_plan(_est(64000, MIXED, cpus=4), "3d_fullres", 8)["workers"] == 4
+    assert admission_plan(_est(64000, {"a": 10}, cpus=4), "3d_fullres", 8)["workers"] == 1
+    assert admission_plan(_est(64000, MIXED, cpus=4), "3d_fullres", 3)["workers"] == 3
+    assert admission_plan(_est(64000, MIXED), "2d", 2) is None
+
+
+def test_resolve_workers_memory_schedule_takes_the_plans_workers():
+    opts = resolve_workers(PreprocessOptions(dataset_id=502, configurations=("3d_fullres",)),
+                           _est(4412, MIXED), np_auto=False, npfp_auto=False, schedule="memory")
+    assert opts.workers_per_configuration() == {"3d_fullres": 2}
+
+
+def _opts(**kw) -> PreprocessOptions:
+    return PreprocessOptions(dataset_id=502, configurations=("3d_fullres",), np=(1,), **kw)
+
+
+def test_warm_workers_when_nnrun_chose_and_the_fingerprint_exists():
+    est = _est(4412, MIXED)
+    assert warm_workers(_opts(), est, "memory", False, True) == {"configuration": "3d_fullres", "kind": "memory",
+                                                                  "workers": 1}
+    assert warm_workers(_opts(), est, "fixed", True, True) == {"configuration": "3d_fullres", "kind": "fixed",
+                                                               "workers": 1}
+
+
+def test_no_warm_workers_otherwise():
+    est = _est(4412, MIXED)
+    assert warm_workers(_opts(), None, "memory", False, True) is None            # no estimate
+    assert warm_workers(_opts(), est, "fixed", False, True) is None              # -np given by the user
+    assert warm_workers(_opts(), est, "memory", False, False) is None            # a fingerprint pool runs first
+    assert warm_workers(_opts(clean=True), est, "memory", False, True) is None
+    assert warm_workers(_opts(no_pp=True), est, "memory", False, True) is None
+    assert warm_workers(_opts(verify_dataset_integrity=True), est, "memory", False, True) is None
+    assert warm_workers(_opts(), _est(500, MIXED), "memory", False, True) is None   # not even idle ones fit
