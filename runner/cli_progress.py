@@ -35,8 +35,11 @@ class ProgressState:
     def apply_event(self, e: dict) -> str | None:
         """Update from one event; return a line worth printing in plain mode, if any."""
         kind = e.get("event")
-        if kind == "run_start":
+        if kind == "run_start":           # also each --retry attempt: count that attempt's cases afresh
             self.cases_total = int(e.get("cases") or 0)
+            self.done.clear()
+            self.in_flight.clear()
+            self.phase = self.configuration = None
             self.limit_bytes = e.get("limit_bytes")
             self.log_path = e.get("log_path")
             return None
@@ -60,9 +63,13 @@ class ProgressState:
             return (f"  {where}: {e.get('case')} {status} ({self.done[key]}/{self.cases_total})"
                     + (f", worker peak {format_bytes(peak)}" if peak else "")
                     + (f" in {e.get('duration_s'):.1f} s" if e.get("duration_s") is not None else ""))
+        if kind == "resume" and e.get("complete"):
+            # Cases an earlier attempt completed count as done (they are not preprocessed again).
+            self.done[("preprocessing", e.get("configuration"))] = int(e["complete"])
+            return None
         if kind == "oom_kill":
             self.oom_kills = max(self.oom_kills, int(e.get("count") or 0))
-            return f"  OOM kill in the container ({describe_phase(e.get('phase'), e.get('configuration'))})"
+            return f"  OOM kill in the memory cgroup ({describe_phase(e.get('phase'), e.get('configuration'))})"
         if kind == "watchdog":
             return f"  {e.get('message')}"
         return None

@@ -55,7 +55,7 @@ SEQUENCE = [
     ({"t": 2.3, "event": "case_end", "pid": 68, "case": "case003", **PRE},
      "  preprocessing 3d_fullres: case003 done (3/6)"),
     ({"t": 2.3, "event": "case_start", "pid": 68, "case": "case004", **PRE}, None),
-    ({"t": 6.0, "event": "oom_kill", "count": 1, **PRE}, "  OOM kill in the container (preprocessing 3d_fullres)"),
+    ({"t": 6.0, "event": "oom_kill", "count": 1, **PRE}, "  OOM kill in the memory cgroup (preprocessing 3d_fullres)"),
     ({"t": 6.0, "event": "worker_exit", "pid": 69, "main_alive": True, "oom_kill_before": 0, "oom_kill_after": 1,
       **PRE}, None),
     ({"t": 9.0, "event": "watchdog", "message": "nnU-Net still running 3 s after an OOM kill in preprocessing: "
@@ -251,7 +251,7 @@ def test_rich_progress_renders_to_a_terminal(terminal):
     assert "nnrun: checking 12 image and label files" in written
     # Phase changes, the OOM kill and the watchdog are printed above the panel; finished cases are not.
     for line in ("phase: fingerprint extraction", "phase: preprocessing 3d_fullres",
-                 "OOM kill in the container (preprocessing 3d_fullres)", "ending it (it would hang)"):
+                 "OOM kill in the memory cgroup (preprocessing 3d_fullres)", "ending it (it would hang)"):
         assert line in written
     assert " ".join(written.split()).count(EARLY_LINE) == 1     # (rich may wrap the long line)
     assert "case001 done" not in written
@@ -311,3 +311,20 @@ def test_quiet_progress_prints_nothing(capsys):
     q.close()
     assert capsys.readouterr() == ("", "")
     assert q.state.anon_bytes == 100 * MIB
+
+
+def test_a_retry_attempt_counts_its_cases_afresh_with_resumed_ones_done():
+    """After an OOM, --retry starts a new attempt (a new run_start); cases complete from the first
+    attempt are reported by the agent's resume event and never counted twice (no '7/6')."""
+    st = ProgressState()
+    st.apply_event({"event": "run_start", "cases": 6, "limit_bytes": 1 << 30})
+    st.apply_event({"event": "phase", "phase": "preprocessing", "configuration": "3d_fullres"})
+    for i in range(5):       # c4 ended, but the kill came before its files were all in place
+        st.apply_event({"event": "case_end", "case": f"c{i}", "pid": 9, "phase": "preprocessing",
+                        "configuration": "3d_fullres"})
+    st.apply_event({"event": "run_start", "cases": 6, "limit_bytes": 1 << 30})
+    st.apply_event({"event": "resume", "configuration": "3d_fullres", "complete": 4, "pending": 2})
+    st.apply_event({"event": "phase", "phase": "preprocessing", "configuration": "3d_fullres"})
+    lines = [st.apply_event({"event": "case_end", "case": c, "pid": 11, "phase": "preprocessing",
+                             "configuration": "3d_fullres"}) for c in ("c4", "c5")]
+    assert "(5/6)" in lines[0] and "(6/6)" in lines[1]
