@@ -35,6 +35,7 @@ from runner.shards import (PLANS_NAME_ENV, SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHA
 from runner.shards import map_path as shard_map_path
 from runner.outputs import NNRUN_DIR, cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
 from runner.plot_job import PlotJob, guess_title, plot_title
+from runner.check_cache import check_files_once
 from runner.agent_schedule import WARM_FILE
 from runner.workers import warm_workers
 from runner.locks import acquire as acquire_locks, owner_info, scope_for_run
@@ -126,7 +127,7 @@ def preflight(opts: PreprocessOptions, settings: RunSettings, sink: ProgressSink
     if not settings.skip_file_check:
         files = list(dataset.all_files())
         sink.stage(f"checking {len(files)} image and label files of {dataset.name} to the end")
-        problems = check_files(files, workers=settings.check_workers, progress=sink.file_check)
+        problems = check_files_once(files, workers=settings.check_workers, progress=sink.file_check)
         if problems:
             first = problems[0]
             more = f" (and {len(problems) - 1} more damaged file(s))" if len(problems) > 1 else ""
