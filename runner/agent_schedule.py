@@ -88,7 +88,11 @@ def prestart(path: str | None = None) -> None:
     if kind not in ("fixed", "memory") or n < 1:
         return
     ctx = get_context("spawn")
-    pools = [ctx.Pool(n)] if kind == "fixed" else [ctx.Pool(1) for _ in range(n)]
+    try:
+        pools = [ctx.Pool(n)] if kind == "fixed" else [ctx.Pool(1) for _ in range(n)]
+    except OSError as err:     # only a head start: without it nnU-Net's pool starts as usual
+        emit("warm_workers_failed", error=str(err)[:300])
+        return
     _WARM = {"configuration": configuration, "kind": kind, "workers": n, "pools": pools,
              "procs": [p for pool in pools for p in pool._pool]}
     emit("warm_workers", configuration=configuration, pools=kind, workers=n,

@@ -27,7 +27,7 @@ from runner.diagnosis import RunFacts, Verdict, Victim, WorkerExit, classify, du
 from runner.engine import ContainerSpec, Engine, Mount
 from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted
 from runner.monitor import DEFAULT_CGROUP_ROOT, CgroupMonitor, MonitorSummary
-from runner.nifti import check_files, read_header
+from runner.nifti import read_header
 from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv, validate
 from runner.agent_preprocess import STAGING, TMP_MARK
 from runner.shards import (PLANS_NAME_ENV, SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_MAP_ENV, SKIP_PLANNING_ENV,
@@ -35,6 +35,7 @@ from runner.shards import (PLANS_NAME_ENV, SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHA
 from runner.shards import map_path as shard_map_path
 from runner.outputs import NNRUN_DIR, cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
 from runner.plot_job import PlotJob, guess_title, plot_title
+from runner.check_cache import check_files_once
 from runner.agent_schedule import WARM_FILE
 from runner.workers import warm_workers
 from runner.locks import acquire as acquire_locks, owner_info, scope_for_run
@@ -134,7 +135,7 @@ def check_dataset_files(dataset: RawDataset, settings: RunSettings, sink: Progre
     """Read every image and label file to its end (damaged files fail here, not in a worker)."""
     files = list(dataset.all_files())
     sink.stage(f"checking {len(files)} image and label files of {dataset.name} to the end")
-    problems = check_files(files, workers=settings.check_workers, progress=sink.file_check)
+    problems = check_files_once(files, workers=settings.check_workers, progress=sink.file_check)
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more damaged file(s))" if len(problems) > 1 else ""

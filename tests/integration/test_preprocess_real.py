@@ -115,9 +115,10 @@ def test_worker_oom_in_preprocessing(docker_ready, demo_raw, tmp_path):
     # report's victim.
     early = _early_lines(result.stderr)
     assert len(early) == 1, result.stderr[-3000:]
-    assert early[0].startswith("nnrun: oom (out of memory): the kernel OOM-killed a worker "
-                               f"(pid {report['victims'][0]['pid']})")
-    assert "3d_fullres" in early[0]
+    assert early[0].startswith("nnrun: oom (out of memory): the kernel OOM-killed a worker")
+    assert f"(pid {report['victims'][0]['pid']})" in early[0] and "3d_fullres" in early[0]
+    if " while " in early[0]:       # it named the case the worker held: the report's
+        assert report["victim_case"] is not None and f" {report['victim_case']} " in early[0]
     assert "next:" in result.stderr
     # No half-written output that a later run would trust: the case folder is gone,
     # the fingerprint and plans of the earlier complete run stay.
