@@ -477,7 +477,9 @@ class Preprocess:
             self.settings = replace(settings, schedule="fixed", np_auto=False, npfp_auto=False)
             return
         fingerprint_needed = self.opts.clean or not (preprocessed_dataset / "dataset_fingerprint.json").is_file()
-        check_fits(est, info.mem_total_bytes, fingerprint_needed)
+        # Under --runtime host the "host memory" is the job's limit, which --mem cannot exceed anyway.
+        check_fits(est, info.mem_total_bytes if info.name != "host" else None, fingerprint_needed,
+                   preprocessing=not self.opts.no_pp)
         self.estimate = est
         self.opts = resolve_workers(self.opts, est, settings.np_auto, settings.npfp_auto, settings.schedule)
         chosen = self.opts.workers_per_configuration()

@@ -104,7 +104,8 @@ def resolve_workers(opts: PreprocessOptions, est: Estimate, np_auto: bool, npfp_
     return new
 
 
-def check_fits(est: Estimate, host_mem_bytes: int | None, fingerprint_needed: bool) -> None:
+def check_fits(est: Estimate, host_mem_bytes: int | None, fingerprint_needed: bool,
+               preprocessing: bool = True) -> None:
     """bad_input, with the --mem it needs, when a case (or the fingerprint's main process) cannot fit.
 
     Refuse only when the point estimate itself exceeds the cap: the margin
@@ -115,7 +116,8 @@ def check_fits(est: Estimate, host_mem_bytes: int | None, fingerprint_needed: bo
     def alone(row) -> int:
         return row["predicted_peak_bytes"] - est.baseline.shared_bytes + est.baseline.main_bytes
 
-    rows = [r for r in est.too_large if (fingerprint_needed or r["phase"] != "fingerprint")
+    # Only the phases this run does: a --no_pp run never preprocesses, a run with a fingerprint never extracts it.
+    rows = [r for r in est.too_large if (fingerprint_needed if r["phase"] == "fingerprint" else preprocessing)
             and alone(r) > est.cap_bytes]
     if rows:
         worst = max(rows, key=lambda r: r["predicted_peak_bytes"])

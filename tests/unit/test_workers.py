@@ -6,6 +6,8 @@ the cap to itself, the small ones (0.1 GiB extra) fit two at a time.
 """
 from __future__ import annotations
 
+import pytest
+
 from runner.estimate import Baseline, Estimate
 from runner.options import PreprocessOptions
 from runner.workers import admission_plan, case_needs, resolve_workers, warm_workers
@@ -79,3 +81,18 @@ def test_no_warm_workers_otherwise():
     assert warm_workers(_opts(no_pp=True), est, "memory", False, True) is None
     assert warm_workers(_opts(verify_dataset_integrity=True), est, "memory", False, True) is None
     assert warm_workers(_opts(), _est(500, MIXED), "memory", False, True) is None   # not even idle ones fit
+
+
+def test_check_fits_ignores_preprocessing_for_a_no_pp_run():
+    """A --no_pp run (the plan step of a sharded run) never preprocesses: a case too large for
+    preprocessing under the cap must not refuse it; the same estimate refuses a preprocessing run."""
+    from runner.estimate import Baseline, Estimate
+    from runner.errors import BadInputError
+    from runner.workers import check_fits
+
+    est = Estimate(cap_bytes=1 << 30, margin=0.15, baseline=Baseline(200 << 20, 400 << 20, "i", True),
+                   cpus=2, too_large=[{"case": "big", "phase": "preprocessing", "configuration": "3d_fullres",
+                                       "predicted_peak_bytes": 2 << 30}])
+    check_fits(est, None, fingerprint_needed=True, preprocessing=False)
+    with pytest.raises(BadInputError, match="big"):
+        check_fits(est, None, fingerprint_needed=True, preprocessing=True)
