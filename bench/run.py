@@ -352,7 +352,10 @@ def bench_overhead(demo: Path, work: Path, reps: int, ev: DockerEvents) -> dict:
             if variants[name] is None:
                 r = native(demo, pre, mem, "nnUNetv2_plan_and_preprocess", args, events=ev)
             else:
-                r = nnrun(demo, pre, mem, [*args, *variants[name]], events=ev)
+                # A fresh user cache: nnrun reads every file to the end as on a first run (it skips files it
+                # verified before in later runs).  The fixed -np needs no cached baseline.
+                r = nnrun(demo, pre, mem, [*args, *variants[name]], events=ev,
+                          env={"XDG_CACHE_HOME": str(work / "xdg" / f"{name}-{rep}")})
             ok = r["rc"] == 0
             log(f"overhead rep {rep + 1}/{reps} {name}: {r['wall_s']:.1f} s rc={r['rc']}")
             if not ok:
@@ -616,10 +619,21 @@ def bench_throughput(mixed: Path, large_at: list[int], work: Path, max_np: int, 
     # The ceiling under the cap: native's own fixed costs (its -np 1 wall time less the case work) plus the
     # shortest case schedule the cap allows (cap_limit).
     for name, sw in sweeps.items():
-        lim = cap_limit(cases, peaks, caps[name], main_b, shared_b, cores)
+        # Per-case durations: the median over the single-worker nnrun runs (the reference and, interleaved
+        # with native -np 1 under the same conditions, any -np auto run that chose one worker).
+        solo = [ref["report"]] + [r for r in sw["_all_reports"] if (r.get("workers") or {}).get("schedule") == "fixed"
+                                  and ((r.get("workers") or {}).get("np") or {}).get("3d_fullres") == 1]
+        durations: dict = {}
+        for r in solo:
+            for c in r.get("cases") or []:
+                if c.get("phase") == "preprocessing" and c.get("status") == "done" and c.get("duration_s"):
+                    durations.setdefault(c["case"], []).append(c["duration_s"])
+        sw_cases = [{"case": c, "duration_s": med(ds)} for c, ds in durations.items()]
+        lim = cap_limit(sw_cases, peaks, caps[name], main_b, shared_b, cores)
+        lim["duration_runs"] = len(solo)
         np1 = sw["runs"].get("native_np1") or {}
         if np1.get("ok"):
-            fixed_s = np1["wall_s"] - cpu_s
+            fixed_s = np1["wall_s"] - sum(c["duration_s"] for c in sw_cases)
             lim["native_fixed_s"] = rnd(fixed_s)
             lim["limit_s"] = rnd(fixed_s + lim["work_s"])
             if sw.get("best_fixed_s"):
@@ -635,7 +649,10 @@ def bench_throughput(mixed: Path, large_at: list[int], work: Path, max_np: int, 
         out[k] = out["sweeps"][head_name].get(k)
     out["_reports"] = [ref["report"]] + [x for sw in sweeps.values() for x in sw["_all_reports"]]
     out["_pre"] = str(ref_pre)
-    out["note"] = ("T = wall time of the whole command (median of the rounds). Both sides run "
+    out["note"] = ("T = wall time of the whole command (median of the rounds). nnrun's pre-flight file check "
+                   "reads only files it has not verified before: the reference run verified them, so the sweep's "
+                   "nnrun runs skip it (0.7 s on this dataset on a quiet machine), as a re-run on the same data would. "
+                   "Both sides run "
                    f"{NATIVE_SWEEP_ENTRY} -c 3d_fullres on a copy of the reference's dataset.json, fingerprint "
                    "and plans (the fingerprint is reused, the plans are made again), nnrun with its defaults "
                    "(memory.png included). nnrun's estimate uses the worker baseline measured once per image "
@@ -776,8 +793,8 @@ def table(res: dict) -> str:
     row(3, f"[cap {t.get('mem')}] speedup memory schedule = T({t.get('best_fixed_np')}) / T(nnrun default); OOM-free first try",
         f"{fmt(t.get('speedup_nnrun_default'))}; {d_def.get('first_try_oom_free')}", "≥ 1.3",
         None if t.get("speedup_nnrun_default") is None else t["speedup_nnrun_default"] >= 1.3)
-    row(3, "T(ceiling under the cap) / T(nnrun default)  (1.0 = the ceiling reached)",
-        fmt(lim.get("limit_over_nnrun_default")), "—", None)
+    row(3, "T(ceiling under the cap) / T(nnrun default)  (1.0 = the ceiling reached; above 1: nnrun's own fixed "
+        "costs are below native's, e.g. its warm first worker)", fmt(lim.get("limit_over_nnrun_default")), "—", None)
     row(3, "T(physical limit Σ/cores) / T(nnrun default)", fmt(t.get("limit_over_nnrun_default")), "—", None)
     for phase in ("preprocessing", "fingerprint"):
         p = a.get(phase) or {}
@@ -802,11 +819,12 @@ Comparisons were interleaved in one invocation; ratios are of medians.
 DOC_NOTES = """
 ## How to read it
 
-- Every T is the wall time of the whole command as a user sees it: nnrun's pre-flight (each file
-  read to the end), estimate, container, report and `memory.png` included (the plot is drawn while
-  the container is removed and is on disk when the command returns).  Not included: the one-time
-  measurement of the per-worker baseline (~5 s, once per image, cached), made by the benchmark's own
-  `nnrun estimate` calls before the sweep.
+- Every T is the wall time of the whole command as a user sees it: nnrun's pre-flight, estimate,
+  container, report and `memory.png` included (the plot is drawn while the container is removed and
+  is on disk when the command returns).  Caches: the overhead runs start with an empty user cache
+  (every file read to the end, as on a first run).  In the throughput sweep nnrun skips re-reading
+  the files its reference run verified (~0.7 s here), and the per-worker baseline (~5 s, once per
+  image) was measured by the benchmark's own `nnrun estimate` calls: a first-ever run pays both.
 - Throughput: native and nnrun run the same nnU-Net command (`nnUNetv2_plan_and_preprocess`, the
   fingerprint reused, the plans made again) on copies of the same fingerprint and plans.  nnrun's
   own gains come from (a) memory-aware admission: the large case that needs the cap alone runs on
