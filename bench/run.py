@@ -468,6 +468,8 @@ def _sweep(mixed: Path, plans_src: Path, base: Path, mem: str, max_np: int, ev: 
     kmsg = Kmsg()
     for rep in range(reps):
         for name, spec in plan:
+            if rep and isinstance(spec, int) and not rounds[name][0]["ok"]:
+                continue        # a native pool that failed (OOM) is not run again: it is not a candidate
             pre = base / f"{name}-{rep}"
             copy_plans(plans_src, pre)
             kmsg.read()
@@ -848,7 +850,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="overhead repetitions (default 5; quick 2; tiny 1)")
     ap.add_argument("--max-np", type=int, default=None, help="sweep native -np 1..N (default cores+1; quick 2)")
     ap.add_argument("--tp-reps", type=int, default=None,
-                    help="rounds of the throughput sweep, medians (default 2; quick and tiny 1)")
+                    help="rounds of the throughput sweep, medians (default 3; quick and tiny 1)")
     ap.add_argument("--docs", type=Path, default=None,
                     help="markdown file to write the table to (default docs/benchmarks.md for a full run)")
     ap.add_argument("--only", default="overhead,latency,throughput",
@@ -859,7 +861,7 @@ def main(argv=None) -> int:
     cores = os.cpu_count() or 1
     reps = a.reps or (1 if a.tiny else 2 if a.quick else 5)
     max_np = a.max_np or (2 if a.quick else cores + 1)
-    tp_reps = a.tp_reps or (1 if a.quick or a.tiny else 2)
+    tp_reps = a.tp_reps or (1 if a.quick or a.tiny else 3)
     work = a.work or Path(f"/tmp/nnrun-bench-{uuid.uuid4().hex[:8]}")
     work.mkdir(parents=True, exist_ok=True)
     os.chmod(work, 0o755)

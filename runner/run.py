@@ -34,10 +34,6 @@ from runner.shards import (PLANS_NAME_ENV, SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHA
                            Shard)
 from runner.shards import map_path as shard_map_path
 from runner.outputs import NNRUN_DIR, cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
-from runner.plot_job import PlotJob, guess_title, plot_title
-from runner.check_cache import check_files_once
-from runner.agent_schedule import WARM_FILE
-from runner.workers import warm_workers
 from runner.locks import acquire as acquire_locks, owner_info, scope_for_run
 from runner.report import RunReport, to_json
 from runner.supervisor import EVENTS_FILE, HOST_ACK_FILE, NNUNET_LOG, STATUS_FILE
@@ -135,6 +131,7 @@ def check_dataset_files(dataset: RawDataset, settings: RunSettings, sink: Progre
     """Read every image and label file to its end (damaged files fail here, not in a worker)."""
     files = list(dataset.all_files())
     sink.stage(f"checking {len(files)} image and label files of {dataset.name} to the end")
+    from runner.check_cache import check_files_once     # files verified before are not read again
     problems = check_files_once(files, workers=settings.check_workers, progress=sink.file_check)
     if problems:
         first = problems[0]
@@ -656,9 +653,11 @@ class Preprocess:
             plan = {"configurations": {c: admission_plan(self.estimate, c, max_workers=per_config.get(c, 1))
                                        for c in opts.configurations}}
             try_write_json(run_dir / SCHEDULE_FILE, plan)   # without it the agent uses a fixed pool
+        from runner.workers import warm_workers
         warm = warm_workers(opts, self.estimate, settings.schedule, settings.np_auto,
                             (preprocessed_dataset / "dataset_fingerprint.json").is_file())
         if warm:     # the agent starts these workers while nnU-Net's main process imports and plans
+            from runner.agent_schedule import WARM_FILE
             try_write_json(run_dir / WARM_FILE, warm)
         manifest = build_manifest(run_id, opts, settings, spec, dataset, info, image, mem_bytes)
         try_write_json(run_dir / MANIFEST_FILE, manifest)
@@ -767,6 +766,7 @@ class Preprocess:
         tails = [JsonlTail(run_dir / EVENTS_FILE), JsonlTail(run_dir / AGENT_FILE)]
         status = run_dir / STATUS_FILE
         acked = False
+        from runner.plot_job import PlotJob, guess_title
         plot_job = self._plot_job = PlotJob(run_dir).prewarm() if self.settings.plot else None
         while not self._container_done.is_set():
             for tail in tails:
@@ -899,6 +899,7 @@ class Preprocess:
     def _plot(self, run_dir: Path, report: RunReport, dataset: RawDataset) -> str | None:
         """memory.png, rendered once at the end; a plotting failure never changes the outcome."""
         try:
+            from runner.plot_job import PlotJob, plot_title
             title = plot_title(dataset.name, report.outcome.value, report.limit_bytes)
             job = getattr(self, "_plot_job", None)
             job = job if job is not None and job.run_dir == run_dir else PlotJob(run_dir)
