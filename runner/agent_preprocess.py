@@ -110,13 +110,23 @@ def atomic_run_case_save(original):
 # -- completeness -------------------------------------------------------------------------
 
 def case_complete(folder: str, case: str) -> bool:
-    """Complete: the .pkl exists and both .b2nd files open (their frames are whole)."""
-    import blosc2
+    """Complete: the .pkl exists and both .b2nd files open (their frames are whole).
 
+    The agent renames the .pkl last, so a final-named .pkl means both .b2nd
+    files were whole when renamed.  Where blosc2 is not installed (nnrun merge
+    on a host without it) that, and the files being there, is the check;
+    with blosc2 (always, in the image) the last chunk of each file is decoded.
+    """
     if not os.path.isfile(os.path.join(folder, case + ".pkl")):
         return False
-    for suffix in CASE_SUFFIXES:
-        path = os.path.join(folder, case + suffix)
+    paths = [os.path.join(folder, case + suffix) for suffix in CASE_SUFFIXES]
+    if not all(os.path.isfile(p) for p in paths):
+        return False
+    try:
+        import blosc2
+    except ImportError:
+        return True
+    for path in paths:
         try:
             arr = blosc2.open(urlpath=path, mode="r")
             arr.schunk.get_chunk(arr.schunk.nchunks - 1)   # the last chunk: a cut file fails here
@@ -194,7 +204,7 @@ def _gt_copy_is_mine(dst: str) -> bool:
 
 
 @contextmanager
-def _folder_lock(staging: str):
+def folder_lock(staging: str):
     """Serialise moving a configuration folder between staging and its final place (shards share it)."""
     os.makedirs(os.path.dirname(staging), exist_ok=True)
     fd = os.open(staging + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
@@ -236,7 +246,7 @@ def preprocess_configuration(self, dataset_name_or_id, configuration_name: str, 
     if os.environ.get(CLEAN_ENV) == "1" and not sharded:      # the host refuses --clean with --shard
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(final_dir, ignore_errors=True)
-    with _folder_lock(staging):
+    with folder_lock(staging):
         if isdir(final_dir) and not isdir(staging):
             done = clean_folder(final_dir, cases, only_these=sharded)
             if len(done) == len(cases):
@@ -261,7 +271,7 @@ def preprocess_configuration(self, dataset_name_or_id, configuration_name: str, 
             _run_memory_aware(self, args, budget)
         else:
             _run_fixed(self, args, num_processes)
-    with _folder_lock(staging):
+    with folder_lock(staging):
         # Under the lock: another shard that finished last may have moved the folder into place already.
         where = staging if isdir(staging) else final_dir
         missing = [c for c in mine if not case_complete(where, c)]

@@ -19,13 +19,13 @@ No Docker and no nnU-Net: it reads files only.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.agent_preprocess import CASE_SUFFIXES, STAGING
+from runner.agent_preprocess import STAGING, case_complete, folder_lock
 from runner.dataset import RawDataset
 from runner.errors import BadInputError
 from runner.outputs import FINGERPRINT_FILE, GT_FOLDER, data_identifier, incomplete_outputs, remove_paths
@@ -70,27 +70,6 @@ class MergeResult:
         }
 
 
-def case_files_complete(folder: Path, case: str) -> bool:
-    """The agent renames the .pkl last, so a final-named .pkl means both .b2nd files were whole when
-    renamed; when blosc2 is importable here, also decode the last chunk of each (a cut file fails)."""
-    if not (folder / f"{case}.pkl").is_file():
-        return False
-    paths = [folder / f"{case}{suffix}" for suffix in CASE_SUFFIXES]
-    if not all(p.is_file() for p in paths):
-        return False
-    try:
-        import blosc2
-    except ImportError:
-        return True
-    for path in paths:
-        try:
-            arr = blosc2.open(urlpath=str(path), mode="r")
-            arr.schunk.get_chunk(arr.schunk.nchunks - 1)
-        except Exception:  # noqa: BLE001 - unreadable means incomplete
-            return False
-    return True
-
-
 def _usable_map(obj) -> dict | None:
     """A shard map with a shard count and an assignment of cases to shards in range, else None."""
     if not isinstance(obj, dict) or not isinstance(obj.get("assignment"), dict):
@@ -105,18 +84,12 @@ def _usable_map(obj) -> dict | None:
 
 
 def _move_into_place(staging: Path, final: Path) -> None:
-    """The same flock the agent takes (``<staging>.lock``), so a finishing shard and merge never race."""
-    fd = os.open(str(staging) + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    """Under the agent's own folder lock, so a finishing shard and merge never race."""
+    with folder_lock(str(staging)):
         if staging.is_dir():
             if final.exists():
-                import shutil
                 shutil.rmtree(final)
             os.replace(staging, final)
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def merge(dataset: RawDataset, preprocessed_dataset: Path, plans_name: str,
@@ -144,7 +117,7 @@ def merge(dataset: RawDataset, preprocessed_dataset: Path, plans_name: str,
         if not folder.is_dir():
             states.append(ConfigurationState(configuration, ident, "missing", [], list(cases)))
             continue
-        done = [c for c in cases if case_files_complete(folder, c)]
+        done = [c for c in cases if case_complete(str(folder), c)]
         state = ConfigurationState(configuration, ident, location, done, [c for c in cases if c not in done])
         if location == "staging" and not state.incomplete:
             _move_into_place(staging, final)      # every shard finished, none moved it (one was killed at the end)

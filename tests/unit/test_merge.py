@@ -19,7 +19,8 @@ from runner.agent_preprocess import STAGING, TMP_MARK
 from runner.dataset import RawDataset, load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
 from runner.errors import BadInputError
-from runner.merge import MergeResult, case_files_complete, merge, render_merge, rerun_command
+from runner.agent_preprocess import case_complete
+from runner.merge import MergeResult, merge, render_merge, rerun_command
 from runner.outputs import FINGERPRINT_FILE, GT_FOLDER
 from runner.shards import build_map, cases_of, map_path
 
@@ -82,20 +83,20 @@ def make_tree(tmp_path: Path, configurations=("2d", "3d_fullres"), complete=True
     return tree
 
 
-# -- case_files_complete -----------------------------------------------------------------------------
+# -- case_complete (the agent's, used by merge) -----------------------------------------------------------------------------
 
 
 def test_case_files_complete_with_real_frames(tmp_path: Path) -> None:
     write_case(tmp_path, "c1")
-    assert case_files_complete(tmp_path, "c1")
-    assert not case_files_complete(tmp_path, "c2")
+    assert case_complete(tmp_path, "c1")
+    assert not case_complete(tmp_path, "c2")
 
 
 @pytest.mark.parametrize("missing", ["c1.pkl", "c1.b2nd", "c1_seg.b2nd"])
 def test_case_without_one_of_its_files_is_incomplete(tmp_path: Path, missing: str) -> None:
     write_case(tmp_path, "c1")
     (tmp_path / missing).unlink()
-    assert not case_files_complete(tmp_path, "c1")
+    assert not case_complete(tmp_path, "c1")
 
 
 @pytest.mark.parametrize("name", ["c1.b2nd", "c1_seg.b2nd"])
@@ -103,20 +104,20 @@ def test_case_without_one_of_its_files_is_incomplete(tmp_path: Path, missing: st
 def test_truncated_frame_is_incomplete(tmp_path: Path, name: str, keep: float) -> None:
     write_case(tmp_path, "c1", shape=(16, 16, 16))
     truncate(tmp_path / name, keep)
-    assert not case_files_complete(tmp_path, "c1")
+    assert not case_complete(tmp_path, "c1")
 
 
 def test_garbage_frame_is_incomplete(tmp_path: Path) -> None:
     write_case(tmp_path, "c1")
     (tmp_path / "c1.b2nd").write_bytes(b"not a blosc2 frame at all" * 20)
-    assert not case_files_complete(tmp_path, "c1")
+    assert not case_complete(tmp_path, "c1")
 
 
 def test_case_file_that_is_a_folder_is_incomplete(tmp_path: Path) -> None:
     write_case(tmp_path, "c1")
     (tmp_path / "c1.pkl").unlink()
     (tmp_path / "c1.pkl").mkdir()
-    assert not case_files_complete(tmp_path, "c1")
+    assert not case_complete(tmp_path, "c1")
 
 
 # -- merge: complete -----------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ def test_complete_staging_folder_is_moved_into_place(tmp_path: Path) -> None:
     for c in result.configurations:
         assert c.moved_into_place and c.location == "final"
         assert not t.folder(c.configuration, staging=True).exists()
-        assert all(case_files_complete(t.folder(c.configuration), case) for case in t.cases)
+        assert all(case_complete(t.folder(c.configuration), case) for case in t.cases)
     assert "moved into place" in render_merge(result, "")
     # A second merge finds everything in place and moves nothing.
     again = merge(t.dataset, t.pre, PLANS, None)
@@ -300,7 +301,7 @@ def test_complete_staging_replaces_an_older_final_folder(tmp_path: Path) -> None
     (stale / "stale_from_an_earlier_run.txt").write_text("old")
     assert merge(t.dataset, t.pre, PLANS, ("2d",)).ok
     assert not (t.folder("2d") / "stale_from_an_earlier_run.txt").exists()
-    assert case_files_complete(t.folder("2d"), t.cases[0])
+    assert case_complete(t.folder("2d"), t.cases[0])
 
 
 def test_incomplete_staging_folder_stays_in_staging(tmp_path: Path) -> None:
