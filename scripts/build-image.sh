@@ -14,31 +14,17 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VERSION="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$REPO/runner/__init__.py")"
+# shellcheck source=stack.sh
+. "$REPO/scripts/stack.sh"
 IMAGE="${NNRUN_IMAGE:-nnrun:$VERSION}"
 DEFAULT_BASE="python:3.11-slim"
 BASE_IMAGE="${BASE_IMAGE:-$DEFAULT_BASE}"
 LOCAL_BASE="nnrun-base:bookworm"
-if [ "$(id -u)" = 0 ]; then CACHE="${NNRUN_CACHE:-/var/cache/nnrun}"; else CACHE="${NNRUN_CACHE:-$HOME/.cache/nnrun}"; fi
-TORCH_VERSION=2.13.0
-NNUNETV2_VERSION=2.8.1
-REQUIREMENTS="torch==$TORCH_VERSION nnunetv2==$NNUNETV2_VERSION psutil"
 
 log() { echo "build-image: $*" >&2; }
-mkdir -p "$CACHE"
 
 # 1. Wheelhouse (host pip: it trusts the host's CA and finds the CPU torch build).
-WHEELS="$CACHE/wheels"
-STAMP="$WHEELS/.requirements"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$REQUIREMENTS" ]; then
-    log "resolving $REQUIREMENTS into $WHEELS"
-    rm -rf "$WHEELS.tmp"
-    # shellcheck disable=SC2086
-    python3 -m pip wheel -q -w "$WHEELS.tmp" $REQUIREMENTS
-    rm -rf "$WHEELS"
-    mv "$WHEELS.tmp" "$WHEELS"
-    echo "$REQUIREMENTS" >"$STAMP"
-fi
+ensure_wheelhouse python3
 
 # 2. Base image: the default when present or pullable, else a local Debian base.
 if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then

@@ -14,13 +14,11 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ "$(id -u)" = 0 ]; then CACHE="${NNRUN_CACHE:-/var/cache/nnrun}"; else CACHE="${NNRUN_CACHE:-$HOME/.cache/nnrun}"; fi
+# The same stack, cache and wheelhouse as the image.
+# shellcheck source=stack.sh
+. "$REPO/scripts/stack.sh"
 VENV="${NNRUN_HOSTENV:-$CACHE/hostenv}"
 BASE_PYTHON="${NNRUN_BASE_PYTHON:-python3}"
-# Keep these three in step with scripts/build-image.sh (same wheelhouse, same stamp).
-TORCH_VERSION=2.13.0
-NNUNETV2_VERSION=2.8.1
-REQUIREMENTS="torch==$TORCH_VERSION nnunetv2==$NNUNETV2_VERSION psutil"
 
 log() { echo "host-env: $*" >&2; }
 mkdir -p "$CACHE"
@@ -42,19 +40,8 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
     exit 0
 fi
 
-# 1. The wheelhouse (the same resolution step as build-image.sh: the host's pip
-#    trusts the host's CA and finds the CPU build of torch in its find-links).
-WHEELS="$CACHE/wheels"
-WSTAMP="$WHEELS/.requirements"
-if [ ! -f "$WSTAMP" ] || [ "$(cat "$WSTAMP")" != "$REQUIREMENTS" ]; then
-    log "resolving $REQUIREMENTS into $WHEELS"
-    rm -rf "$WHEELS.tmp"
-    # shellcheck disable=SC2086
-    "$BASE_PYTHON" -m pip wheel -q -w "$WHEELS.tmp" $REQUIREMENTS
-    rm -rf "$WHEELS"
-    mv "$WHEELS.tmp" "$WHEELS"
-    echo "$REQUIREMENTS" >"$WSTAMP"
-fi
+# 1. The wheelhouse (the same one build-image.sh makes).
+ensure_wheelhouse "$BASE_PYTHON"
 
 # 2. The venv (in place: a venv cannot be moved; the stamp, written last, marks it complete).
 log "making $VENV from $BASE_PYTHON $BASE_VERSION (offline, from $WHEELS)"
