@@ -187,15 +187,19 @@ def _my_shard_cases(dataset_folder: str, plans_identifier: str, cases: list[str]
     return mine
 
 
+_READ_MAPS: dict[str, dict] = {}
+
+
 def _gt_copy_is_mine(dst: str) -> bool:
     """With shards, each shard copies the ground truth of its own cases only."""
     shard = shard_from_env()
     path = os.environ.get(SHARD_MAP_ENV)
     if shard is None or not path:
         return True
-    shard_map = read_map(path)
+    shard_map = _READ_MAPS.get(path) or read_map(path)
     if shard_map is None:
         return True
+    _READ_MAPS[path] = shard_map          # written once, never changed: read it once, not per copied file
     name = os.path.basename(dst)
     ending = os.environ.get("NNRUN_FILE_ENDING", "")
     case = name[: -len(ending)] if ending and name.endswith(ending) else name
