@@ -56,4 +56,4 @@ LABEL org.opencontainers.image.title="nnrun" \
       io.nnrun.base-image="${BASE_IMAGE}"
 USER 1000:1000
 WORKDIR /tmp
-ENTRYPOINT ["python3", "-m", "runner.supervisor"]
+ENTRYPOINT ["python3", "-m", "runner.incontainer.supervisor"]

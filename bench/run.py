@@ -689,7 +689,7 @@ def monitor_cost(reports: list[dict]) -> dict:
     pct = [v.get("cpu_percent_of_one_core") for v in vals if v.get("cpu_percent_of_one_core") is not None]
     return {"runs": len(pct), "interval_s": (vals[0].get("interval_s") if vals else None),
             "median_cpu_percent_of_one_core": rnd(med(pct)), "max_cpu_percent_of_one_core": rnd(max(pct)) if pct else None,
-            "note": "host-side sampler (runner/monitor.py), its own CPU time over its wall time, from every "
+            "note": "host-side sampler (runner/run/monitor.py), its own CPU time over its wall time, from every "
                     "nnrun report of this benchmark; the in-container supervisor's 50 ms sampling is part of "
                     "the overhead section"}
 

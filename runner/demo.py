@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from runner.errors import BadInputError
-from runner.nifti import write_nifti
+from runner.formats.nifti import write_nifti
 
 STAMP_NAME = ".nnrun-demo.json"
 # Bump when the generated content changes, so old stamped datasets get rebuilt.

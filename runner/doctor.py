@@ -1,7 +1,7 @@
 """``nnrun doctor``: can this machine run nnrun?  Pure core, no printing.
 
 :func:`run_checks` runs every check against an engine made by the given
-factory (``runner.docker_engine.DockerEngine`` for real, a fake in tests) and
+factory (``runner.engines.docker.DockerEngine`` for real, a fake in tests) and
 returns a :class:`DoctorReport`; :func:`render_doctor` and :func:`doctor_json`
 are its human and JSON renderings.  Each check is ``ok``, ``warn`` or
 ``fail``, with a one-line detail and advice when not ok.  Doctor never raises:

@@ -210,7 +210,7 @@ def shard_from_env(environ: dict | None = None) -> Shard | None:
 
 def header_weights(images: dict[str, list[str]]) -> dict[str, int]:
     """Voxels x channels of each case, from the image headers (NIfTI); file sizes for other formats."""
-    from runner.nifti import read_header
+    from runner.formats.nifti import read_header
 
     weights = {}
     for case, files in images.items():

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Calibrate and evaluate nnrun's memory estimate (runner/estimate.py) on real runs.
+"""Calibrate and evaluate nnrun's memory estimate (runner/estimate/model.py) on real runs.
 
 What it does:
 
@@ -12,7 +12,7 @@ What it does:
 3. collects per case and phase the worker's peak RSS (report.json ``cases``)
    and, from ``timeline.jsonl``, the main process's peak RSS in the
    fingerprint phase; measures the per-worker baseline in the same image
-   (``runner.estimate.measure_baseline``);
+   (``runner.estimate.model.measure_baseline``);
 4. fits the model's coefficients by least squares on the CALIBRATION datasets
    and evaluates them on DIFFERENT datasets (other shapes, spacings, channel
    counts, case counts); writes ``runner/estimate_model.json`` with the
@@ -145,7 +145,7 @@ def run_dataset(did: int, workdir: Path, image: str | None, force: bool = False)
 
 def _main_fingerprint_peak(run_dir: Path) -> int | None:
     """The nnU-Net main process's highest sampled RSS (10 Hz) during the fingerprint phase."""
-    from runner.telemetry import read_jsonl
+    from runner.run.telemetry import read_jsonl
     events = read_jsonl(run_dir / "agent.jsonl")
     main_pid = next((e.get("pid") for e in events if e.get("event") == "agent_start"), None)
     start = next((e["t"] for e in events if e.get("event") == "phase_start" and e.get("phase") == "fingerprint"), None)
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     if args.collect_only:
         log(f"collected in {time.time() - started:.0f} s")
         return 0
-    from runner import estimate as est
+    from runner.estimate import model as est
     baseline = _baseline(args, est)
     model = est.fit_model(records, baseline)
     model["provenance"] = _provenance(records, baseline, started, args)
@@ -199,8 +199,8 @@ def main(argv=None) -> int:
 
 
 def _baseline(args, est):
-    from runner.docker_engine import DockerEngine
-    from runner.run import DEFAULT_IMAGE
+    from runner.engines.docker import DockerEngine
+    from runner.run.preprocess import DEFAULT_IMAGE
     image = args.image or DEFAULT_IMAGE
     return est.measure_baseline(DockerEngine, image, args.workdir / "baseline-cache")
 

@@ -30,12 +30,12 @@ WANT="$REQUIREMENTS python=$BASE_VERSION"
 
 verify() {
     "$VENV/bin/python" -c "import nnunetv2, torch, psutil, blosc2, SimpleITK" >/dev/null 2>&1 || return 1
-    PYTHONPATH="$REPO" "$VENV/bin/python" -m runner.supervisor --help >/dev/null 2>&1 || return 1
+    PYTHONPATH="$REPO" "$VENV/bin/python" -m runner.incontainer.supervisor --help >/dev/null 2>&1 || return 1
 }
 
 # Warm path: the stamp is written only after a full verify, so a quick check suffices.
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
-   && PYTHONPATH="$REPO" "$VENV/bin/python" -m runner.supervisor --help >/dev/null 2>&1; then
+   && PYTHONPATH="$REPO" "$VENV/bin/python" -m runner.incontainer.supervisor --help >/dev/null 2>&1; then
     echo "$VENV/bin/python"
     exit 0
 fi
@@ -51,7 +51,7 @@ rm -rf "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-index --find-links "$WHEELS" $REQUIREMENTS \
     || { log "pip install from $WHEELS failed (is $BASE_PYTHON the Python the wheels were resolved for?)"; exit 1; }
 if ! verify; then
-    log "the venv at $VENV does not import nnunetv2 or run runner.supervisor"
+    log "the venv at $VENV does not import nnunetv2 or run runner.incontainer.supervisor"
     "$VENV/bin/python" -c "import nnunetv2, torch, psutil" >&2 || true
     exit 1
 fi

@@ -2,7 +2,7 @@
 
 The real-Slurm test points ``NNRUN_SLURM_PYTHON`` at a copy of this file, so
 the batch scripts nnrun renders and submits run it as ``"$PYTHON" -m
-runner.cli preprocess -d D --mem M ... [--no_pp | --shard K/N]``.  It keeps
+runner.cli.app preprocess -d D --mem M ... [--no_pp | --shard K/N]``.  It keeps
 nnrun's contract (one JSON report on stdout, exit code 3 after an OOM kill)
 with a real allocation in a real child process, so Slurm's cgroup really
 OOM-kills it:

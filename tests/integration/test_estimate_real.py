@@ -18,8 +18,8 @@ import pytest
 
 from runner.dataset import load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
-from runner.docker_engine import DockerEngine
-from runner.estimate import (
+from runner.engines.docker import DockerEngine
+from runner.estimate.model import (
     dataset_geometry,
     estimate,
     load_model,

@@ -42,7 +42,7 @@ from pathlib import Path
 import pytest
 
 from runner.demo import CaseSpec, make_dataset
-from runner.nifti import check_file_complete
+from runner.formats.nifti import check_file_complete
 from tests.integration.conftest import (IMAGE, REPO, nnrun_cmd, nnrun_containers, parse_single_json,
                                         run_nnrun)
 from tests.integration.test_preprocess_real import (FAST, _assert_one_line_report, _assert_report,

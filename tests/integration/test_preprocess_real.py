@@ -20,8 +20,8 @@ import jsonschema
 import pytest
 
 from runner.demo import CaseSpec, make_dataset
-from runner.early_oom import EARLY_SUFFIX
-from runner.report import load_schema
+from runner.diagnosis.early import EARLY_SUFFIX
+from runner.diagnosis.report import load_schema
 from tests.integration.conftest import (IMAGE, REPO, nnrun_cmd, nnrun_containers, nnrun_stderr_lines,
                                         parse_single_json, run_nnrun)
 from tests.integration.treecompare import compare_trees
@@ -41,7 +41,7 @@ def _assert_report(result, outcome: str, exit_code: int) -> dict:
 
 
 def _early_lines(stderr: str) -> list[str]:
-    """The early diagnosis lines (runner.early_oom): printed before nnU-Net has ended."""
+    """The early diagnosis lines (runner.diagnosis.early): printed before nnU-Net has ended."""
     return [ln for ln in stderr.splitlines() if ln.endswith(EARLY_SUFFIX)]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import slurm
+from runner.backends.slurm import client as slurm
 from runner.demo import CaseSpec, make_dataset
 
 pytestmark = pytest.mark.slurm

@@ -41,8 +41,8 @@ import pytest
 
 from runner import __version__
 from runner.demo import CaseSpec, make_dataset
-from runner.report import load_schema
-from runner.telemetry import case_records, read_jsonl
+from runner.diagnosis.report import load_schema
+from runner.run.telemetry import case_records, read_jsonl
 from tests.integration.conftest import REPO, nnrun_cmd, run_nnrun
 from tests.integration.test_preprocess_real import _assert_report
 
@@ -160,8 +160,8 @@ def test_worker_kill_in_verification_ends_in_bounded_time(docker_ready, demo_raw
 
 def test_an_explicit_npfp_pins_the_workers_whatever_its_value(fake_preprocess, tiny_raw, tmp_path):
     """Pure (the CLI with a fake Preprocess, no container)."""
-    from runner.cli import main
-    from runner.run import Preprocess
+    from runner.cli.app import main
+    from runner.run.preprocess import Preprocess
 
     retries = {}
     for npfp in ("4", "8"):

@@ -1,6 +1,6 @@
 """Helper for tests/unit/test_agent.py: a per-case task run by a real ``spawn`` pool.
 
-Mimics what runner.agent does to nnU-Net: the one-case function is wrapped
+Mimics what runner.incontainer.agent does to nnU-Net: the one-case function is wrapped
 with ``per_case`` when this module is imported, so a spawned worker, which
 imports the module to unpickle its task by reference, runs the wrapped
 function.  Not a test module (the leading underscore keeps pytest away).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from runner.agent import case_id_from_path, in_phase, per_case
+from runner.incontainer.agent import case_id_from_path, in_phase, per_case
 
 
 def process_case(image_file: str, label_file: str, fail: bool = False) -> int:

@@ -1,4 +1,4 @@
-"""runner.agent, the in-container agent, on the host (no nnU-Net, no Docker).
+"""runner.incontainer.agent, the in-container agent, on the host (no nnU-Net, no Docker).
 
 * ``case_id_from_path``: the case id from an image or label file name, with
   and without the dataset's file ending (``NNRUN_FILE_ENDING``).
@@ -19,20 +19,20 @@ import pickle
 
 import pytest
 
-from runner.agent import (CONFIGURATION_ENV, EVENTS_ENV, FILE_ENDING_ENV, PHASE_ENV, case_id_from_path, in_phase,
+from runner.incontainer.agent import (CONFIGURATION_ENV, EVENTS_ENV, FILE_ENDING_ENV, PHASE_ENV, case_id_from_path, in_phase,
                           per_case)
-from runner.telemetry import case_records, read_jsonl
+from runner.run.telemetry import case_records, read_jsonl
 
 MIB = 2**20
 
 
 def _emitter_modules():
-    """The module(s) holding the agent's cached events descriptor ``_fd`` (runner.agent, or
-    runner.agent_events where emit() lives after the split)."""
+    """The module(s) holding the agent's cached events descriptor ``_fd`` (runner.incontainer.agent, or
+    runner.incontainer.events where emit() lives after the split)."""
     import importlib
 
     found = []
-    for name in ("runner.agent", "runner.agent_events"):
+    for name in ("runner.incontainer.agent", "runner.incontainer.events"):
         try:
             module = importlib.import_module(name)
         except ImportError:

@@ -1,4 +1,4 @@
-"""runner.agent_schedule: warm workers, nnU-Net's fixed pool and memory-aware admission (no Docker).
+"""runner.incontainer.schedule: warm workers, nnU-Net's fixed pool and memory-aware admission (no Docker).
 
 * ``plan_admissions`` (pure): which case runs where, when a worker starts, when an idle one stops.
 * The real schedulers over REAL ``spawn`` pools and a picklable stand-in for nnU-Net's preprocessor
@@ -14,8 +14,10 @@ import os
 
 import pytest
 
-from runner import agent_events, agent_schedule
-from runner.agent_schedule import MemoryModel, plan_admissions, run_fixed, run_memory_aware
+from runner.incontainer import events as agent_events
+
+from runner.incontainer import schedule as agent_schedule
+from runner.incontainer.schedule import MemoryModel, plan_admissions, run_fixed, run_memory_aware
 
 PRE = ("preprocessing", "3d_fullres")
 

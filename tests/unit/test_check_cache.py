@@ -1,4 +1,4 @@
-"""runner.check_cache: every file is read to the end once per version; changed or damaged files always again."""
+"""runner.formats.check_cache: every file is read to the end once per version; changed or damaged files always again."""
 from __future__ import annotations
 
 import os
@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from runner import check_cache
-from runner.check_cache import check_files_once
-from runner.nifti import write_nifti
+from runner.formats import check_cache
+from runner.formats.check_cache import check_files_once
+from runner.formats.nifti import write_nifti
 
 
 @pytest.fixture

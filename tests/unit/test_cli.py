@@ -1,6 +1,6 @@
-"""runner.cli.main: exit codes, one JSON object with --json, one-line errors; no Docker.
+"""runner.cli.app.main: exit codes, one JSON object with --json, one-line errors; no Docker.
 
-Where a run would need a container engine, runner.cli.Preprocess is replaced:
+Where a run would need a container engine, runner.cli.app.Preprocess is replaced:
 either by the recorder of tests/conftest.py (``fake_preprocess``), or by the
 real Preprocess with an engine factory that fails the test if it is called
 (everything before the engine, pre-flight included, is real).
@@ -14,10 +14,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from runner import cli
+from runner.cli import app as cli
 from runner.errors import Outcome, RunInterrupted
-from runner.report import RunReport, load_schema
-from runner.run import Preprocess as RealPreprocess
+from runner.diagnosis.report import RunReport, load_schema
+from runner.run.preprocess import Preprocess as RealPreprocess
 
 TINY_ID = 501   # tests/conftest.py: tiny_raw holds Dataset501_Tiny
 

@@ -1,4 +1,4 @@
-"""runner.cli_progress: live progress on stderr (pure, no Docker).
+"""runner.cli.progress: live progress on stderr (pure, no Docker).
 
 * ``ProgressState`` over a real event sequence (the supervisor's phases and
   OOM kill, the agent's case events, as a run with -np 2 produces them).
@@ -18,8 +18,8 @@ import sys
 
 import pytest
 
-from runner import cli_progress
-from runner.cli_progress import PlainProgress, ProgressState, QuietProgress, RichProgress, make_progress
+from runner.cli import progress as cli_progress
+from runner.cli.progress import PlainProgress, ProgressState, QuietProgress, RichProgress, make_progress
 from runner.units import format_bytes
 
 MIB = 2**20
@@ -66,7 +66,7 @@ SEQUENCE = [
 ]
 
 
-# The early diagnosis line (runner.early_oom) the sinks print once the killed worker is known: in SEQUENCE,
+# The early diagnosis line (runner.diagnosis.early) the sinks print once the killed worker is known: in SEQUENCE,
 # right after the worker_exit at the counter's rise.
 EARLY_LINE = ("nnrun: oom (out of memory): the kernel OOM-killed a worker (pid 69) while preprocessing case002 "
               "(3d_fullres) (full report when nnU-Net has ended)")

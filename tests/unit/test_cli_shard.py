@@ -1,6 +1,6 @@
 """The CLI of sharding and of ``--runtime``: bad input is one line and exit 2, ``nnrun merge`` end to end.
 
-Driven through runner.cli.main as tests/unit/test_cli.py does; no Docker (the
+Driven through runner.cli.app.main as tests/unit/test_cli.py does; no Docker (the
 preprocess tests replace Preprocess by the recorder of tests/conftest.py, and
 ``nnrun merge`` only reads files).
 """
@@ -15,12 +15,12 @@ import jsonschema
 import numpy as np
 import pytest
 
-from runner import cli
+from runner.cli import app as cli
 from runner.dataset import load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
-from runner.host_engine import HostEngine
-from runner.locks import acquire, owner_info, scope_for_run
-from runner.report import load_schema
+from runner.engines.host import HostEngine
+from runner.run.locks import acquire, owner_info, scope_for_run
+from runner.diagnosis.report import load_schema
 from runner.shards import Shard, build_map, cases_of, map_path
 
 

@@ -19,9 +19,9 @@ import yaml
 from runner import __version__
 from runner.dataset import load_raw_dataset
 from runner.demo import DEMO_ID, DEMO_NAME, FILE_ENDING, CaseSpec, make_dataset
-from runner.docker_engine import host_config_kwargs
+from runner.engines.docker import host_config_kwargs
 from runner.options import DEFAULT_NP, DEFAULT_NPFP, PreprocessOptions
-from runner.run import (CONTAINER_RUN_DIR, DEFAULT_IMAGE, IMAGE_USER, RUN_LABEL, TEST_LABEL, RunSettings,
+from runner.run.preprocess import (CONTAINER_RUN_DIR, DEFAULT_IMAGE, IMAGE_USER, RUN_LABEL, TEST_LABEL, RunSettings,
                         build_spec)
 from runner.units import parse_mem
 
@@ -176,15 +176,15 @@ def test_same_mount_modes_and_command_shape(service, engine_kwargs):
     assert modes == compose_modes == {"raw": "ro", "preprocessed": "rw", CONTAINER_RUN_DIR: "rw"}
     # The supervisor runs nnU-Net through the agent, as nnrun does.
     # (without --wait-for-host: no nnrun on the host reads the cgroup here)
-    ours = spec.command[:spec.command.index("runner.agent") + 1]
-    theirs = service["command"][:service["command"].index("runner.agent") + 1]
+    ours = spec.command[:spec.command.index("runner.incontainer.agent") + 1]
+    theirs = service["command"][:service["command"].index("runner.incontainer.agent") + 1]
     assert theirs == [a for a in ours if a != "--wait-for-host"]
 
 
 def test_defaults_are_nnunets_own(service):
     """Without NP/NPFP/CONFIGURATION the run is what nnUNetv2_plan_and_preprocess -c 3d_fullres does."""
     args = interpolate(service["command"], {"DATASET_ID": "501"})
-    args = args[args.index("runner.agent") + 1:]
+    args = args[args.index("runner.incontainer.agent") + 1:]
     flags = dict(zip(args[::2], args[1::2]))
     assert flags["-c"] == "3d_fullres"
     assert int(flags["-np"]) == PreprocessOptions(501, configurations=("3d_fullres",)).workers_per_configuration()[

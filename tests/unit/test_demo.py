@@ -11,7 +11,7 @@ import pytest
 from runner.dataset import load_raw_dataset
 from runner.demo import DEMO_CASES, STAMP_NAME, CaseSpec, main, make_dataset, make_demo
 from runner.errors import BadInputError
-from runner.nifti import check_file_complete, check_files, read_header
+from runner.formats.nifti import check_file_complete, check_files, read_header
 
 SMALL = [CaseSpec((24, 20, 10), (0.8, 0.8, 3.0)), CaseSpec((16, 18, 8), (1.0, 1.0, 2.5))]
 

@@ -1,4 +1,4 @@
-"""runner.diagnosis: classify (the outcome table), find_victims and recommend.
+"""runner.diagnosis.classify: classify (the outcome table), find_victims and recommend.
 
 The rules come from shared/notes/oom-on-this-machine.md: the cgroup oom_kill
 counter is the only evidence of an OOM kill; Docker's OOMKilled flag and oom
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.diagnosis import (PHASES, Recommendation, RunFacts, Verdict, Victim, WorkerExit, classify,
+from runner.diagnosis.classify import (PHASES, Recommendation, RunFacts, Verdict, Victim, WorkerExit, classify,
                               count_oom_kills, describe_phase, find_victims, recommend)
 from runner.errors import EXIT_CODES, Outcome, exit_code_for
 from runner.options import PreprocessOptions, validate

@@ -1,14 +1,14 @@
-"""runner.early_oom: the OOM diagnosis line as soon as the killed process is known (pure, no Docker).
+"""runner.diagnosis.early: the OOM diagnosis line as soon as the killed process is known (pure, no Docker).
 
-The early line must agree with the final diagnosis (``runner.diagnosis.find_victims`` over the same
+The early line must agree with the final diagnosis (``runner.diagnosis.classify.find_victims`` over the same
 facts) and say nothing that could change: no line without a counter rise, no line before the process
 is known, exactly one line per run.
 """
 from __future__ import annotations
 
-from runner.diagnosis import RunFacts, WorkerExit, classify
-from runner.early_oom import EARLY_SUFFIX, EarlyOom
-from runner.run import oom_message
+from runner.diagnosis.classify import RunFacts, WorkerExit, classify
+from runner.diagnosis.early import EARLY_SUFFIX, EarlyOom
+from runner.run.preprocess import oom_message
 
 PRE = {"phase": "preprocessing", "configuration": "3d_fullres"}
 FP = {"phase": "fingerprint", "configuration": None}
@@ -43,7 +43,7 @@ def test_worker_killed_names_the_worker_and_its_case_once():
 
 
 def test_the_early_line_carries_the_final_reports_message():
-    from runner.diagnosis import Victim
+    from runner.diagnosis.classify import Victim
     lines = _feed(_start() + [{"t": 5.0, "event": "worker_exit", "pid": 69, "main_alive": True,
                                "oom_kill_before": 0, "oom_kill_after": 1, **PRE}])
     final = oom_message(Victim("worker", 69, "case001", 5.0), "preprocessing", "3d_fullres", ["case001"], True)

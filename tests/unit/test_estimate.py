@@ -1,4 +1,4 @@
-"""runner.estimate: header-only geometry, nnU-Net's target spacing rule, the arithmetic of -np, output shape.
+"""runner.estimate.model: header-only geometry, nnU-Net's target spacing rule, the arithmetic of -np, output shape.
 
 The target-spacing tests compare with ``nnUNetPlans.json`` files written by
 real nnU-Net 2.8.1 runs (``scripts/calibrate_estimate.py``, datasets 710-723):
@@ -15,7 +15,7 @@ import pytest
 
 from runner.dataset import load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
-from runner.estimate import (
+from runner.estimate.model import (
     Baseline,
     CaseGeometry,
     Estimate,
@@ -106,7 +106,7 @@ def test_dataset_geometry_reads_headers_written_by_make_dataset(tmp_path):
 def test_dataset_geometry_does_not_read_voxel_data(tmp_path, monkeypatch):
     make_dataset(tmp_path, 641, "Geo", [CaseSpec((8, 8, 4), (1.0, 1.0, 2.0))])
     ds = load_raw_dataset(tmp_path, 641)
-    import runner.nifti as nifti
+    import runner.formats.nifti as nifti
     monkeypatch.setattr(nifti, "check_file_complete", lambda *a, **k: pytest.fail("read voxel data"))
     assert dataset_geometry(ds)[0].shape == (8, 8, 4)
 
@@ -304,7 +304,7 @@ class _FakeEngine:
         self._id = image_id
 
     def image(self, ref):
-        from runner.engine import ImageInfo
+        from runner.engines.base import ImageInfo
         return ImageInfo(ref=ref, image_id=self._id, labels={}, repo_digests=[])
 
 

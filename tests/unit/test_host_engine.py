@@ -1,4 +1,4 @@
-"""runner.host_engine (``--runtime host``): paths, the spec's rewrite, the cap from the job's cgroup, and a
+"""runner.engines.host (``--runtime host``): paths, the spec's rewrite, the cap from the job's cgroup, and a
 real process cycle through nnrun's supervisor (no Docker, no nnU-Net).
 
 The cgroup fixtures are trees under tmp_path with a fake ``/proc/self/cgroup``
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from runner import host_engine
-from runner.engine import ContainerSpec, Mount
+from runner.engines import host as host_engine
+from runner.engines.base import ContainerSpec, Mount
 from runner.errors import InfraError
-from runner.host_engine import RUNNER_PARENT, HostEngine, _exit_status, map_container_path
-from runner.supervisor import CGROUP_DIR_ENV, STATUS_FILE
+from runner.engines.host import RUNNER_PARENT, HostEngine, _exit_status, map_container_path
+from runner.incontainer.supervisor import CGROUP_DIR_ENV, STATUS_FILE
 
 GIB = 1024 ** 3
 V1_UNLIMITED = 9223372036854771712
@@ -52,7 +52,7 @@ def test_map_container_path_maps_mounted_paths(value: str, expected: str) -> Non
 
 
 @pytest.mark.parametrize("value", [
-    "relative/path", "1", "", "-m", "runner.agent", "--run-dir",   # not absolute: as they are
+    "relative/path", "1", "", "-m", "runner.incontainer.agent", "--run-dir",   # not absolute: as they are
     "/usr/bin/python3", "/etc/passwd",                          # absolute but not mounted
     "/nnrun/running",                                           # a sibling sharing a prefix, not a child
     "/data/raw/Dataset501_XY", "/tmpfoo", "/data/rawer",
@@ -225,7 +225,7 @@ def folders(tmp_path: Path):
 def _spec(raw: Path, pre: Path, run: Path, command=None, env=None) -> ContainerSpec:
     return ContainerSpec(
         image="nnrun:test",
-        command=command or ["--run-dir", "/nnrun/run", "--", "python3", "-m", "runner.agent", "-d", "501",
+        command=command or ["--run-dir", "/nnrun/run", "--", "python3", "-m", "runner.incontainer.agent", "-d", "501",
                             "--out=/data/x"],
         mem_limit_bytes=GIB,
         environment=env if env is not None else {
@@ -274,7 +274,7 @@ def test_create_rewrites_environment_paths(engine_v2, folders) -> None:
     assert env["PYTHONUNBUFFERED"] == "1" and env["NNRUN_SCHEDULE"] == "memory"
     # runner/ importable, and the supervisor reads the job's cgroup.
     assert env["PYTHONPATH"].split(os.pathsep)[0] == RUNNER_PARENT
-    assert (Path(RUNNER_PARENT) / "runner" / "supervisor.py").is_file()
+    assert (Path(RUNNER_PARENT) / "runner" / "incontainer" / "supervisor.py").is_file()
     assert env[CGROUP_DIR_ENV] == str(engine_v2.own_cgroup_dir())
 
 
@@ -283,12 +283,12 @@ def test_create_rewrites_the_command(engine_v2, folders) -> None:
     cid = engine_v2.create(_spec(raw, pre, run))
     proc = engine_v2._processes[cid]
     argv, root = proc.argv, proc.root
-    assert argv[:3] == ["/opt/hostpy/bin/python", "-m", "runner.supervisor"]
+    assert argv[:3] == ["/opt/hostpy/bin/python", "-m", "runner.incontainer.supervisor"]
     rest = argv[3:]
     assert rest[:2] == ["--run-dir", str(root / "nnrun/run")]
     assert Path(rest[1]).resolve() == run.resolve()
     # python3 of the image is the host Python; other arguments are left as they are.
-    assert rest[2:] == ["--", "/opt/hostpy/bin/python", "-m", "runner.agent", "-d", "501", "--out=/data/x"]
+    assert rest[2:] == ["--", "/opt/hostpy/bin/python", "-m", "runner.incontainer.agent", "-d", "501", "--out=/data/x"]
 
 
 def test_create_passes_only_known_variables_of_the_caller(engine_v2, folders, monkeypatch) -> None:

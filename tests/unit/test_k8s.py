@@ -1,10 +1,10 @@
-"""runner.k8s and `nnrun k8s`: Jobs built with the kubernetes client's models, pod status diagnosis.
+"""runner.backends.k8s.jobs and `nnrun k8s`: Jobs built with the kubernetes client's models, pod status diagnosis.
 
 No cluster: the rendered Jobs and the pod status documents of
 tests/fixtures/k8s/ (written from the Kubernetes API reference, see SOURCES.md
 there) go through the client's own ``ApiClient.deserialize`` into ``V1Job`` /
 ``V1Pod``, as if an API server had sent them.  What a pod runs is compared with
-what ``nnrun preprocess`` runs (``runner.run.container_command`` and
+what ``nnrun preprocess`` runs (``runner.run.preprocess.container_command`` and
 ``container_environment``), not with copied constants.
 """
 from __future__ import annotations
@@ -23,10 +23,12 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes.utils import parse_quantity
 
-from runner import cli, k8s
+from runner.cli import app as cli
+
+from runner.backends.k8s import jobs as k8s
 from runner.errors import EXIT_CODES, BadInputError, InfraError, Outcome
 from runner.options import PreprocessOptions
-from runner.run import CONTAINER_PREPROCESSED, CONTAINER_RAW, RunSettings, container_command, container_environment
+from runner.run.preprocess import CONTAINER_PREPROCESSED, CONTAINER_RAW, RunSettings, container_command, container_environment
 from runner.shards import (SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_LIST_ENV, SHARD_MAP_ENV, Shard, build_map,
                            cases_of, map_path, shard_from_env)
 from runner.units import GIB, MIB, format_mem_arg, parse_mem
@@ -208,7 +210,7 @@ def test_shard_pods_run_what_nnrun_preprocess_runs():
                                               npfp=2, clean=True, verify_dataset_integrity=True,
                                               overwrite_plans_name="MyPlans"))
     shard_job = by_role(rendered(req), k8s.ROLE_SHARDS)
-    # A shard only preprocesses: --clean and the integrity check are the plan Job's (runner.run refuses them
+    # A shard only preprocesses: --clean and the integrity check are the plan Job's (runner.run.preprocess refuses them
     # with --shard too).
     shard_opts = replace(req.opts, clean=False, verify_dataset_integrity=False)
     assert container_of(shard_job)["args"] == container_command(shard_opts, run_dir=RUN_DIR, wait_for_host=False)
@@ -319,7 +321,7 @@ def test_bad_requests_are_bad_input(changes, words):
 
 
 def test_kubernetes_is_imported_only_when_needed():
-    code = ("import sys, runner.cli; from runner.cli import main\n"
+    code = ("import sys, runner.cli.app; from runner.cli.app import main\n"
             "assert main(['--help']) == 0\n"
             "assert main(['k8s', 'diagnose', 'tests/fixtures/k8s/pods-list.json']) == 3\n"
             "print('kubernetes' in sys.modules)")

@@ -1,4 +1,4 @@
-"""runner.locks across real processes.
+"""runner.run.locks across real processes.
 
 ``flock`` locks belong to open file descriptions, so a conflict is only real
 between processes: every "first run" here is a separate Python process that
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from runner import locks
+from runner.run import locks
 from runner.errors import BadInputError, Outcome, exit_code_for
-from runner.locks import HeldLocks, LockScope, acquire, owner_info, scope_for_run
+from runner.run.locks import HeldLocks, LockScope, acquire, owner_info, scope_for_run
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -28,7 +28,7 @@ HOLDER = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     from runner.errors import BadInputError
-    from runner.locks import LockScope, acquire, owner_info
+    from runner.run.locks import LockScope, acquire, owner_info
 
     dataset, scope_json, run_id = sys.argv[1:4]
     s = json.loads(scope_json)
@@ -263,7 +263,7 @@ def test_message_is_one_line_whatever_the_owner_holds(dataset, tmp_path):
     script.write_text(textwrap.dedent("""
         import sys
         from pathlib import Path
-        from runner.locks import LockScope, acquire
+        from runner.run.locks import LockScope, acquire
         held = acquire(Path(sys.argv[1]), LockScope(True, ()),
                        {"run_id": "a\\nb", "host": "h\\r\\nx", "started": "not a time", "argv": ["x\\ny"]})
         print("HELD", flush=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.monitor import CgroupMonitor
+from runner.run.monitor import CgroupMonitor
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cgroup"
 

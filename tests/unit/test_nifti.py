@@ -1,4 +1,4 @@
-"""runner.nifti: header parsing, full-stream integrity checks, writing."""
+"""runner.formats.nifti: header parsing, full-stream integrity checks, writing."""
 from __future__ import annotations
 
 import gzip
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from runner.errors import BadInputError, DamagedFileError
-from runner.nifti import (ImageHeader, check_file_complete, check_files, nifti1_header_bytes, read_header,
+from runner.formats.nifti import (ImageHeader, check_file_complete, check_files, nifti1_header_bytes, read_header,
                           write_nifti)
 
 
@@ -277,7 +277,7 @@ def test_read_header_does_not_decompress_everything(tmp_path, monkeypatch):
         def __getattr__(self, name):
             return getattr(self._d, name)
 
-    monkeypatch.setattr("runner.nifti.zlib.decompressobj", Counting)
+    monkeypatch.setattr("runner.formats.nifti.zlib.decompressobj", Counting)
     assert read_header(path).shape == (256, 256, 128)
     assert sum(produced) <= 540
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner import cli
+from runner.cli import app as cli
 from runner.errors import BadInputError
 from runner.options import (DEFAULT_NP, DEFAULT_NPFP, NNUNET_COMMAND, PreprocessOptions, nnrun_argv, nnunet_argv,
                             spread_multi_value_options, validate)

@@ -1,4 +1,4 @@
-"""runner.outputs: cases in flight, half-written outputs of a failed phase, data identifiers."""
+"""runner.run.outputs: cases in flight, half-written outputs of a failed phase, data identifiers."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.outputs import (FINGERPRINT_FILE, GT_FOLDER, NNRUN_DIR, cases_in_flight, data_identifier,
+from runner.run.outputs import (FINGERPRINT_FILE, GT_FOLDER, NNRUN_DIR, cases_in_flight, data_identifier,
                             incomplete_outputs, new_run_dir, remove_paths)
 
 CASES = [f"case{i:03d}" for i in range(8)]

@@ -1,4 +1,4 @@
-"""runner.plot_job: memory.png drawn while the container goes away, never a different picture.
+"""runner.run.plot_job: memory.png drawn while the container goes away, never a different picture.
 
 The speculative render is used only when the title (dataset, outcome, cap) it drew is the one the
 final report asks for; otherwise the plot is drawn again at the end.  A render that starts after the
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import plot_job
-from runner.plot_job import PlotJob, guess_title, plot_title
+from runner.run import plot_job
+from runner.run.plot_job import PlotJob, guess_title, plot_title
 
 pytest.importorskip("matplotlib")
 
@@ -129,7 +129,7 @@ def test_plot_title_is_the_reports():
 def test_importing_plot_job_does_not_import_matplotlib():
     import subprocess
     import sys
-    code = "import sys, runner.plot_job, runner.run; print('matplotlib' in sys.modules)"
+    code = "import sys, runner.run.plot_job, runner.run.preprocess; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2]).stdout
     assert out.strip() == "False"

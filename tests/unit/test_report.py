@@ -1,4 +1,4 @@
-"""runner.report: the JSON object (against runner/schema/report.schema.json) and the human report."""
+"""runner.diagnosis.report: the JSON object (against runner/schema/report.schema.json) and the human report."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,7 @@ import pytest
 
 from runner import __version__
 from runner.errors import Outcome
-from runner.report import SCHEMA_VERSION, RunReport, dumps, load_schema, render_human, to_json
+from runner.diagnosis.report import SCHEMA_VERSION, RunReport, dumps, load_schema, render_human, to_json
 from runner.units import MIB
 
 CAP = 1200 * MIB

@@ -1,4 +1,4 @@
-"""runner.run without Docker: build_spec, the Docker arguments, gather_facts, pre-flight, and
+"""runner.run.preprocess without Docker: build_spec, the Docker arguments, gather_facts, pre-flight, and
 Preprocess(...).run() end to end against a fake Engine that plays the container.
 
 The fake engine's wait() does what the container would: it writes the
@@ -21,20 +21,20 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-import runner.run as run_module
-from runner import supervisor as supervisor_module
+import runner.run.preprocess as run_module
+from runner.incontainer import supervisor as supervisor_module
 from runner.dataset import load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
-from runner.diagnosis import classify
-from runner.docker_engine import host_config_kwargs
-from runner.engine import ContainerState, EngineInfo, ImageInfo
+from runner.diagnosis.classify import classify
+from runner.engines.docker import host_config_kwargs
+from runner.engines.base import ContainerState, EngineInfo, ImageInfo
 from runner.errors import BadInputError, InfraError, Outcome, RunInterrupted
-from runner.monitor import CgroupMonitor, MonitorSummary
+from runner.run.monitor import CgroupMonitor, MonitorSummary
 from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv
-from runner.report import dumps, load_schema
-from runner.run import (CONTAINER_PREPROCESSED, CONTAINER_RAW, CONTAINER_RUN_DIR, NullSink, Preprocess,
+from runner.diagnosis.report import dumps, load_schema
+from runner.run.preprocess import (CONTAINER_PREPROCESSED, CONTAINER_RAW, CONTAINER_RUN_DIR, NullSink, Preprocess,
                         RunSettings, build_spec, gather_facts, preflight, shape_mismatches)
-from runner.supervisor import STATUS_FILE
+from runner.incontainer.supervisor import STATUS_FILE
 from runner.units import GIB, MIB, parse_mem
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -57,7 +57,7 @@ def summary(**kw) -> MonitorSummary:
 
 
 def status(**kw) -> dict:
-    """A supervisor status.json (runner/supervisor.py write_status) of an ok run; override what matters."""
+    """A supervisor status.json (runner/incontainer/supervisor.py write_status) of an ok run; override what matters."""
     base = {
         "schema": 1, "command": nnunet_argv(OPTS), "started": time.time() - 5, "ended": time.time(),
         "main_pid": 7, "returncode": 0, "start_error": None, "terminated_by_signal": None,
@@ -78,7 +78,7 @@ def worker_exit(pid, t, before, after, main_alive=True, phase="preprocessing", c
 
 
 class FakeEngine:
-    """The runner.engine.Engine protocol, played in memory.
+    """The runner.engines.base.Engine protocol, played in memory.
 
     ``on_wait(engine)`` runs inside the first wait() (the container's life) and
     returns the container's exit code.
@@ -226,7 +226,7 @@ def test_build_spec_supervisor_command_ends_with_the_nnunet_argv(spec_parts, tmp
     opts = replace(OPTS, verify_dataset_integrity=verify, extra_args=("--", "-x"))
     spec = build_spec(opts, settings_for(Path(dataset.path).parent, tmp_path), dataset, pre, run_dir, GIB, "r1")
     # nnU-Net's own entry point through the agent: the same arguments as the native command.
-    argv = ["python3", "-m", "runner.agent", *nnunet_argv(opts)[1:]]
+    argv = ["python3", "-m", "runner.incontainer.agent", *nnunet_argv(opts)[1:]]
     assert spec.command[-len(argv):] == argv
     assert spec.command[-len(argv) - 1] == "--"
     head = spec.command[:-len(argv) - 1]
@@ -261,7 +261,7 @@ def test_the_supervisor_reads_build_specs_command_back(spec_parts, tmp_path, mon
     local_run_dir = tmp_path / "container-run-dir"
     argv = [str(local_run_dir) if a == CONTAINER_RUN_DIR else a for a in spec.command]
     assert supervisor_module.main(argv) == 0
-    assert seen["command"] == ["python3", "-m", "runner.agent", *nnunet_argv(opts)[1:]]
+    assert seen["command"] == ["python3", "-m", "runner.incontainer.agent", *nnunet_argv(opts)[1:]]
     assert seen["verify"] is True
     assert Path(seen["run_dir"]) == local_run_dir
 

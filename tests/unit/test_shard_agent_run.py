@@ -1,4 +1,4 @@
-"""The shard pieces of the agent (runner.agent_preprocess) and of the host run (runner.run) that need no
+"""The shard pieces of the agent (runner.incontainer.preprocess) and of the host run (runner.run.preprocess) that need no
 nnU-Net and no Docker: clean_folder with ``only_these``, whose ground truth a shard copies, the checks
 before a shard run, the shard's environment and its own leftovers.
 """
@@ -12,12 +12,12 @@ import blosc2
 import numpy as np
 import pytest
 
-from runner.agent_preprocess import STAGING, TMP_MARK, _gt_copy_is_mine, clean_folder
+from runner.incontainer.preprocess import STAGING, TMP_MARK, _gt_copy_is_mine, clean_folder
 from runner.dataset import load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
 from runner.errors import BadInputError
 from runner.options import PreprocessOptions
-from runner.run import (CONTAINER_PREPROCESSED, Preprocess, RunSettings, check_shard_run, container_environment,
+from runner.run.preprocess import (CONTAINER_PREPROCESSED, Preprocess, RunSettings, check_shard_run, container_environment,
                         dataset_complete, shard_dataset)
 from runner.shards import (PLANS_NAME_ENV, SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_LIST_ENV, SHARD_MAP_ENV,
                            SKIP_PLANNING_ENV, Shard, build_map, map_path)

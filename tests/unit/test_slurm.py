@@ -1,4 +1,4 @@
-"""runner.slurm and `nnrun slurm`: batch scripts, parsers of real Slurm output, the diagnosis, the CLI.
+"""runner.backends.slurm.client and `nnrun slurm`: batch scripts, parsers of real Slurm output, the diagnosis, the CLI.
 
 The parser and diagnosis tests read outputs captured on a real single-node
 Slurm 22.05 (tests/fixtures/slurm/, see SOURCES.md there).  Where Slurm itself
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from runner import cli, slurm
+from runner.cli import app as cli
+
+from runner.backends.slurm import client as slurm
 from runner.errors import BadInputError, InfraError, Outcome, exit_code_for
 from runner.units import parse_mem
 

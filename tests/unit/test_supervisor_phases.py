@@ -1,4 +1,4 @@
-"""runner.supervisor.PhaseTracker (and the supervisor's output pump) over nnU-Net's real output.
+"""runner.incontainer.supervisor.PhaseTracker (and the supervisor's output pump) over nnU-Net's real output.
 
 The logs in tests/fixtures/nnunet_logs/ are REAL output of
 nnUNetv2_plan_and_preprocess from nnunetv2 2.8.1 (captured by nnrun's
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.supervisor import EVENTS_FILE, NNUNET_LOG, PhaseTracker, Supervisor
+from runner.incontainer.supervisor import EVENTS_FILE, NNUNET_LOG, PhaseTracker, Supervisor
 
 LOGS = Path(__file__).resolve().parent.parent / "fixtures" / "nnunet_logs"
 SIX_FEET = "RuntimeError: Some background worker is 6 feet under. Yuck."

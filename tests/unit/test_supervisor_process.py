@@ -47,7 +47,7 @@ def run_supervisor(tmp_path: Path, mode: str, timeout: float = 60) -> tuple[int,
     script = tmp_path / "fake_nnunet.py"
     script.write_text(FAKE_NNUNET)
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "runner.supervisor", "--run-dir", str(run_dir), "--",
+    proc = subprocess.run([sys.executable, "-m", "runner.incontainer.supervisor", "--run-dir", str(run_dir), "--",
                            sys.executable, str(script), mode],
                           capture_output=True, text=True, timeout=timeout)
     status = json.loads((run_dir / "status.json").read_text())
@@ -90,8 +90,7 @@ def test_sees_a_worker_die_while_the_main_process_lives(tmp_path):
 
 
 def test_waits_for_the_host_acknowledgement_then_gives_up(tmp_path, monkeypatch):
-    from runner import supervisor
-
+    from runner.incontainer import supervisor
     monkeypatch.setattr(supervisor, "HOST_ACK_TIMEOUT_S", 0.3)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -105,5 +104,5 @@ def test_waits_for_the_host_acknowledgement_then_gives_up(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("argv", [[], ["--run-dir"]])
 def test_bad_supervisor_arguments_exit_2(argv, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "runner.supervisor", *argv], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "runner.incontainer.supervisor", *argv], capture_output=True, text=True)
     assert proc.returncode == 2

@@ -1,4 +1,4 @@
-"""runner.telemetry: the agent's per-case log read back (pure, no Docker).
+"""runner.run.telemetry: the agent's per-case log read back (pure, no Docker).
 
 * ``case_records`` pairs each ``case_start`` with the ``case_end`` /
   ``case_error`` of the same worker pid, case, phase and configuration; a start
@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from runner.telemetry import JsonlTail, case_held_by, case_records, parse_jsonl, read_jsonl, unfinished
+from runner.run.telemetry import JsonlTail, case_held_by, case_records, parse_jsonl, read_jsonl, unfinished
 
 PRE = {"phase": "preprocessing", "configuration": "3d_fullres"}
 FP = {"phase": "fingerprint", "configuration": None}
@@ -195,13 +195,13 @@ def _status(worker_exits: list[tuple[int, float, int, int]]) -> dict:
 
 
 def _attribute(status: dict, agent_events: list[dict]):
-    """What runner/run.py (Preprocess.run and _fill) derives: the verdict and the victims' cases."""
+    """What runner/run/preprocess.py (Preprocess.run and _fill) derives: the verdict and the victims' cases."""
     from dataclasses import replace
 
-    from runner.diagnosis import classify
+    from runner.diagnosis.classify import classify
     from runner.errors import Outcome
-    from runner.monitor import MonitorSummary
-    from runner.run import gather_facts
+    from runner.run.monitor import MonitorSummary
+    from runner.run.preprocess import gather_facts
 
     summary = MonitorSummary(True, "/sys/fs/cgroup/memory/docker/x", 1, 100, 2200 * 2**20, 2_291_000_000,
                              2200 * 2**20, 0, 1, None)

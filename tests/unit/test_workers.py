@@ -1,4 +1,4 @@
-"""runner.workers: the memory model the agent admits cases with, and which workers start early (pure).
+"""runner.run.admission: the memory model the agent admits cases with, and which workers start early (pure).
 
 Numbers of the benchmark's mixed-size scenario (measured in the image: main process 402 MiB, a worker
 402 MiB of which 157 MiB are shared library pages; margin 15 %): a large case of 3.5 GiB extra needs
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from runner.estimate import Baseline, Estimate
+from runner.estimate.model import Baseline, Estimate
 from runner.options import PreprocessOptions
-from runner.workers import admission_plan, case_needs, resolve_workers, warm_workers
+from runner.run.admission import admission_plan, case_needs, resolve_workers, warm_workers
 
 MIB = 2**20
 BASE = Baseline(main_bytes=402 * MIB, worker_bytes=402 * MIB, image_id="sha256:x", measured=True,
@@ -86,9 +86,9 @@ def test_no_warm_workers_otherwise():
 def test_check_fits_ignores_preprocessing_for_a_no_pp_run():
     """A --no_pp run (the plan step of a sharded run) never preprocesses: a case too large for
     preprocessing under the cap must not refuse it; the same estimate refuses a preprocessing run."""
-    from runner.estimate import Baseline, Estimate
+    from runner.estimate.model import Baseline, Estimate
     from runner.errors import BadInputError
-    from runner.workers import check_fits
+    from runner.run.admission import check_fits
 
     est = Estimate(cap_bytes=1 << 30, margin=0.15, baseline=Baseline(200 << 20, 400 << 20, "i", True),
                    cpus=2, too_large=[{"case": "big", "phase": "preprocessing", "configuration": "3d_fullres",

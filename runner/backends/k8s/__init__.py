@@ -1,0 +1,2 @@
+"""nnrun on Kubernetes: Job manifests and the diagnosis of their pods.
+"""

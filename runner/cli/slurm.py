@@ -1,0 +1,290 @@
+"""``nnrun slurm submit`` and ``nnrun slurm status``: the CLI layer of the Slurm backend.
+
+The only module of the Slurm backend that prints: human text on stderr, with
+``--json`` one JSON object on stdout.  Exit codes come from
+:func:`runner.errors.exit_code_for` (``status``: the most serious outcome of
+the submission's tasks).  The scripts, parsers and the diagnosis are in
+:mod:`runner.backends.slurm.client`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from runner.cli import options as cli_options
+from runner.errors import BadInputError, InfraError, NnrunError, exit_code_for
+
+app = typer.Typer(
+    name="slurm",
+    help="Run the preprocessing of one dataset as Slurm jobs (a plan job, then an array of shards), "
+         "and diagnose the whole submission.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_CTX = {"help_option_names": ["-h", "--help"]}
+RUNTIMES = ("host", "podman")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _out(data: dict) -> None:
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(err: NnrunError, as_json: bool) -> None:
+    code = exit_code_for(err.outcome)
+    _err(f"nnrun slurm: {err.outcome.value}: {err.one_line()}")
+    if as_json:
+        _out({"outcome": err.outcome.value, "exit_code": code, "message": err.one_line()})
+    raise typer.Exit(code)
+
+
+def _repo_root() -> str | None:
+    """The checkout holding this nnrun's ``runner`` package, for the jobs' PYTHONPATH.
+
+    None for an installed nnrun: a site-packages folder on PYTHONPATH would leak
+    this Python's packages into the --host-python environment of the jobs.
+    """
+    import runner
+
+    root = Path(runner.__file__).resolve().parent.parent
+    return None if root.name in ("site-packages", "dist-packages") else str(root)
+
+
+@app.command("submit", context_settings=_CTX)
+def submit_command(
+    dataset: List[str] = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name). One dataset."),
+    mem: str = typer.Option(..., "--mem", help="Memory of each job (sbatch --mem) and nnrun's cap: 16g, 4096m."),
+    shards: int = typer.Option(..., "--shards", min=1, help="N: the cases are split into N shards, one array task each."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="sbatch --partition."),
+    time_limit: Optional[str] = typer.Option(None, "--time", help="sbatch --time of each job (e.g. 2:00:00)."),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", min=1, help="sbatch --cpus-per-task."),
+    runtime: str = typer.Option("host", "--runtime",
+                                help="host: nnU-Net as processes in the job, under the job's memory limit "
+                                     "(default; no Docker needed); podman: in a Podman container."),
+    host_python: Optional[str] = typer.Option(None, "--host-python",
+                                              help="--runtime host: a Python with nnunetv2 on the nodes "
+                                                   "[default: $NNRUN_HOST_PYTHON; scripts/host-env.sh makes one]."),
+    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
+    preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
+                                               help="nnU-Net preprocessed folder [default: $nnUNet_preprocessed]."),
+    only_shards: Optional[str] = typer.Option(None, "--only-shards",
+                                              help="Resubmit only these shards, e.g. 1,3 (no plan job: the plans "
+                                                   "exist). `nnrun slurm status` prints this command for you."),
+    configurations: Optional[List[str]] = typer.Option(None, "-c", help="nnU-Net configurations to preprocess."),
+    np_: Optional[List[str]] = typer.Option(None, "-np", help="Preprocessing workers per task (as nnrun preprocess)."),
+    npfp: Optional[str] = typer.Option(None, "-npfp", help="Fingerprint workers of the plan job."),
+    overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
+    retry: Optional[int] = typer.Option(None, "--retry", min=0, max=10, help="nnrun preprocess --retry in each job."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the batch scripts; submit nothing, write nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Submit a plan job (fingerprint, planning) and an array of N preprocessing tasks that depends on it.
+
+    Each task runs `nnrun preprocess --shard K/N` directly in its batch script
+    (no srun), so Slurm records an OOM kill as the task's state OUT_OF_MEMORY.
+    Files: <preprocessed>/<Dataset>/.nnrun/slurm/<id>/ (scripts, submission.json,
+    logs/, tasks/<K>.json = nnrun's report of task K). Then: nnrun slurm status JOBID.
+    """
+    from runner.backends.slurm import client as slurm
+    from runner.dataset import load_raw_dataset, parse_dataset_id
+    from runner.run.preprocess import _resolve_root
+    from runner.shards import ShardError, map_path, parse_shard_list, read_map
+    from runner.units import parse_mem
+
+    try:
+        if len(dataset) != 1:
+            raise BadInputError(f"one dataset per submission (got -d {' '.join(dataset)})")
+        parse_mem(mem)
+        if runtime not in RUNTIMES:
+            raise BadInputError(f"--runtime must be host or podman on Slurm nodes (got {runtime!r}): "
+                                f"Docker is usually not available there")
+        try:
+            only = parse_shard_list(only_shards, shards) if only_shards is not None else None
+        except ShardError as err:
+            raise BadInputError(f"--only-shards: {err}") from None
+        if runtime == "host":
+            host_python = host_python or os.environ.get(slurm.HOST_PYTHON_ENV) or None
+            if host_python and not os.path.exists(host_python):
+                raise BadInputError(f"--host-python {host_python} does not exist "
+                                    f"(scripts/host-env.sh makes a Python with nnunetv2)")
+            if not host_python and not os.environ.get(slurm.PYTHON_ENV) and importlib.util.find_spec("nnunetv2") is None:
+                raise BadInputError("--runtime host needs a Python with nnunetv2 on the nodes, and this one has "
+                                    "none: pass --host-python PATH or set NNRUN_HOST_PYTHON "
+                                    "(scripts/host-env.sh makes one)")
+        elif host_python:
+            raise BadInputError("--host-python goes with --runtime host")
+        raw_root = _resolve_root(raw, "nnUNet_raw", "--raw")
+        ds = load_raw_dataset(raw_root, parse_dataset_id(dataset[0]))
+        pre_root = _resolve_root(preprocessed, "nnUNet_preprocessed", "--preprocessed")
+        pre_ds = pre_root / ds.name
+        plans_name = overwrite_plans_name or "nnUNetPlans"
+        if only is not None and not (pre_ds / f"{plans_name}.json").is_file():
+            raise BadInputError(f"--only-shards needs the plans, and {pre_ds / (plans_name + '.json')} does not "
+                                f"exist: submit without --only-shards")
+        try:
+            existing = read_map(map_path(pre_ds, plans_name))
+        except ShardError as err:
+            raise BadInputError(str(err)) from None
+        if existing is not None and int(existing.get("shards", -1)) != shards:
+            raise BadInputError(f"{map_path(pre_ds, plans_name)} splits the cases into {existing.get('shards')} "
+                                f"shards, not {shards}: use --shards {existing.get('shards')}, or delete the map "
+                                f"once no shard runs")
+        sub_id = slurm.new_submission_id()
+        sub_dir = pre_ds / ".nnrun" / "slurm" / sub_id
+        opts = slurm.SubmitOptions(
+            dataset=str(dataset[0]), dataset_name=ds.name, mem=mem, shards=shards, submission_dir=str(sub_dir),
+            python=os.environ.get(slurm.PYTHON_ENV) or sys.executable, pythonpath=_repo_root(),
+            only_shards=only, partition=partition, time=time_limit, cpus_per_task=cpus_per_task, runtime=runtime,
+            host_python=host_python if runtime == "host" else None, raw=str(raw_root), preprocessed=str(pre_root),
+            configurations=list(configurations) if configurations else None, np=list(np_) if np_ else None,
+            npfp=npfp, plans_name=overwrite_plans_name, retry=retry)
+        plan_script = None if only else slurm.render_plan_script(opts)
+
+        if dry_run:
+            task_script = slurm.render_task_script(opts, None if only else slurm.DRY_RUN_PLAN_ID)
+            if as_json:
+                _out({"outcome": "ok", "exit_code": 0, "dry_run": True, "submission_dir": str(sub_dir),
+                      "scripts": {"plan": plan_script, "preprocess": task_script}})
+            else:
+                if plan_script:
+                    sys.stdout.write(f"# ---- {sub_dir / slurm.PLAN_SCRIPT}\n{plan_script}\n")
+                sys.stdout.write(f"# ---- {sub_dir / slurm.TASK_SCRIPT}"
+                                 + (" (submitted with the plan job's id)" if plan_script else "") + f"\n{task_script}")
+                _err("nnrun slurm: dry run: nothing submitted, nothing written")
+            raise typer.Exit(0)
+
+        if shutil.which("sbatch") is None:
+            raise InfraError("sbatch not found: this is not a Slurm submit host (install the Slurm client, "
+                             "or load its module)")
+        client = slurm.SlurmClient()
+        try:
+            for sub in (slurm.LOGS_DIR, slurm.TASKS_DIR):
+                (sub_dir / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise BadInputError(f"cannot make the submission folder {sub_dir}: {err.strerror}") from None
+        plan_id = cluster = None
+        if plan_script:
+            (sub_dir / slurm.PLAN_SCRIPT).write_text(plan_script)
+            plan_id, cluster = client.sbatch(str(sub_dir / slurm.PLAN_SCRIPT))
+        task_script = slurm.render_task_script(opts, plan_id)
+        (sub_dir / slurm.TASK_SCRIPT).write_text(task_script)
+        try:
+            array_id, cluster2 = client.sbatch(str(sub_dir / slurm.TASK_SCRIPT))
+        except NnrunError:
+            if plan_id:
+                client.scancel(plan_id)       # no plan job without its array
+            raise
+        cluster = cluster or cluster2
+        record = slurm.submission_record(opts, sub_id, plan_id, array_id, cluster)
+        slurm.write_json_atomic(sub_dir / slurm.SUBMISSION_FILE, record)
+        for jid in (plan_id, array_id):
+            if jid:
+                try:
+                    slurm.index_add(jid, str(sub_dir), cluster)
+                except OSError as err:
+                    _err(f"nnrun slurm: warning: cannot write the job index ({err.strerror}); "
+                         f"use nnrun slurm status {sub_dir}")
+    except NnrunError as err:
+        _fail(err, as_json)
+        return
+    shards_text = slurm.array_spec(opts.array_shards)
+    what = f"plan job {plan_id} and " if plan_id else ""
+    count = len(opts.array_shards)
+    _err(f"nnrun slurm: submitted {what}array job {array_id} ({'shard' if count == 1 else 'shards'} {shards_text} "
+         f"of 0-{shards - 1}) for {ds.name}, "
+         f"--mem {slurm.slurm_mem(opts.mem_bytes)} each\n"
+         f"  submission:   {sub_dir}\n"
+         f"  status:       nnrun slurm status {array_id}   (--wait to wait for the end)")
+    if as_json:
+        _out({"outcome": "ok", "exit_code": 0, "dry_run": False, "submission_id": sub_id,
+              "submission_dir": str(sub_dir), "plan_job_id": plan_id, "array_job_id": array_id,
+              "array": shards_text, "cluster": cluster, "status_command": f"nnrun slurm status {array_id}"})
+    raise typer.Exit(0)
+
+
+def _find_submission(target: str) -> str:
+    from runner.backends.slurm import client as slurm
+    p = Path(target).expanduser()
+    if p.is_dir() or p.name == slurm.SUBMISSION_FILE:
+        return str(p.resolve())
+    job = slurm.parse_job_arg(target)
+    if job is None:
+        raise BadInputError(f"{target} is neither a Slurm job id nor a submission folder")
+    job_id, _task, cluster = job
+    found = slurm.index_lookup(job_id, cluster)
+    if found:
+        return found
+    # Not in this user's index (another machine, another user): ask Slurm for the job's batch script.
+    if shutil.which("scontrol"):
+        command = slurm.SlurmClient().job_command(job_id)
+        if command and (Path(command).parent / slurm.SUBMISSION_FILE).is_file():
+            return str(Path(command).parent)
+    raise BadInputError(f"no nnrun submission known for job {job_id} (index {slurm.index_dir()}, and Slurm "
+                        f"does not know the job any more): pass the submission folder "
+                        f"<preprocessed>/<Dataset>/.nnrun/slurm/<id> instead")
+
+
+@app.command("status", context_settings=_CTX)
+def status_command(
+    target: str = typer.Argument(..., help="A job id of the submission (plan or array job, or ARRAY_TASK) "
+                                           "or its submission folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until no job of the submission is queued any more."),
+    interval: float = typer.Option(5.0, "--interval", min=0.2, help="--wait: seconds between looks at the queue."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0,
+                                            help="--wait: give up after this many seconds (then the status so far)."),
+) -> None:
+    """One diagnosis for a whole submission: the state of each shard, which task was OOM-killed on which
+    case, and the command that resubmits only the failed shards.
+
+    Exit code: the most serious outcome among the finished tasks (0 ok, 3 oom, 5 killed, 4 error, 6 infra, ...);
+    0 while everything that finished so far is ok.
+    """
+    from runner.backends.slurm import client as slurm
+    try:
+        record = slurm.load_submission(_find_submission(target))
+        if shutil.which("scontrol") is None and shutil.which("sacct") is None:
+            raise InfraError("neither scontrol nor sacct found: this is not a Slurm host (install the Slurm client, "
+                             "or load its module)")
+        client = slurm.SlurmClient()
+        if wait:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            last = None
+            while True:
+                queue = slurm.queued(record, client)
+                if not queue:
+                    break
+                summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(
+                    {s: sum(1 for q in queue if q.state == s) for s in {q.state for q in queue}}.items()))
+                if summary != last:
+                    _err(f"nnrun slurm: waiting: {summary}")
+                    last = summary
+                if deadline is not None and time.monotonic() >= deadline:
+                    _err("nnrun slurm: --timeout reached; the status so far:")
+                    break
+                time.sleep(interval)
+        diagnosis = slurm.status(record, client)
+    except NnrunError as err:
+        _fail(err, as_json)
+        return
+    _err(slurm.render_status(diagnosis))
+    if as_json:
+        _out(diagnosis.to_json())
+    raise typer.Exit(diagnosis.exit_code)
+

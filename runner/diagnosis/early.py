@@ -1,0 +1,108 @@
+"""The OOM diagnosis line as soon as it is certain, while nnU-Net is still winding down.
+
+The full report can only be written once nnU-Net has ended and the container
+is gone (final cgroup readings, the supervisor's status, removal of
+half-written outputs).  After a worker is OOM-killed that takes a second or
+more: nnU-Net notices the dead worker, tears its pool down and exits, the
+supervisor waits for the host's last reading, the engine removes the
+container.  What was killed is known much earlier: the supervisor's
+``oom_kill`` event says the cgroup counter rose, and its ``worker_exit`` event
+(or, for the main process, ``child_exit`` with SIGKILL) says which process
+vanished in that poll.  :class:`EarlyOom` follows the run's events (the
+supervisor's and the agent's, as the progress sink receives them) and returns
+the headline once, with the same rules as the final diagnosis
+(:func:`runner.diagnosis.classify.find_victims`), so the two agree.
+
+It states only facts that cannot change: the OOM kill, the process, its case.
+The final report (its content and exit code are unchanged) follows when
+nnU-Net has ended; it may add what happened after (cases in flight, peak).
+"""
+from __future__ import annotations
+
+import signal
+
+from runner.diagnosis.classify import RunFacts, Victim, WorkerExit, find_victims
+
+EARLY_SUFFIX = "(full report when nnU-Net has ended)"
+
+
+class EarlyOom:
+    """Feed it every event of a run; :meth:`feed` returns the early diagnosis line once, else None."""
+
+    def __init__(self) -> None:
+        self.oom_start: int | None = None
+        self.oom_last: int | None = None
+        self.main_pid: int | None = None
+        self.returncode: int | None = None
+        self.watchdog = False
+        self.exits: list[WorkerExit] = []
+        self.exit_phase: dict[int, tuple[str | None, str | None]] = {}
+        self.phase: str | None = None
+        self.configuration: str | None = None
+        self.open_cases: dict[int, str] = {}        # worker pid -> the case it holds (agent's case_start)
+        self.said: str | None = None
+
+    def feed(self, event: dict) -> str | None:
+        if self.said is not None:
+            return None
+        kind = event.get("event")
+        if kind == "supervisor_start":
+            self.oom_start = event.get("oom_kill")
+            self.oom_last = self.oom_start
+        elif kind == "child_start":
+            self.main_pid = event.get("pid")
+        elif kind == "phase":
+            self.phase, self.configuration = event.get("phase"), event.get("configuration")
+        elif kind == "oom_kill":
+            count = event.get("count")
+            if count is not None:
+                self.oom_last = max(self.oom_last or 0, int(count))
+        elif kind == "watchdog":
+            self.watchdog = True
+        elif kind == "case_start" and event.get("pid") is not None:
+            self.open_cases[event["pid"]] = event.get("case")
+        elif kind in ("case_end", "case_error") and event.get("pid") is not None:
+            if self.open_cases.get(event["pid"]) == event.get("case"):
+                self.open_cases.pop(event["pid"], None)
+        elif kind == "worker_exit" and event.get("pid") is not None:
+            self.exits.append(WorkerExit(int(event["pid"]), float(event.get("t") or 0.0),
+                                         bool(event.get("main_alive")), event.get("oom_kill_before"),
+                                         event.get("oom_kill_after"), event.get("last_rss_bytes")))
+            self.exit_phase[int(event["pid"])] = (event.get("phase"), event.get("configuration"))
+            # A worker exit at a counter rise carries the rise itself (the oom_kill event may come later).
+            after = event.get("oom_kill_after")
+            if after is not None:
+                self.oom_last = max(self.oom_last or 0, int(after))
+        elif kind == "child_exit":
+            self.returncode = event.get("returncode")
+        else:
+            return None
+        return self._decide()
+
+    def _decide(self) -> str | None:
+        if self.oom_last is None or self.oom_last <= (self.oom_start or 0):
+            return None
+        kills = self.oom_last - (self.oom_start or 0)
+        facts = RunFacts(container_exit_code=None, supervisor_ran=self.returncode is not None,
+                         nnunet_returncode=self.returncode, main_pid=self.main_pid, main_ended=None,
+                         phase=self.phase, configuration=self.configuration, oom_kill_before=self.oom_start,
+                         oom_kill_after=self.oom_last, worker_exits=tuple(self.exits),
+                         watchdog_fired=self.watchdog, open_case_pids=frozenset(self.open_cases))
+        victims = find_victims(facts, kills)
+        if not victims:
+            return None
+        first = victims[0]
+        if first.role == "worker" and first.pid is None:
+            return None                    # the counter rose, the process is not known yet
+        if first.role == "main" and self.returncode != -signal.SIGKILL:
+            return None
+        phase, configuration = self.phase, self.configuration
+        if first.role == "worker":
+            phase, configuration = self.exit_phase.get(first.pid, (phase, configuration))
+            case = self.open_cases.get(first.pid)
+            first = Victim("worker", first.pid, case, first.t)
+        from runner.run.preprocess import oom_message   # the final report's wording
+        in_flight = [first.case] if first.case else []
+        self.said = (f"nnrun: oom (out of memory): "
+                     f"{oom_message(first, phase, configuration, in_flight, bool(first.case))} {EARLY_SUFFIX}")
+        return self.said

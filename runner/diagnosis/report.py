@@ -1,0 +1,174 @@
+"""The result of ``nnrun preprocess`` as plain data, and its two renderings.
+
+:class:`RunReport` is what every outcome produces, ``bad_input`` and ``infra``
+included.  :func:`to_json` gives the documented JSON object
+(``runner/schema/report.schema.json``); :func:`render_human` the report for
+stderr.  Both are pure: the CLI is the only place that prints.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+
+from runner import __version__
+from runner.diagnosis.classify import describe_phase
+from runner.errors import Outcome, exit_code_for
+from runner.units import format_bytes
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class RunReport:
+    outcome: Outcome
+    message: str
+    phase: str | None = None
+    configuration: str | None = None
+    victim: str | None = None
+    victims: list[dict] = field(default_factory=list)
+    victim_case: str | None = None
+    oom_kills: int | None = None
+    oom_source: str | None = None
+    limit_bytes: int | None = None
+    peak_anon_bytes: int | None = None
+    peak_usage_bytes: int | None = None
+    cases_in_flight: list[str] = field(default_factory=list)
+    cases_exact: bool = False
+    recommendation: str | None = None
+    recommendation_argv: list[str] | None = None
+    recommendation_text: str | None = None
+    container_exit_code: int | None = None
+    duration_s: float | None = None
+    log_path: str | None = None
+    interrupt_signal: int | None = None
+    # context
+    dataset: str | None = None
+    configurations: list[str] | None = None
+    workers: dict | None = None
+    nnunet_argv: list[str] | None = None
+    image: str | None = None
+    image_id: str | None = None
+    run_id: str | None = None
+    run_dir: str | None = None
+    engine_oom_killed: bool | None = None
+    engine_oom_events: int | None = None
+    cgroup_reader: str | None = None
+    removed_outputs: list[str] = field(default_factory=list)
+    error_detail: str | None = None
+    hint: str | None = None
+    cases: list[dict] = field(default_factory=list)     # per case and phase: pid, peak RSS, duration
+    monitor: dict | None = None                          # the host sampler: samples, CPU cost
+    attempts: list[dict] = field(default_factory=list)   # one per attempt (--retry), the last is this one
+    reason: str | None = None                            # e.g. "ENOSPC" for a full output disk
+    peak_shm_bytes: int | None = None                    # peak use of /dev/shm in the container
+    plot_path: str | None = None
+    plot_error: str | None = None
+    shard: str | None = None                             # "K/N" for a --shard run
+    shard_cases: list[str] | None = None                 # the cases of that shard
+    dataset_complete: bool | None = None                 # a shard run: every shard's cases are complete
+    runtime: str | None = None                           # docker | podman | host
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code_for(self.outcome, self.interrupt_signal)
+
+
+def to_json(report: RunReport) -> dict:
+    data = asdict(report)
+    data.pop("recommendation_text")
+    data.pop("interrupt_signal")
+    data["outcome"] = report.outcome.value
+    return {"schema_version": SCHEMA_VERSION, "nnrun_version": __version__,
+            "exit_code": report.exit_code, **data}
+
+
+def dumps(report: RunReport) -> str:
+    return json.dumps(to_json(report), sort_keys=False)
+
+
+def load_report(run_dir) -> dict:
+    """The report.json of a run folder (BadInputError when there is none)."""
+    from pathlib import Path
+
+    from runner.errors import BadInputError
+
+    path = Path(run_dir) / "report.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInputError(f"no report.json in {run_dir}: is it a run folder "
+                            f"(<preprocessed>/DatasetXXX_Name/.nnrun/runs/<run id>)?") from None
+    except (OSError, ValueError) as err:
+        raise BadInputError(f"cannot read {path}: {err}") from None
+
+
+def report_from_json(data: dict) -> RunReport:
+    """A RunReport back from its JSON (fields this version does not know are ignored)."""
+    known = {f.name for f in fields(RunReport)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["outcome"] = Outcome(data["outcome"])
+    report = RunReport(**values)
+    if report.outcome is Outcome.INTERRUPTED:
+        report.interrupt_signal = int(data.get("exit_code", 130)) - 128
+    return report
+
+
+def load_schema() -> dict:
+    return json.loads(resources.files("runner").joinpath("schema/report.schema.json").read_text())
+
+
+def _pct(part: int | None, whole: int | None) -> str:
+    if not part or not whole:
+        return ""
+    return f" ({100 * part / whole:.0f} % of the cap)"
+
+
+def render_human(report: RunReport) -> str:
+    """The report for stderr: a headline, then the facts behind it, then what to do."""
+    o = report.outcome
+    lines: list[str] = []
+    if o in (Outcome.BAD_INPUT, Outcome.INFRA) and report.log_path is None:
+        # Nothing ran: one line says it all.
+        return f"nnrun: {o.value}: {report.message}"
+    head = "nnrun: oom (out of memory)" if o is Outcome.OOM else f"nnrun: {o.value}"
+    lines.append(f"{head}: {report.message}")
+    if o is not Outcome.OK:
+        lines.append(f"  phase:        {describe_phase(report.phase, report.configuration)}")
+    if o is Outcome.OOM:
+        for v in report.victims:
+            who = "nnU-Net's main process" if v["role"] == "main" else "a worker process"
+            pid = f" (pid {v['pid']} in the container)" if v.get("pid") else ""
+            case = f", case {v['case']}" if v.get("case") else ""
+            lines.append(f"  killed:       {who}{pid}{case}")
+        lines.append(f"  OOM kills:    {report.oom_kills} (source: {report.oom_source} counter)"
+                     if report.oom_source == "cgroup" else
+                     f"  OOM kills:    {report.oom_kills} (source: {report.oom_source}; cgroup counter unreadable)")
+        if report.cases_in_flight:
+            exact = "" if report.cases_exact else " (inferred from finished outputs)"
+            lines.append(f"  in flight:    {', '.join(report.cases_in_flight)}{exact}")
+    if report.limit_bytes:
+        lines.append(f"  memory cap:   {format_bytes(report.limit_bytes)} (no swap)")
+    if report.peak_anon_bytes:
+        lines.append(f"  peak anon:    {format_bytes(report.peak_anon_bytes)}"
+                     f"{_pct(report.peak_anon_bytes, report.limit_bytes)}"
+                     + (f"; with page cache {format_bytes(report.peak_usage_bytes)}"
+                        if report.peak_usage_bytes else ""))
+    if report.workers:
+        np_text = " ".join(f"{c}={n}" for c, n in (report.workers.get("np") or {}).items())
+        lines.append(f"  workers:      -npfp {report.workers.get('npfp')}; -np {np_text}")
+    if report.error_detail and o is not Outcome.OOM:
+        lines.append(f"  detail:       {report.error_detail}")
+    if report.removed_outputs:
+        lines.append(f"  removed:      {len(report.removed_outputs)} half-written output(s) of the failed phase")
+    if report.duration_s is not None:
+        lines.append(f"  duration:     {report.duration_s:.1f} s")
+    if report.log_path:
+        lines.append(f"  nnU-Net log:  {report.log_path}")
+    if report.recommendation_text:
+        lines.append(f"  advice:       {report.recommendation_text}")
+    if report.recommendation:
+        lines.append(f"  next:         {report.recommendation}")
+    elif report.hint:
+        lines.append(f"  next:         {report.hint}")
+    return "\n".join(lines)

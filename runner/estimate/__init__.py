@@ -1,0 +1,2 @@
+"""The memory estimate: the physical model, the measured baseline and its calibration.
+"""

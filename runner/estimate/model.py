@@ -1,0 +1,739 @@
+"""Predict the peak memory of nnU-Net preprocessing, per case and phase, from image headers only.
+
+``nnrun estimate`` answers "how many workers fit under this cap?" before any
+run: it reads each case's NIfTI header (shape, spacing, data type, channel
+count; no voxel data), derives the target spacing of each configuration (from
+``nnUNetPlans.json`` when it exists, else nnU-Net's planner rule), and predicts
+each worker's peak RSS per case:
+
+    peak = worker baseline (interpreter + torch + nnunetv2, measured once per image)
+         + extra bytes of the case (this module's model)
+
+The model is physically motivated, following what nnU-Net 2.8.1 allocates
+(see /work/shared/notes/nnunet-internals.md "What eats memory"):
+
+* **fingerprint** worker (``DatasetFingerprintExtractor.analyze_case``): images
+  and segmentation read as float32 (``4 N (C+1)`` bytes, plus the reader's
+  native-dtype copies and boolean masks of the crop), then per channel
+  ``rs.choice(foreground, num_samples)`` with ``num_samples = 1e8 // n_cases``
+  (int64 indices + float32 samples), and finally the pickled result sent to the
+  main process.  With few cases the sampling dominates: ~600 MiB per worker
+  for a 2-case dataset however small its images are.
+* **preprocessing** worker (``DefaultPreprocessor.run_case_save``): the reader's
+  float32 arrays stay referenced while ``run_case_npy`` copies them
+  (``8 N (C+1)``); resampling converts to float64 (``8 C N``) and, per
+  channel, either zooms in 3-d with order-3 splines (float64 prefiltered copy
+  ``8 N`` + float64 output ``8 N_out``) or, when the spacing is anisotropic
+  (ratio > 3), resamples slice by slice into a float64 intermediate
+  (``8 N_mid``) and then along z with ``map_coordinates`` over a float64
+  coordinate grid (``~56 N_out``); the segmentation is resampled the same way
+  after the data (one-hot order-1 masks when not separate-z); foreground
+  sampling uses ``np.argwhere`` (int64, ``~64`` bytes per labelled output
+  voxel: an assumed foreground fraction, since labels are not read).
+
+For every stage the held + transient bytes are computed; the stage with the
+largest total is the predicted peak stage, and its two parts (bytes
+proportional to the input, ``in``, and workspace proportional to the
+resampled output or to the fingerprint samples, ``ws``) are scaled by
+coefficients fitted by least squares on real runs
+(``scripts/calibrate_estimate.py``, which writes ``runner/estimate_model.json``)::
+
+    extra = c0 + c_in * in_bytes + c_ws * ws_bytes
+
+Assumptions that headers cannot check: no cropping (nnU-Net crops to the
+non-zero region; cropping only lowers memory), the foreground fraction
+(``model["foreground_fraction"]``), and the target spacing rule applied to the
+uncropped shapes.  ``3d_lowres`` is predicted from its planned spacing when the
+plans exist; without plans it falls back to the ``3d_fullres`` spacing
+(conservative: the low-res spacing is coarser) and says so in ``notes``.
+
+Everything here is pure except :func:`measure_baseline` (a real container).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from runner.dataset import RawDataset
+from runner.formats.nifti import read_header
+
+MODEL_PATH = Path(__file__).with_name("estimate_model.json")
+PHASES = ("fingerprint", "preprocessing")
+# nnunetv2.configuration.ANISO_THRESHOLD
+ANISO_THRESHOLD = 3.0
+# DatasetFingerprintExtractor.num_foreground_voxels_for_intensitystats
+FINGERPRINT_TOTAL_SAMPLES = 10e7
+MiB = 1 << 20
+
+# Used when estimate_model.json is missing (e.g. before the first calibration): unit coefficients.
+DEFAULT_MODEL: dict = {
+    "model_version": 1,
+    "coefficients": {
+        "fingerprint": {"c0": 30 * MiB, "c_in": 1.0, "c_ws": 1.0},
+        "preprocessing": {"c0": 30 * MiB, "c_in": 1.0, "c_ws": 1.0},
+        "main_fingerprint": {"c_ws": 1.0},
+    },
+    "foreground_fraction": 0.1,
+    "margin": 0.25,
+}
+
+
+# --------------------------------------------------------------------------- geometry
+
+@dataclass(frozen=True)
+class CaseGeometry:
+    """What the headers say about one case (axes as in the NIfTI header: x, y, z).
+
+    ``dataset_cases`` is the number of cases in the dataset: the fingerprint
+    worker samples ``1e8 // dataset_cases`` foreground voxels per channel, so a
+    case's fingerprint memory depends on it.
+    """
+
+    case_id: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    channels: int
+    image_itemsize: int
+    label_itemsize: int
+    dataset_cases: int = 1
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.shape)
+
+
+def _as3(values, fill) -> tuple:
+    values = tuple(values)[:3]
+    return values + (fill,) * (3 - len(values))
+
+
+def dataset_geometry(dataset: RawDataset) -> list[CaseGeometry]:
+    """Header-only geometry of every case (first 540 bytes of each file; no voxel data)."""
+    geoms = []
+    n = len(dataset.cases)
+    for case in dataset.cases:
+        headers = [read_header(p) for p in case.images]
+        label = read_header(case.label)
+        first = headers[0]
+        geoms.append(CaseGeometry(
+            case_id=case.case_id,
+            shape=tuple(int(s) for s in _as3(first.shape, 1)),
+            spacing=tuple(abs(float(s)) for s in _as3(first.spacing, 1.0)),
+            channels=len(headers),
+            image_itemsize=max(h.bitpix // 8 for h in headers),
+            label_itemsize=label.bitpix // 8,
+            dataset_cases=n,
+        ))
+    return geoms
+
+
+# --------------------------------------------------------------------------- target spacing
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    """numpy.percentile's default (linear interpolation), without numpy."""
+    v = sorted(values)
+    if len(v) == 1:
+        return float(v[0])
+    pos = (len(v) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return float(v[lo] + (v[hi] - v[lo]) * (pos - lo))
+
+
+def rule_target_spacing_zyx(geoms: Sequence[CaseGeometry]) -> list[float]:
+    """``ExperimentPlanner.determine_fullres_target_spacing`` in nnU-Net's (z, y, x) order.
+
+    nnU-Net uses the shapes after cropping to the non-zero region; headers give
+    the uncropped shapes (the same for data without a zero background).
+    """
+    spacings = [list(reversed(g.spacing)) for g in geoms]
+    sizes = [list(reversed(g.shape)) for g in geoms]
+    target = [_percentile([s[a] for s in spacings], 50) for a in range(3)]
+    target_size = [_percentile([s[a] for s in sizes], 50) for a in range(3)]
+    worst = max(range(3), key=lambda a: (target[a], -a))        # np.argmax: first maximum
+    others = [a for a in range(3) if a != worst]
+    other_spacings = [target[a] for a in others]
+    other_sizes = [target_size[a] for a in others]
+    aniso_spacing = target[worst] > ANISO_THRESHOLD * max(other_spacings)
+    aniso_voxels = target_size[worst] * ANISO_THRESHOLD < min(other_sizes)
+    if aniso_spacing and aniso_voxels:
+        t = _percentile([s[worst] for s in spacings], 10)
+        if t < max(other_spacings):
+            t = max(max(other_spacings), t) + 1e-5
+        target[worst] = t
+    return target
+
+
+def _transpose_forward(target_zyx: Sequence[float]) -> list[int]:
+    worst = max(range(3), key=lambda a: (target_zyx[a], -a))
+    return [worst] + [a for a in range(3) if a != worst]
+
+
+def planned_target_spacing(plans: dict | None, configuration: str,
+                           geoms: Sequence[CaseGeometry]) -> tuple[float, float, float] | None:
+    """The target spacing of ``configuration`` in the NIfTI header's (x, y, z) order.
+
+    From the plans when given: ``plans["configurations"][c]["spacing"]`` is in
+    nnU-Net's transposed (z, y, x) order (``transpose_forward`` applied to the
+    reversed header axes) and is mapped back here.  Without plans: nnU-Net's
+    rule (median spacing; an anisotropic low-resolution axis gets the 10th
+    percentile).  For ``2d`` only the in-plane spacing is resampled: the axis
+    that keeps each case's own spacing is ``math.nan``.  ``3d_lowres`` without
+    plans: the 3d_fullres spacing (see :func:`configuration_note`).  None when
+    the plans lack the configuration or there are no cases.
+    """
+    if plans is not None:
+        cfgs = plans.get("configurations") or {}
+        cfg = cfgs.get(configuration)
+        if cfg is None:
+            return None
+        # inheriting configurations (e.g. 3d_cascade_fullres) take their parent's spacing
+        seen = set()
+        while "spacing" not in cfg and cfg.get("inherits_from") and cfg["inherits_from"] not in seen:
+            seen.add(cfg["inherits_from"])
+            cfg = {**cfgs.get(cfg["inherits_from"], {}), **{k: v for k, v in cfg.items() if k != "inherits_from"}}
+        spacing = [float(s) for s in cfg["spacing"]]
+        tf = [int(a) for a in plans.get("transpose_forward", [0, 1, 2])]
+        if len(spacing) == 2:
+            spacing = [math.nan] + spacing
+        zyx = [math.nan] * 3
+        for k, axis in enumerate(tf):
+            zyx[axis] = spacing[k]
+        return tuple(reversed(zyx))
+    if not geoms:
+        return None
+    target = rule_target_spacing_zyx(geoms)
+    if configuration == "2d":
+        target[_transpose_forward(target)[0]] = math.nan
+    return tuple(reversed(target))
+
+
+def configuration_note(plans: dict | None, configuration: str) -> str | None:
+    if plans is None and configuration == "3d_lowres":
+        return ("3d_lowres without plans: nnU-Net's low-resolution spacing search is not modelled; "
+                "predicted with the 3d_fullres spacing (an upper bound)")
+    if plans is not None and configuration not in (plans.get("configurations") or {}):
+        return f"the plans have no {configuration} configuration (nnU-Net skips it)"
+    return None
+
+
+# --------------------------------------------------------------------------- the physical model
+
+def _new_shape(shape, spacing, target) -> tuple[int, int, int]:
+    """nnU-Net's compute_new_shape (round(old_spacing / new_spacing * old_shape)); nan keeps an axis."""
+    out = []
+    for n, s, t in zip(shape, spacing, target):
+        out.append(int(n) if t is None or math.isnan(t) else int(round(s / t * n)))
+    return tuple(out)
+
+
+def _separate_z_axis(spacing, target) -> int | None:
+    """default_resampling.determine_do_sep_z_and_axis (force_separate_z None) in x, y, z order."""
+    target = tuple(s if (t is None or math.isnan(t)) else t for s, t in zip(spacing, target))
+    for sp in (spacing, target):
+        if max(sp) / min(sp) > ANISO_THRESHOLD:
+            axes = [a for a in range(3) if max(sp) / sp[a] == 1]
+            return axes[0] if len(axes) == 1 else None
+    return None
+
+
+def stage_bytes(geom: CaseGeometry, phase: str, target_spacing=None, model: dict | None = None) -> dict:
+    """Analytic bytes per stage: ``{stage: (in_bytes, ws_bytes)}`` (before the fitted coefficients)."""
+    model = model or DEFAULT_MODEL
+    n = geom.voxels
+    c = geom.channels
+    isz = geom.image_itemsize
+    lsz = geom.label_itemsize
+    # reading: float32 stack of all channels + the native arrays (and the last SimpleITK image)
+    read = c * n * isz + n * isz + 4 * c * n
+    if phase == "fingerprint":
+        ns = int(FINGERPRINT_TOTAL_SAMPLES // max(1, geom.dataset_cases))
+        held = 4 * n * (c + 1)                      # float32 images + float32 seg
+        masks = 5 * n + c * n                       # crop + isnan + foreground boolean masks
+        return {
+            "read": (read + 2 * n * lsz, 0),
+            "sampling": (held + masks, 4 * ns * (c + 2)),      # int64 indices + float32 samples, last channel
+            "return": (0, 8 * ns * c),                         # the samples + their pickled copy for the main process
+        }
+    if phase != "preprocessing":
+        raise ValueError(f"unknown phase {phase!r}: expected one of {PHASES}")
+    if target_spacing is None:
+        raise ValueError("preprocessing needs a target spacing")
+    new = _new_shape(geom.shape, geom.spacing, target_spacing)
+    n_out = math.prod(new)
+    held = 8 * n * (c + 1)                          # reader arrays + run_case_npy copies (data and seg)
+    stages = {"read": (read + 4 * n * c, 0), "crop": (held + 3 * n, 0)}
+    resampled = tuple(new) != tuple(geom.shape)
+    if resampled:
+        axis = _separate_z_axis(geom.spacing, target_spacing)
+        if axis is not None:
+            n_mid = n_out // max(1, new[axis]) * geom.shape[axis]
+            z_changes = new[axis] != geom.shape[axis]
+            # np.mgrid (int64) -> 3 float64 coordinate arrays -> np.array(coord_map) -> map_coordinates float64 output;
+            # from the 2nd channel on, the previous channel's coord_map is still referenced while the next is built.
+            z_pass_data = (56 if c == 1 else 72) * n_out if z_changes else 0
+            z_pass_seg = 56 * n_out if z_changes else 0
+            ws_data = 8 * n_mid + z_pass_data + 4 * c * n_out
+            ws_seg = 8 * n_mid + z_pass_seg + 4 * n_out + 4 * c * n_out
+        else:
+            # scipy.ndimage.zoom(order=3, mode='nearest') pads the float64 input by 12 voxels per side and
+            # spline-filters the padded copy (two float64 arrays), then writes a float64 output
+            n_pad = math.prod(s + 24 for s in geom.shape)
+            ws_data = 16 * n_pad + 8 * n_out + 4 * c * n_out
+            ws_seg = 9 * n + 13 * n_out + 4 * c * n_out           # one-hot mask (bool + float64), output, compare
+        stages["resample_data"] = (held + 8 * c * n, ws_data)
+        stages["resample_seg"] = (4 * c * n + 8 * n + 8 * n, ws_seg)
+    fg = float(model.get("foreground_fraction", DEFAULT_MODEL["foreground_fraction"]))
+    stages["foreground"] = (4 * c * n + 4 * n, 4 * c * n_out + 4 * n_out + n_out + int(64 * fg * n_out))
+    stages["save"] = (4 * c * n + 4 * n, 4 * c * n_out + 4 * n_out + 3 * n_out)
+    return stages
+
+
+def peak_stage(stages: dict) -> tuple[str, int, int]:
+    name = max(stages, key=lambda k: sum(stages[k]))
+    return name, stages[name][0], stages[name][1]
+
+
+def features(geom: CaseGeometry, phase: str, target_spacing=None, model: dict | None = None) -> tuple[int, int]:
+    """(in_bytes, ws_bytes) of the predicted peak stage."""
+    _, a, b = peak_stage(stage_bytes(geom, phase, target_spacing, model))
+    return a, b
+
+
+def predict_case_bytes(geom: CaseGeometry, phase: str, target_spacing, model: dict) -> int:
+    """The case's extra bytes above the worker baseline, in ``phase`` ("fingerprint" or "preprocessing")."""
+    k = model["coefficients"][phase]
+    a, b = features(geom, phase, target_spacing, model)
+    return max(0, int(round(k["c0"] + k["c_in"] * a + k["c_ws"] * b)))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    main_bytes: int          # nnU-Net's main process (imports done), before any case
+    worker_bytes: int        # one spawned worker with nnunetv2's preprocessing modules imported
+    image_id: str
+    measured: bool           # False: a default, not measured in this image
+    # File-backed pages (shared libraries: torch, numpy...) that every process maps: the memory cgroup
+    # charges them once, so a second process costs its RSS minus these.
+    shared_bytes: int = 0
+
+    @property
+    def worker_added_bytes(self) -> int:
+        """What one more worker process adds to the cgroup's usage before it touches a case."""
+        return max(0, self.worker_bytes - self.shared_bytes)
+
+
+def predict_peak(geom: CaseGeometry, phase: str, target_spacing, baseline: Baseline, model: dict) -> int:
+    return baseline.worker_bytes + predict_case_bytes(geom, phase, target_spacing, model)
+
+
+def predict_main_fingerprint_bytes(geoms: Sequence[CaseGeometry], baseline: Baseline, model: dict) -> int:
+    """The main process's peak in the fingerprint phase.
+
+    It gathers ``1e8`` float32 samples per channel from the workers, then
+    concatenates them and stacks them into one array (three copies) after the
+    pool has ended: ~1.2 GB per channel regardless of the image sizes.
+    """
+    if not geoms:
+        return baseline.main_bytes
+    channels = max(g.channels for g in geoms)
+    k = model["coefficients"].get("main_fingerprint", {"c_ws": 1.0})
+    return baseline.main_bytes + int(k["c_ws"] * 3 * 4 * FINGERPRINT_TOTAL_SAMPLES * channels)
+
+
+def main_bytes_during_fingerprint_pool(geoms: Sequence[CaseGeometry], baseline: Baseline) -> int:
+    """What the main process holds while fingerprint workers still run: up to all samples gathered so far."""
+    if not geoms:
+        return baseline.main_bytes
+    channels = max(g.channels for g in geoms)
+    return baseline.main_bytes + int(4 * FINGERPRINT_TOTAL_SAMPLES * channels)
+
+
+# --------------------------------------------------------------------------- model file
+
+def load_model(path: Path | None = None) -> dict:
+    """runner/estimate_model.json (the fitted coefficients); DEFAULT_MODEL when it does not exist."""
+    p = Path(path) if path else MODEL_PATH
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        return json.loads(json.dumps(DEFAULT_MODEL))
+
+
+# --------------------------------------------------------------------------- estimate
+
+def max_workers_that_fit(peaks_sorted_desc: Sequence[int], main_bytes: int, cap_bytes: int, margin: float,
+                         cpus: int) -> int:
+    """The largest n such that the n largest peaks side by side, plus the main process, times (1 + margin), fit.
+
+    Bounded by the number of cases and by ``cpus`` (at least 1 CPU);
+    0 when not even the largest case fits next to the main process.
+    """
+    peaks = sorted((int(p) for p in peaks_sorted_desc), reverse=True)
+    limit = min(len(peaks), max(1, int(cpus)))
+    best = 0
+    total = int(main_bytes)
+    for n in range(1, limit + 1):
+        total += peaks[n - 1]
+        if total * (1.0 + margin) <= cap_bytes:
+            best = n
+        else:
+            break
+    return best
+
+
+@dataclass
+class Estimate:
+    cap_bytes: int
+    margin: float
+    baseline: Baseline
+    cpus: int
+    per_case: list[dict] = field(default_factory=list)    # {case, phase, configuration, predicted_peak_bytes, extra_bytes}
+    largest: dict = field(default_factory=dict)           # "fingerprint" / configuration -> [{case, predicted_peak_bytes}]
+    max_np: dict = field(default_factory=dict)            # configuration -> int
+    max_npfp: int = 0
+    too_large: list[dict] = field(default_factory=list)   # {case, phase, configuration, predicted_peak_bytes}
+    main_fingerprint_peak_bytes: int = 0
+    target_spacings: dict = field(default_factory=dict)   # configuration -> [x, y, z] (null: each case's own)
+    notes: list[str] = field(default_factory=list)
+
+
+def estimate(dataset: RawDataset, plans: dict | None, configurations: Iterable[str], cap_bytes: int,
+             baseline: Baseline, model: dict, cpus: int, geoms: list[CaseGeometry] | None = None) -> Estimate:
+    """Per-case predicted peaks, the largest cases, and the largest -np / -npfp that fit ``cap_bytes``."""
+    geoms = geoms if geoms is not None else dataset_geometry(dataset)
+    margin = float(model.get("margin", DEFAULT_MODEL["margin"]))
+    est = Estimate(cap_bytes=int(cap_bytes), margin=margin, baseline=baseline, cpus=int(cpus))
+    if not baseline.measured:
+        est.notes.append("the worker baseline is a default, not measured in this image")
+
+    def add(phase: str, configuration: str | None, spacing) -> list[int]:
+        peaks = []
+        for g in geoms:
+            extra = predict_case_bytes(g, phase, spacing, model)
+            peak = baseline.worker_bytes + extra
+            peaks.append(peak)
+            row = {"case": g.case_id, "phase": phase, "configuration": configuration,
+                   "predicted_peak_bytes": peak, "extra_bytes": extra}
+            est.per_case.append(row)
+            if (peak - baseline.shared_bytes + baseline.main_bytes) * (1.0 + margin) > cap_bytes:
+                est.too_large.append({k: row[k] for k in ("case", "phase", "configuration", "predicted_peak_bytes")})
+        key = phase if configuration is None else configuration
+        order = sorted(range(len(geoms)), key=lambda i: -peaks[i])
+        est.largest[key] = [{"case": geoms[i].case_id, "predicted_peak_bytes": peaks[i]} for i in order[:5]]
+        # side by side, each worker adds its peak less the shared pages the main process already maps
+        return sorted((p - baseline.shared_bytes for p in peaks), reverse=True)
+
+    fp = add("fingerprint", None, None)
+    main_pool = main_bytes_during_fingerprint_pool(geoms, baseline)
+    est.max_npfp = max_workers_that_fit(fp, main_pool, cap_bytes, margin, cpus)
+    est.main_fingerprint_peak_bytes = predict_main_fingerprint_bytes(geoms, baseline, model)
+    if est.main_fingerprint_peak_bytes * (1.0 + margin) > cap_bytes:
+        est.notes.append("the main process alone is predicted to exceed the cap at the end of the fingerprint "
+                         f"({_gib(est.main_fingerprint_peak_bytes)} with the margin: it gathers 1e8 float32 "
+                         "samples per channel)")
+    for cfg in configurations:
+        note = configuration_note(plans, cfg)
+        if note:
+            est.notes.append(note)
+        spacing = planned_target_spacing(plans, cfg, geoms)
+        if spacing is None:
+            if plans is not None and cfg == "3d_lowres":
+                spacing = planned_target_spacing(None, "3d_fullres", geoms)
+            else:
+                continue
+        if plans is None and cfg == "3d_lowres":
+            spacing = planned_target_spacing(None, "3d_fullres", geoms)
+        est.target_spacings[cfg] = [None if math.isnan(s) else round(s, 6) for s in spacing]
+        peaks = add("preprocessing", cfg, spacing)
+        est.max_np[cfg] = max_workers_that_fit(peaks, baseline.main_bytes, cap_bytes, margin, cpus)
+    return est
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def _mib(n: int) -> str:
+    return f"{n / MiB:,.0f} MiB"
+
+
+def estimate_json(est: Estimate) -> dict:
+    return {
+        "cap_bytes": est.cap_bytes,
+        "margin": est.margin,
+        "cpus": est.cpus,
+        "baseline": asdict(est.baseline),
+        "per_case": list(est.per_case),
+        "largest": est.largest,
+        "max_np": dict(est.max_np),
+        "max_npfp": est.max_npfp,
+        "too_large": list(est.too_large),
+        "main_fingerprint_peak_bytes": est.main_fingerprint_peak_bytes,
+        "target_spacings": est.target_spacings,
+        "notes": list(est.notes),
+    }
+
+
+def render_estimate(est: Estimate) -> str:
+    lines = [f"memory cap {_gib(est.cap_bytes)}; safety margin {est.margin:.0%}; "
+             f"per-worker baseline {_mib(est.baseline.worker_bytes)}, main process {_mib(est.baseline.main_bytes)}"
+             + ("" if est.baseline.measured else " (defaults, not measured)")]
+    keys = ["fingerprint"] + [k for k in est.largest if k != "fingerprint"]
+    for key in keys:
+        rows = [r for r in est.per_case if (r["configuration"] or r["phase"]) == key]
+        if not rows:
+            continue
+        title = "fingerprint" if key == "fingerprint" else f"preprocessing {key}"
+        spacing = est.target_spacings.get(key)
+        if spacing:
+            title += " (target spacing x,y,z: " + ", ".join("own" if s is None else f"{s:g}" for s in spacing) + " mm)"
+        lines.append("")
+        lines.append(title)
+        lines.append(f"  {'case':<24} {'predicted peak':>15} {'extra':>12}")
+        for r in rows:
+            lines.append(f"  {r['case']:<24} {_mib(r['predicted_peak_bytes']):>15} {_mib(r['extra_bytes']):>12}")
+        top = ", ".join(f"{x['case']} ({_mib(x['predicted_peak_bytes'])})" for x in est.largest.get(key, [])[:3])
+        lines.append(f"  largest: {top}")
+        n = est.max_npfp if key == "fingerprint" else est.max_np.get(key, 0)
+        flag = "-npfp" if key == "fingerprint" else "-np"
+        lines.append(f"  largest {flag} that fits: {n}" + ("  (not even one worker fits)" if n == 0 else ""))
+    lines.append("")
+    lines.append(f"main process at the end of the fingerprint: {_mib(est.main_fingerprint_peak_bytes)}")
+    if est.too_large:
+        lines.append("too large for the cap even alone: " + ", ".join(
+            f"{t['case']} ({t['configuration'] or t['phase']}, {_mib(t['predicted_peak_bytes'])})" for t in est.too_large))
+    for note in est.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- baseline (real container)
+
+_PROBE = r'''
+import json, os, sys
+os.environ.setdefault("NNRUN_AGENT_EVENTS", "/tmp/nnrun-baseline-events.jsonl")
+import runner.incontainer.agent            # what every nnU-Net worker imports under nnrun: installs the wrappers (nnunetv2)
+
+
+def status():
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")):
+                out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return out
+
+
+def probe():
+    return status()
+
+
+if __name__ == "__main__":
+    import multiprocessing
+    from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import plan_and_preprocess_entry  # noqa: F401
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments  # noqa
+    workers = []
+    for _ in range(2):
+        with multiprocessing.get_context("spawn").Pool(1) as p:
+            workers.append(p.apply(probe))
+    print("NNRUN_BASELINE " + json.dumps({"main": status(), "workers": workers}))
+'''
+_BOOT = ("import subprocess, sys; open('/tmp/nnrun_baseline_probe.py', 'w').write(sys.argv[1]); "
+         "sys.exit(subprocess.call([sys.executable, '/tmp/nnrun_baseline_probe.py']))")
+
+
+def _run_probe_container(engine, image: str, script: str, mem_bytes: int = 4 << 30,
+                         timeout_s: float = 180) -> str:
+    """Run ``script`` with the image's python3 in a throw-away hardened container (the engine seam)."""
+    result = engine.run_throwaway(image, ["python3", "-c", _BOOT], [script], mem_bytes, timeout_s,
+                                  "estimate-baseline", tmpfs={"/tmp": "rw,exec,size=64m"})
+    if result["timed_out"]:
+        raise RuntimeError(f"baseline probe container still running after {timeout_s} s")
+    if result["container_exit_code"] != 0:
+        raise RuntimeError(f"baseline probe failed (exit {result['container_exit_code']}): "
+                           f"{result['stderr'].strip()[-500:]}")
+    return result["stdout"]
+
+
+def parse_probe_output(stdout: str) -> tuple[int, int, dict]:
+    """(main_bytes, worker_bytes, raw) from the probe's NNRUN_BASELINE line."""
+    for line in stdout.splitlines():
+        if line.startswith("NNRUN_BASELINE "):
+            raw = json.loads(line[len("NNRUN_BASELINE "):])
+            main = int(raw["main"]["VmRSS"])
+            worker = max(int(w["VmHWM"]) for w in raw["workers"])
+            return main, worker, raw
+    raise RuntimeError("baseline probe printed no NNRUN_BASELINE line")
+
+
+def measure_baseline(engine_factory: Callable, image: str, cache_dir: Path,
+                     run_probe: Callable[[str, str], str] | None = None) -> Baseline:
+    """The per-worker and main-process baseline in ``image``, measured once per image id and cached.
+
+    A real container runs what nnU-Net runs under nnrun: a main process with
+    nnU-Net's plan-and-preprocess entry point imported that opens
+    ``multiprocessing.get_context("spawn").Pool(1)`` (twice); the worker imports
+    ``runner.incontainer.agent`` (hence nnunetv2's fingerprint, preprocessing and
+    verification modules, torch included) as every nnU-Net worker does under
+    nnrun.  Worker: the larger VmHWM of the two; main: VmRSS after the pools.
+    Cached as ``cache_dir/baseline-<image id>.json``.
+    """
+    engine = engine_factory()
+    image_id = engine.image(image).image_id
+    cache_dir = Path(cache_dir)
+    # An image id (sha256:...) or, for --runtime host, a Python's path: a plain file name either way.
+    cache = cache_dir / f"baseline-{re.sub(r'[^A-Za-z0-9._-]+', '-', image_id).strip('-')}.json"
+    try:
+        data = json.loads(cache.read_text())
+        return Baseline(int(data["main_bytes"]), int(data["worker_bytes"]), data["image_id"], True,
+                        _shared_bytes(data.get("raw") or {}))
+    except (OSError, ValueError, KeyError):
+        pass
+    started = time.time()
+    stdout = run_probe(image, _PROBE) if run_probe else _run_probe_container(engine, image, _PROBE)
+    main, worker, raw = parse_probe_output(stdout)
+    baseline = Baseline(main_bytes=main, worker_bytes=worker, image_id=image_id, measured=True,
+                        shared_bytes=_shared_bytes(raw))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**asdict(baseline), "image": image, "raw": raw,
+                               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                               "probe_s": round(time.time() - started, 1)}, indent=1) + "\n")
+    os.replace(tmp, cache)
+    return baseline
+
+
+def _shared_bytes(raw: dict) -> int:
+    """The workers' file-backed RSS (RssFile) from the probe's raw numbers; 0 when not recorded."""
+    files = [int(w["RssFile"]) for w in raw.get("workers", []) if "RssFile" in w]
+    return min(files) if files else 0
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nnrun" / "baseline"
+
+
+# --------------------------------------------------------------------------- calibration (used by scripts/calibrate_estimate.py)
+
+def measured_points(records: list[dict], baseline: Baseline) -> list[dict]:
+    """One point per measured case and phase: geometry, target spacing, measured peak and extra."""
+    from runner.dataset import load_raw_dataset
+    points = []
+    for rec in records:
+        folder = Path(rec["raw_path"])
+        ds = load_raw_dataset(folder.parent, rec["dataset_id"])
+        geoms = {g.case_id: g for g in dataset_geometry(ds)}
+        spacing = planned_target_spacing(rec["plans"], "3d_fullres", list(geoms.values()))
+        for c in rec["cases"]:
+            if c.get("status") != "done" or not c.get("peak_rss_bytes"):
+                continue
+            phase = c["phase"]
+            points.append({
+                "dataset_id": rec["dataset_id"], "role": rec["role"], "case": c["case"], "phase": phase,
+                "geom": geoms[c["case"]], "target_spacing": spacing if phase == "preprocessing" else None,
+                "peak": int(c["peak_rss_bytes"]), "extra": int(c["peak_rss_bytes"]) - baseline.worker_bytes,
+            })
+    return points
+
+
+def _lstsq_relative(rows: list[tuple[float, float]], targets: list[float], floor: float) -> tuple[float, float, float]:
+    """min sum(((c0 + c_in a + c_ws b) - y) / max(y, floor))^2 with numpy."""
+    import numpy as np
+    a = np.array([[1.0, r[0], r[1]] for r in rows])
+    y = np.array(targets, dtype=float)
+    w = 1.0 / np.maximum(np.abs(y), floor)
+    cols = [j for j in range(3) if np.any(a[:, j] != 0)]
+    sol, *_ = np.linalg.lstsq(a[:, cols] * w[:, None], y * w, rcond=None)
+    full = [0.0, 0.0, 0.0]
+    for j, v in zip(cols, sol):
+        full[j] = float(v)
+    return full[0], full[1], full[2]
+
+
+def _errors(points: list[dict], model: dict, baseline: Baseline) -> dict:
+    out = {}
+    for phase in PHASES:
+        pts = [p for p in points if p["phase"] == phase]
+        if not pts:
+            continue
+        rel_extra, rel_peak, signed_peak = [], [], []
+        worst = None
+        for p in pts:
+            extra = predict_case_bytes(p["geom"], phase, p["target_spacing"], model)
+            peak = baseline.worker_bytes + extra
+            rel_peak.append(abs(peak - p["peak"]) / p["peak"])
+            signed_peak.append((peak - p["peak"]) / p["peak"])
+            if p["extra"] > 0:
+                rel_extra.append(abs(extra - p["extra"]) / p["extra"])
+            if worst is None or rel_peak[-1] > worst[0]:
+                worst = (rel_peak[-1], p)
+        out[phase] = {
+            "cases": len(pts),
+            "extra_median_abs_rel_error": round(statistics.median(rel_extra), 4) if rel_extra else None,
+            "extra_max_abs_rel_error": round(max(rel_extra), 4) if rel_extra else None,
+            "peak_median_abs_rel_error": round(statistics.median(rel_peak), 4),
+            "peak_max_abs_rel_error": round(max(rel_peak), 4),
+            "peak_max_underestimate": round(max(0.0, -min(signed_peak)), 4),
+            "worst_case": f"Dataset{worst[1]['dataset_id']} {worst[1]['case']}",
+        }
+    return out
+
+
+def fit_model(records: list[dict], baseline: Baseline, extra_floor_bytes: int = 64 * MiB) -> dict:
+    """Fit the coefficients on the 'calibration' records, evaluate on the 'evaluation' ones.
+
+    Least squares on the relative error of the per-case extra bytes (each row
+    weighted by 1 / max(measured extra, 64 MiB), so small cases, whose extra is
+    mostly allocator noise, do not dominate).  ``margin`` is the largest
+    relative error of the full peak on the evaluation set, rounded up to the
+    next percent, plus 5 points.
+    """
+    model = json.loads(json.dumps(DEFAULT_MODEL))
+    points = measured_points(records, baseline)
+    calib = [p for p in points if p["role"] == "calibration"]
+    evalu = [p for p in points if p["role"] == "evaluation"]
+    for phase in PHASES:
+        pts = [p for p in calib if p["phase"] == phase]
+        rows = [features(p["geom"], phase, p["target_spacing"], model) for p in pts]
+        c0, c_in, c_ws = _lstsq_relative(rows, [p["extra"] for p in pts], extra_floor_bytes)
+        model["coefficients"][phase] = {"c0": round(c0), "c_in": round(c_in, 5), "c_ws": round(c_ws, 5)}
+    mains = [r for r in records if r.get("main_fingerprint_peak_rss_bytes") and r["role"] == "calibration"]
+    if mains:
+        ratios = [(r["main_fingerprint_peak_rss_bytes"] - baseline.main_bytes)
+                  / (3 * 4 * FINGERPRINT_TOTAL_SAMPLES * r["channels"]) for r in mains]
+        model["coefficients"]["main_fingerprint"] = {"c_ws": round(max(ratios), 4)}
+    errors = {"calibration": _errors(calib, model, baseline), "evaluation": _errors(evalu, model, baseline)}
+    worst = max(v["peak_max_abs_rel_error"] for v in errors["evaluation"].values())
+    model["margin"] = round(math.ceil(worst * 100) / 100 + 0.05, 2)
+    model["errors"] = errors
+    model["baseline_used"] = asdict(baseline)
+    model["main_fingerprint_check"] = [{
+        "dataset_id": r["dataset_id"], "channels": r["channels"], "measured_bytes": r["main_fingerprint_peak_rss_bytes"],
+        "predicted_bytes": predict_main_fingerprint_bytes(
+            [CaseGeometry("x", (1, 1, 1), (1.0, 1.0, 1.0), r["channels"], 4, 1)], baseline, model),
+    } for r in records if r.get("main_fingerprint_peak_rss_bytes")]
+    model["points"] = [{
+        "dataset_id": p["dataset_id"], "role": p["role"], "case": p["case"], "phase": p["phase"],
+        "shape_xyz": list(p["geom"].shape), "spacing_xyz": [round(s, 4) for s in p["geom"].spacing],
+        "channels": p["geom"].channels, "dataset_cases": p["geom"].dataset_cases,
+        "measured_peak_bytes": p["peak"],
+        "predicted_peak_bytes": predict_peak(p["geom"], p["phase"], p["target_spacing"], baseline, model),
+    } for p in points]
+    model["definition"] = {
+        "extra": "c0 + c_in * in_bytes + c_ws * ws_bytes of the analytic peak stage (runner.estimate.model.stage_bytes)",
+        "peak": "baseline.worker_bytes + extra",
+        "margin": "max abs relative error of the full peak on the evaluation set, rounded up to 1 %, + 0.05; "
+                  "n workers fit when (sum of the n largest peaks + main) * (1 + margin) <= cap",
+        "main_fingerprint": "baseline.main_bytes + c_ws * 3 * 4 bytes * 1e8 samples * channels",
+        "foreground_fraction": "assumed fraction of labelled voxels (labels are not read); synthetic data ~0.03",
+    }
+    return model

@@ -1,0 +1,270 @@
+"""Inside the container: the worker pools of the preprocessing step (standard library only).
+
+Two things the host asks for through files in the run folder:
+
+* **Warm workers** (``warm.json``): when the fingerprint exists (so no
+  fingerprint pool runs first) and nnrun chose the worker count from the
+  estimate, the first configuration's workers are started when the agent
+  starts, before nnU-Net's main process imports torch and plans.  A spawned
+  worker spends ~2 s importing nnU-Net; here that overlaps the main
+  process's own imports and planning instead of following them.  The host
+  checked that the idle workers fit next to the main process (they hold only
+  their baseline, which the estimate counts).
+* **Memory-aware admission** (``schedule.json``, model 2): cases are admitted
+  largest first while the cgroup's predicted charge fits the cap::
+
+      main + workers alive x worker baseline + sum over running cases of need(case) <= cap
+      need(case) = predicted extra bytes + margin x predicted peak
+
+  The safety margin applies to what the estimate predicts per case (the
+  model's error was measured on the full per-case peak); the main process's
+  and an idle worker's baselines are measured in the image and carry none.
+  Workers are single-worker pools started on demand: one while a case that
+  needs the cap to itself runs, a second (third...) as soon as a case fits
+  next to the running ones *and* its worker's baseline, so a large case is
+  never preceded by an idle worker it cannot afford, and small cases run side
+  by side.  An idle worker is stopped when the next case only fits alone.
+  A case always runs when nothing else does (the host refused, before the
+  run, a case whose point estimate does not fit the cap alone).
+
+Every case is computed by nnU-Net's own ``run_case_save`` with nnU-Net's
+arguments, as in its own pool: outputs are the same whatever the schedule.
+A worker that dies is fatal, with nnU-Net's own message, as in nnU-Net.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from multiprocessing import get_context
+
+from runner.incontainer.events import EVENTS_ENV, emit
+
+WARM_FILE = "warm.json"
+PHASE_ENV = "NNRUN_AGENT_PHASE"                  # as runner.incontainer.agent sets them in the main process
+CONFIGURATION_ENV = "NNRUN_AGENT_CONFIGURATION"
+
+_WARM: dict | None = None        # {"configuration", "kind", "pools": [Pool], "procs": [Process]}
+
+
+# -- tasks --------------------------------------------------------------------------------------
+
+def call_in_phase(phase: str | None, configuration: str | None, fn, args: tuple):
+    """Run one case in a worker with the phase in its environment (a warm worker started before it was set)."""
+    os.environ[PHASE_ENV] = phase or ""
+    os.environ[CONFIGURATION_ENV] = configuration or ""
+    return fn(*args)
+
+
+def _phase() -> tuple[str | None, str | None]:
+    return os.environ.get(PHASE_ENV) or None, os.environ.get(CONFIGURATION_ENV) or None
+
+
+def _dead_worker_error() -> RuntimeError:
+    from runner.incontainer.preprocess import _DEAD_WORKER
+    return RuntimeError(_DEAD_WORKER)
+
+
+# -- warm workers -------------------------------------------------------------------------------
+
+def warm_file() -> str | None:
+    events = os.environ.get(EVENTS_ENV)
+    return os.path.join(os.path.dirname(events), WARM_FILE) if events else None
+
+
+def prestart(path: str | None = None) -> None:
+    """Start the workers ``warm.json`` asks for (main process, before nnU-Net's imports)."""
+    global _WARM
+    path = path or warm_file()
+    if not path or not os.path.exists(path) or _WARM is not None:
+        return
+    try:
+        with open(path) as fh:
+            plan = json.load(fh)
+        kind, n, configuration = plan["kind"], int(plan["workers"]), plan["configuration"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if kind not in ("fixed", "memory") or n < 1:
+        return
+    ctx = get_context("spawn")
+    try:
+        pools = [ctx.Pool(n)] if kind == "fixed" else [ctx.Pool(1) for _ in range(n)]
+    except OSError as err:     # only a head start: without it nnU-Net's pool starts as usual
+        emit("warm_workers_failed", error=str(err)[:300])
+        return
+    _WARM = {"configuration": configuration, "kind": kind, "workers": n, "pools": pools,
+             "procs": [p for pool in pools for p in pool._pool]}
+    emit("warm_workers", configuration=configuration, pools=kind, workers=n,
+         worker_pids=[p.pid for p in _WARM["procs"]])
+
+
+def take_warm(configuration: str | None, kind: str, workers: int | None = None) -> list | None:
+    """The warm pools if they were started for this configuration and kind (and size); else stop them."""
+    global _WARM
+    warm, _WARM = _WARM, None
+    if warm is None:
+        return None
+    if warm["configuration"] == configuration and warm["kind"] == kind and workers in (None, warm["workers"]):
+        if not all(p.is_alive() for p in warm["procs"]):
+            for pool in warm["pools"]:
+                pool.terminate()
+            raise _dead_worker_error()
+        return warm["pools"]
+    for pool in warm["pools"]:
+        pool.terminate()
+    return None
+
+
+def discard_warm() -> None:
+    take_warm(None, "")
+
+
+# -- fixed pool (nnU-Net's own logic) -----------------------------------------------------------
+
+def run_fixed(preprocessor, args: dict, num_processes: int) -> None:
+    """Every case queued on -np spawn workers, a dead worker is fatal: nnU-Net's DefaultPreprocessor.run."""
+    from runner.incontainer.preprocess import kill_hook
+    phase, configuration = _phase()
+    warm = take_warm(configuration, "fixed", num_processes)
+    pool = warm[0] if warm else get_context("spawn").Pool(num_processes)
+    with pool:
+        workers = list(pool._pool)
+        results = {c: pool.apply_async(call_in_phase, (phase, configuration, preprocessor.run_case_save, a))
+                   for c, a in args.items()}
+        remaining = set(results)
+        finished = 0
+        while remaining:
+            if not all(w.is_alive() for w in workers):
+                raise _dead_worker_error()
+            for c in [c for c in remaining if results[c].ready()]:
+                results[c].get()
+                remaining.discard(c)
+                finished += 1
+                if finished == 1:
+                    kill_hook("between_cases")
+            time.sleep(0.1)
+
+
+# -- memory-aware admission ---------------------------------------------------------------------
+
+class _Slot:
+    """One single-worker pool and the case it runs."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self.proc = pool._pool[0]
+        self.case: str | None = None
+        self.result = None
+
+
+class MemoryModel:
+    """The cgroup charge the plan predicts for a set of workers and running cases."""
+
+    def __init__(self, plan: dict, cases) -> None:
+        needs = plan.get("need_bytes") or {}
+        self.need = {c: int(needs.get(c, (plan.get("case_bytes") or {}).get(c, 0))) for c in cases}
+        if "main_bytes" in plan:
+            self.cap = int(plan["cap_bytes"])
+            self.main = int(plan["main_bytes"])
+            self.worker = int(plan["worker_added_bytes"])
+        else:       # a model-1 plan: a budget for the cases' extra bytes, the workers' baselines set aside
+            self.cap, self.main, self.worker = int(plan["budget_bytes"]), 0, 0
+
+    def free(self, workers: int, running) -> int:
+        return self.cap - self.main - workers * self.worker - sum(self.need[c] for c in running)
+
+
+def plan_admissions(model: MemoryModel, pending: list[str], running: list[str], idle: int, alive: int,
+                    max_workers: int) -> list[tuple[str, str]]:
+    """The next decisions, in order: ("run", case) on an idle worker, ("spawn", case) on a new worker,
+    ("retire", "") an idle worker.  Pure: the scheduler applies them.  ``pending`` is in admission order."""
+    out: list[tuple[str, str]] = []
+    pending, running = list(pending), list(running)
+    while pending:
+        chosen = None
+        for c in pending:
+            if not running:
+                # Nothing runs: the first pending case runs, next to as few idle workers as it needs.
+                while alive > 1 and idle > 0 and model.free(alive, [c]) < 0:
+                    out.append(("retire", ""))
+                    alive, idle = alive - 1, idle - 1
+                if idle == 0:
+                    out.append(("spawn", c))
+                    alive += 1
+                else:
+                    out.append(("run", c))
+                    idle -= 1
+                chosen = c
+                break
+            if idle > 0 and model.free(alive, running + [c]) >= 0:
+                out.append(("run", c))
+                idle -= 1
+                chosen = c
+                break
+            if idle == 0 and alive < max_workers and model.free(alive + 1, running + [c]) >= 0:
+                out.append(("spawn", c))
+                alive += 1
+                chosen = c
+                break
+        if chosen is None:
+            break
+        pending.remove(chosen)
+        running.append(chosen)
+    return out
+
+
+def run_memory_aware(preprocessor, args: dict, plan: dict) -> None:
+    """Admit cases largest first while the predicted charge fits the cap; start workers as cases fit."""
+    from runner.incontainer.preprocess import kill_hook
+    phase, configuration = _phase()
+    model = MemoryModel(plan, args)
+    max_workers = max(1, min(int(plan.get("workers", 1)), len(args)))
+    pending = sorted(args, key=lambda c: (-model.need[c], c))
+    emit("schedule", mode="memory", model=2, workers=max_workers, cap_bytes=model.cap, main_bytes=model.main,
+         worker_bytes=model.worker, order=pending, need_bytes=model.need)
+    ctx = get_context("spawn")
+    wake = threading.Event()
+    slots: list[_Slot] = [_Slot(p) for p in (take_warm(configuration, "memory") or [])]
+
+    def done(_result=None) -> None:
+        wake.set()
+
+    def submit(slot: _Slot, case: str) -> None:
+        slot.case = case
+        slot.result = slot.pool.apply_async(call_in_phase, (phase, configuration, preprocessor.run_case_save,
+                                                             args[case]), callback=done, error_callback=done)
+
+    finished = 0
+    try:
+        while pending or any(s.case for s in slots):
+            if not all(s.proc.is_alive() for s in slots):
+                raise _dead_worker_error()
+            for s in slots:
+                if s.case is not None and s.result.ready():
+                    s.result.get()              # a case's exception fails the run, as in nnU-Net's pool
+                    s.case, s.result = None, None
+                    finished += 1
+                    if finished == 1:
+                        kill_hook("between_cases")
+            running = [s.case for s in slots if s.case]
+            idle = [s for s in slots if s.case is None]
+            for action, case in plan_admissions(model, pending, running, len(idle), len(slots), max_workers):
+                if action == "retire":
+                    slot = idle.pop()
+                    slots.remove(slot)
+                    slot.pool.terminate()
+                elif action == "spawn":
+                    slot = _Slot(ctx.Pool(1))
+                    slots.append(slot)
+                    submit(slot, case)
+                    pending.remove(case)
+                else:
+                    slot = idle.pop(0)
+                    submit(slot, case)
+                    pending.remove(case)
+            wake.wait(0.05)
+            wake.clear()
+    finally:
+        for s in slots:
+            s.pool.terminate()

@@ -1,0 +1,145 @@
+"""Worker counts and the memory-aware admission plan, from the estimate.  Pure functions.
+
+* ``-np auto`` / ``-npfp auto``: the largest fixed pool whose largest cases fit
+  the cap side by side, with the estimate's safety margin (and no more
+  workers than cores).
+* ``--schedule memory`` (the default when no worker count is given): the agent
+  admits cases largest first while the cgroup's predicted charge fits the cap:
+  the main process and every live worker's baseline (measured in the image),
+  plus, per running case, its predicted extra bytes and the safety margin of
+  its predicted peak (the model's error was measured on per-case peaks; the
+  baselines carry none).  Workers start on demand, so a case that needs the
+  cap to itself never shares it with an idle worker.  ``admission_plan``
+  gives the agent these numbers and the most workers that can ever run.
+* Warm workers: when nnrun chose the worker count and the fingerprint exists,
+  the first configuration's workers start while nnU-Net's main process imports
+  and plans (``warm_workers``).
+* A case predicted not to fit the cap even alone is ``bad_input`` before the
+  run, with the ``--mem`` it needs.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from runner.errors import BadInputError
+from runner.estimate.model import Estimate
+from runner.options import PreprocessOptions
+from runner.units import format_bytes, format_mem_arg
+
+
+def usable_bytes(est: Estimate) -> int:
+    """The part of the cap the plan may fill: the margin covers the model's worst error."""
+    return int(est.cap_bytes / (1.0 + est.margin))
+
+
+def case_extras(est: Estimate, configuration: str) -> dict[str, int]:
+    return {row["case"]: int(row["extra_bytes"]) for row in est.per_case
+            if row["phase"] == "preprocessing" and row["configuration"] == configuration}
+
+
+def case_needs(est: Estimate, configuration: str) -> dict[str, int]:
+    """What admitting a case reserves: its predicted extra bytes + the margin of its predicted peak."""
+    return {c: e + int(round(est.margin * (est.baseline.worker_bytes + e)))
+            for c, e in case_extras(est, configuration).items()}
+
+
+def admission_plan(est: Estimate, configuration: str, max_workers: int) -> dict | None:
+    """The memory model of one configuration for the agent's admission (None: no such configuration).
+
+    ``workers``: the most workers that can ever run at once, the smallest cases side by side (at most
+    ``max_workers``, the cores and the cases); the agent starts them only as cases fit.
+    """
+    extras = case_extras(est, configuration)
+    if not extras:
+        return None
+    need = case_needs(est, configuration)
+    main, per_worker, cap = est.baseline.main_bytes, est.baseline.worker_added_bytes, est.cap_bytes
+    smallest = sorted(need.values())
+    workers = 1
+    for w in range(2, max(1, min(max_workers, est.cpus, len(extras))) + 1):
+        if main + w * per_worker + sum(smallest[:w]) <= cap:
+            workers = w
+    return {"model": 2, "workers": workers, "cap_bytes": cap, "main_bytes": main, "worker_added_bytes": per_worker,
+            "need_bytes": need, "case_bytes": extras, "margin": est.margin,
+            # model 1 (an agent without main_bytes): a budget for the cases' extra bytes
+            "budget_bytes": max(cap - main - workers * per_worker, max(need.values()))}
+
+
+def warm_workers(opts: PreprocessOptions, est: Estimate | None, schedule: str, np_auto: bool,
+                 fingerprint_exists: bool) -> dict | None:
+    """The workers to start with nnU-Net's main process (None: none), for ``warm.json``.
+
+    Only when no fingerprint pool runs first (the fingerprint exists, no --clean, no dataset
+    verification), preprocessing follows (no --no_pp), and nnrun chose the first configuration's
+    workers from the estimate: one for memory-aware admission (it starts the others as cases fit),
+    the ``-np auto`` pool otherwise.  Idle, they hold their baselines next to the main process.
+    """
+    if est is None or not fingerprint_exists or opts.clean or opts.no_pp or opts.verify_dataset_integrity:
+        return None
+    first = opts.configurations[0]
+    if schedule == "memory":
+        kind, n = "memory", 1
+    elif np_auto:
+        kind, n = "fixed", opts.workers_per_configuration().get(first, 1)
+    else:
+        return None
+    if est.baseline.main_bytes + n * est.baseline.worker_added_bytes > est.cap_bytes:
+        return None
+    return {"configuration": first, "kind": kind, "workers": n}
+
+
+def resolve_workers(opts: PreprocessOptions, est: Estimate, np_auto: bool, npfp_auto: bool,
+                    schedule: str) -> PreprocessOptions:
+    """Fill in the worker counts nnrun chooses."""
+    new = opts
+    if npfp_auto:
+        new = replace(new, npfp=max(1, est.max_npfp))
+    if schedule == "memory":
+        plans = {c: admission_plan(est, c, max_workers=est.cpus) for c in opts.configurations}
+        values = tuple(max(1, (p or {}).get("workers", 1)) for p in plans.values())
+        new = replace(new, np=values if len(set(values)) > 1 else values[:1])
+    elif np_auto:
+        values = tuple(max(1, est.max_np.get(c, 1)) for c in opts.configurations)
+        new = replace(new, np=values if len(set(values)) > 1 else values[:1])
+    return new
+
+
+def check_fits(est: Estimate, host_mem_bytes: int | None, fingerprint_needed: bool,
+               preprocessing: bool = True) -> None:
+    """bad_input, with the --mem it needs, when a case (or the fingerprint's main process) cannot fit.
+
+    Refuse only when the point estimate itself exceeds the cap: the margin
+    (the model's worst error) decides how cases are packed, and the advised
+    --mem includes it, but a cap between the estimate and estimate + margin is
+    worth a try (measured: a case predicted at 2.10 GB peaked at 1.99 GB).
+    """
+    def alone(row) -> int:
+        return row["predicted_peak_bytes"] - est.baseline.shared_bytes + est.baseline.main_bytes
+
+    # Only the phases this run does: a --no_pp run never preprocesses, a run with a fingerprint never extracts it.
+    rows = [r for r in est.too_large if (fingerprint_needed if r["phase"] == "fingerprint" else preprocessing)
+            and alone(r) > est.cap_bytes]
+    if rows:
+        worst = max(rows, key=lambda r: r["predicted_peak_bytes"])
+        need = int((worst["predicted_peak_bytes"] - est.baseline.shared_bytes + est.baseline.main_bytes)
+                   * (1.0 + est.margin))
+        where = ("fingerprint extraction" if worst["phase"] == "fingerprint"
+                 else f"preprocessing {worst['configuration']}")
+        more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
+        raise BadInputError(
+            f"case {worst['case']} needs about {format_bytes(alone(worst))} in {where} (its worker, "
+            f"{format_bytes(worst['predicted_peak_bytes'])}, next to nnU-Net's main process){more}: "
+            f"it does not fit the {format_bytes(est.cap_bytes)} cap even alone",
+            hint=_mem_hint(need, host_mem_bytes))
+    if fingerprint_needed and est.main_fingerprint_peak_bytes > est.cap_bytes:
+        need = int(est.main_fingerprint_peak_bytes * (1.0 + est.margin))
+        raise BadInputError(
+            f"nnU-Net's main process needs about {format_bytes(est.main_fingerprint_peak_bytes)} at the end of "
+            f"fingerprint extraction: more than the {format_bytes(est.cap_bytes)} cap",
+            hint=_mem_hint(need, host_mem_bytes))
+
+
+def _mem_hint(need: int, host_mem_bytes: int | None) -> str:
+    if host_mem_bytes and need > host_mem_bytes:
+        return f"it needs about {format_bytes(need)}, more than this host has: use a larger machine"
+    return f"run with --mem {format_mem_arg(need)} or more"
