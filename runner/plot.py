@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.run.telemetry import read_jsonl
+from runner.rundir import read_jsonl
 from runner.units import GIB, MIB, format_bytes
 
 __all__ = [

@@ -145,7 +145,7 @@ def run_dataset(did: int, workdir: Path, image: str | None, force: bool = False)
 
 def _main_fingerprint_peak(run_dir: Path) -> int | None:
     """The nnU-Net main process's highest sampled RSS (10 Hz) during the fingerprint phase."""
-    from runner.run.telemetry import read_jsonl
+    from runner.rundir import read_jsonl
     events = read_jsonl(run_dir / "agent.jsonl")
     main_pid = next((e.get("pid") for e in events if e.get("event") == "agent_start"), None)
     start = next((e["t"] for e in events if e.get("event") == "phase_start" and e.get("phase") == "fingerprint"), None)
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
 
 def _baseline(args, est):
     from runner.engines.docker import DockerEngine
-    from runner.run.preprocess import DEFAULT_IMAGE
+    from runner.run.settings import DEFAULT_IMAGE
     image = args.image or DEFAULT_IMAGE
     return est.measure_baseline(DockerEngine, image, args.workdir / "baseline-cache")
 

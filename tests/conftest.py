@@ -2,7 +2,7 @@
 
 * ``tiny_raw``: a nnU-Net raw folder with one small synthetic dataset,
   Dataset501_Tiny, written by runner.demo (a few milliseconds).
-* ``fake_preprocess``: replaces ``runner.cli.app.Preprocess`` with a recorder, so
+* ``fake_preprocess``: replaces ``runner.cli.preprocess.Preprocess`` with a recorder, so
   that the CLI can be driven end to end without a container engine.
 """
 from __future__ import annotations
@@ -73,5 +73,5 @@ def make_fake_preprocess(control: FakePreprocessControl):
 @pytest.fixture
 def fake_preprocess(monkeypatch) -> FakePreprocessControl:
     control = FakePreprocessControl()
-    monkeypatch.setattr("runner.cli.app.Preprocess", make_fake_preprocess(control))
+    monkeypatch.setattr("runner.cli.preprocess.Preprocess", make_fake_preprocess(control))
     return control

@@ -5,8 +5,17 @@ import json
 import os
 from pathlib import Path
 
+import sys
+from typing import List, Optional
+
+import typer
+
+from runner.cli import options as cli_options
+from runner.cli.common import err as _err
+from runner.cli.common import finish, report_for_error
 from runner.dataset import load_raw_dataset, parse_dataset_id
-from runner.errors import BadInputError
+from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
+from runner.run.settings import DEFAULT_IMAGE
 from runner.estimate.model import Estimate, default_cache_dir, estimate, load_model, measure_baseline
 from runner.options import DEFAULT_CONFIGURATIONS, PreprocessOptions, validate
 from runner.units import parse_mem
@@ -36,3 +45,36 @@ def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | N
         raise BadInputError(f"--mem {mem} is more than the Docker host's memory")
     baseline = measure_baseline(lambda: engine, image, default_cache_dir())
     return estimate(dataset, plans, opts.configurations, cap, baseline, load_model(), cpus=os.cpu_count() or 1)
+
+
+def estimate_command(
+    dataset: str = typer.Option(..., "-d", help="Dataset id (e.g. 501)."),
+    mem: str = typer.Option(..., "--mem", help="The cap to plan for (docker syntax: 16g, 4096m)."),
+    configurations: Optional[List[str]] = typer.Option(None, "-c", help="Configurations [default: 2d 3d_fullres 3d_lowres]."),
+    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
+    preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
+                                               help="Preprocessed folder; its plans give the target spacing when present."),
+    image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The image whose worker baseline is measured (once, cached)."),
+    engine: str = cli_options.CONTAINER_ENGINE,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Predict each case's peak memory per phase from image headers, and the -np/-npfp that fit the cap."""
+    from runner.engines.docker import engine_factory
+
+    try:
+        est = run_estimate(dataset, mem, tuple(configurations) if configurations else None, raw, preprocessed, image,
+                           engine_factory(engine))
+    except NnrunError as err:
+        finish(report_for_error(err), as_json, False)
+        return
+    from runner.estimate.model import estimate_json, render_estimate
+    from runner.run.admission import check_fits
+    _err(render_estimate(est))
+    if as_json:
+        sys.stdout.write(json.dumps(estimate_json(est)) + "\n")
+    try:
+        check_fits(est, None, fingerprint_needed=True)   # what `nnrun preprocess` would refuse
+    except BadInputError as err:
+        _err(f"nnrun: bad_input: {err.one_line()}")
+        raise typer.Exit(exit_code_for(Outcome.BAD_INPUT))
+    raise typer.Exit(0)

@@ -14,10 +14,12 @@ from typing import List, Optional
 import typer
 
 from runner.cli import options as cli_options
+from runner.cli.common import NNUNET_EXTRA
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, exit_code_for
 from runner.options import DEFAULT_NPFP, PreprocessOptions
-from runner.run.preprocess import DEFAULT_IMAGE, IMAGE_USER
+from runner.run.settings import DEFAULT_IMAGE
+from runner.run.contract import IMAGE_USER
 
 k8s_app = typer.Typer(
     name="k8s",
@@ -176,12 +178,11 @@ def manifest_command(
 
     Arguments after `--` go to nnUNetv2_plan_and_preprocess verbatim.
     """
-    from runner.cli import app as cli
     from runner.backends.k8s.jobs import ManifestRequest, build_jobs, render_json, render_yaml
 
     try:
         dataset_id = parse_dataset_id(dataset)
-        extra_args = tuple(cli._NNUNET_EXTRA)      # after `--`, split off by runner.cli.app.main
+        extra_args = tuple(NNUNET_EXTRA)      # after `--`, split off by runner.cli.app.main
         if no_pbar:
             extra_args = ("--no_pbar", *extra_args)
         opts = PreprocessOptions(

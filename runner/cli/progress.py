@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from runner.diagnosis.classify import describe_phase
+from runner.diagnosis.wording import describe_phase
 from runner.diagnosis.early import EarlyOom
 from runner.units import format_bytes
 

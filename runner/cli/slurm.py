@@ -103,7 +103,7 @@ def submit_command(
     """
     from runner.backends.slurm import client as slurm
     from runner.dataset import load_raw_dataset, parse_dataset_id
-    from runner.run.preprocess import _resolve_root
+    from runner.run.preflight import resolve_root
     from runner.shards import ShardError, map_path, parse_shard_list, read_map
     from runner.units import parse_mem
 
@@ -129,9 +129,9 @@ def submit_command(
                                     "(scripts/host-env.sh makes one)")
         elif host_python:
             raise BadInputError("--host-python goes with --runtime host")
-        raw_root = _resolve_root(raw, "nnUNet_raw", "--raw")
+        raw_root = resolve_root(raw, "nnUNet_raw", "--raw")
         ds = load_raw_dataset(raw_root, parse_dataset_id(dataset[0]))
-        pre_root = _resolve_root(preprocessed, "nnUNet_preprocessed", "--preprocessed")
+        pre_root = resolve_root(preprocessed, "nnUNet_preprocessed", "--preprocessed")
         pre_ds = pre_root / ds.name
         plans_name = overwrite_plans_name or "nnUNetPlans"
         if only is not None and not (pre_ds / f"{plans_name}.json").is_file():

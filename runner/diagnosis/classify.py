@@ -1,4 +1,4 @@
-"""Classification and recommendation: pure functions over the facts of a run.
+"""Classification: the outcome of a run and the processes the kernel killed, from its facts.
 
 The verdict is ``oom`` if and only if the container's cgroup ``oom_kill``
 counter rose.  Docker's ``oom`` events and ``State.OOMKilled`` are not
@@ -13,53 +13,7 @@ import signal
 from dataclasses import dataclass, field
 
 from runner.errors import Outcome
-from runner.options import PreprocessOptions
-from runner.units import format_bytes, format_mem_arg, parse_mem
-
-PHASES = ("startup", "verify", "fingerprint", "planning", "preprocessing")
-PHASE_WORDS = {
-    "startup": "start-up",
-    "verify": "dataset verification",
-    "fingerprint": "fingerprint extraction",
-    "planning": "experiment planning",
-    "preprocessing": "preprocessing",
-}
-
-
-@dataclass(frozen=True)
-class WorkerExit:
-    """A worker process the supervisor saw vanish (from status.json)."""
-
-    pid: int
-    t: float
-    main_alive: bool
-    oom_kill_before: int | None
-    oom_kill_after: int | None
-    last_rss_bytes: int | None = None     # its RSS at the last poll before it vanished
-
-
-@dataclass(frozen=True)
-class RunFacts:
-    """Everything observed about one container run, as plain data."""
-
-    container_exit_code: int | None
-    supervisor_ran: bool                  # status.json was written
-    nnunet_returncode: int | None         # negative: killed by that signal
-    main_pid: int | None
-    main_ended: float | None
-    phase: str | None
-    configuration: str | None
-    oom_kill_before: int | None           # cgroup counter when the run started
-    oom_kill_after: int | None            # highest counter seen (host monitor or supervisor)
-    engine_oom_killed: bool = False
-    engine_oom_events: int = 0
-    worker_exits: tuple[WorkerExit, ...] = ()
-    interrupt_signal: int | None = None
-    exception_line: str | None = None
-    start_error: str | None = None
-    watchdog_fired: bool = False
-    open_case_pids: frozenset[int] = frozenset()   # workers holding an unfinished case (agent's log)
-
+from runner.diagnosis.facts import RunFacts, WorkerExit
 
 @dataclass(frozen=True)
 class Victim:
@@ -163,61 +117,3 @@ def classify(facts: RunFacts) -> Verdict:
             return Verdict(Outcome.KILLED, kills, source)
         return Verdict(Outcome.INFRA, kills, source)
     return Verdict(Outcome.ERROR, kills, source)
-
-
-# -- recommendation ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class Recommendation:
-    text: str                          # one sentence, for the human report
-    options: PreprocessOptions | None  # the options to run next (None: no command)
-    mem_bytes: int | None              # a new --mem to run with (None: keep the user's)
-
-
-def recommend(verdict: Verdict, phase: str | None, configuration: str | None, opts: PreprocessOptions,
-              limit_bytes: int, host_mem_bytes: int | None) -> Recommendation | None:
-    """A concrete next run after an OOM: fewer workers where that helps, else more memory."""
-    if verdict.outcome is not Outcome.OOM:
-        return None
-    per_config = opts.workers_per_configuration()
-    in_worker_pool = phase in ("verify", "fingerprint", "preprocessing")
-    if phase in ("verify", "fingerprint") and opts.npfp > 1:
-        new_npfp = max(1, opts.npfp // 2)
-        return Recommendation(f"use fewer fingerprint workers: -npfp {new_npfp} (was {opts.npfp})",
-                              opts.with_workers(npfp=new_npfp), None)
-    if phase == "preprocessing" and configuration in per_config and per_config[configuration] > 1:
-        current = per_config[configuration]
-        new_np = max(1, current // 2)
-        return Recommendation(f"use fewer workers for {configuration}: -np {new_np} (was {current})",
-                              opts.with_workers(configuration=configuration, np=new_np), None)
-    if phase == "preprocessing" and configuration is None and any(n > 1 for n in per_config.values()):
-        new = opts
-        for c, n in per_config.items():
-            new = new.with_workers(configuration=c, np=max(1, n // 2))
-        return Recommendation("use fewer preprocessing workers", new, None)
-    # One worker already (or the main process in planning): only memory helps.
-    new_mem = int(limit_bytes * 1.5)
-    mem_arg_bytes = parse_mem(format_mem_arg(new_mem))
-    where = "with one worker" if in_worker_pool else "in this phase"
-    if host_mem_bytes and mem_arg_bytes > host_mem_bytes:
-        return Recommendation(
-            f"nnU-Net needs more than the {format_bytes(limit_bytes)} cap {where}, and 1.5x that is more "
-            f"than this host's {format_bytes(host_mem_bytes)}: use a machine with more memory", None, None)
-    return Recommendation(f"raise the cap: --mem {format_mem_arg(new_mem)} (was {format_bytes(limit_bytes)}); "
-                          f"nnU-Net ran out {where}", opts, mem_arg_bytes)
-
-
-def during_phase(phase: str | None, configuration: str | None) -> str:
-    """'during fingerprint extraction', or 'before nnU-Net started' when no phase is known."""
-    if phase is None or phase == "startup":
-        return "before nnU-Net started"
-    return f"during {describe_phase(phase, configuration)}"
-
-
-def describe_phase(phase: str | None, configuration: str | None) -> str:
-    if phase is None:
-        return "before nnU-Net started"
-    words = PHASE_WORDS.get(phase, phase)
-    if phase == "preprocessing" and configuration:
-        return f"{words} {configuration}"
-    return words

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import signal
 
-from runner.diagnosis.classify import RunFacts, Victim, WorkerExit, find_victims
-
-EARLY_SUFFIX = "(full report when nnU-Net has ended)"
+from runner.diagnosis.classify import Victim, find_victims
+from runner.diagnosis.facts import RunFacts, WorkerExit, worker_exit
+from runner.diagnosis.wording import early_oom_line
+from runner.rundir import (EV_CASE_END, EV_CASE_ERROR, EV_CASE_START, EV_CHILD_EXIT, EV_CHILD_START, EV_OOM_KILL,
+                           EV_PHASE, EV_SUPERVISOR_START, EV_WATCHDOG, EV_WORKER_EXIT, WorkerExitRecord)
 
 
 class EarlyOom:
@@ -46,34 +48,33 @@ class EarlyOom:
         if self.said is not None:
             return None
         kind = event.get("event")
-        if kind == "supervisor_start":
+        if kind == EV_SUPERVISOR_START:
             self.oom_start = event.get("oom_kill")
             self.oom_last = self.oom_start
-        elif kind == "child_start":
+        elif kind == EV_CHILD_START:
             self.main_pid = event.get("pid")
-        elif kind == "phase":
+        elif kind == EV_PHASE:
             self.phase, self.configuration = event.get("phase"), event.get("configuration")
-        elif kind == "oom_kill":
+        elif kind == EV_OOM_KILL:
             count = event.get("count")
             if count is not None:
                 self.oom_last = max(self.oom_last or 0, int(count))
-        elif kind == "watchdog":
+        elif kind == EV_WATCHDOG:
             self.watchdog = True
-        elif kind == "case_start" and event.get("pid") is not None:
+        elif kind == EV_CASE_START and event.get("pid") is not None:
             self.open_cases[event["pid"]] = event.get("case")
-        elif kind in ("case_end", "case_error") and event.get("pid") is not None:
+        elif kind in (EV_CASE_END, EV_CASE_ERROR) and event.get("pid") is not None:
             if self.open_cases.get(event["pid"]) == event.get("case"):
                 self.open_cases.pop(event["pid"], None)
-        elif kind == "worker_exit" and event.get("pid") is not None:
-            self.exits.append(WorkerExit(int(event["pid"]), float(event.get("t") or 0.0),
-                                         bool(event.get("main_alive")), event.get("oom_kill_before"),
-                                         event.get("oom_kill_after"), event.get("last_rss_bytes")))
-            self.exit_phase[int(event["pid"])] = (event.get("phase"), event.get("configuration"))
+        elif kind == EV_WORKER_EXIT and event.get("pid") is not None:
+            record = WorkerExitRecord.from_json(event)
+            self.exits.append(worker_exit(record))
+            self.exit_phase[record.pid] = (record.phase, record.configuration)
             # A worker exit at a counter rise carries the rise itself (the oom_kill event may come later).
             after = event.get("oom_kill_after")
             if after is not None:
                 self.oom_last = max(self.oom_last or 0, int(after))
-        elif kind == "child_exit":
+        elif kind == EV_CHILD_EXIT:
             self.returncode = event.get("returncode")
         else:
             return None
@@ -101,8 +102,5 @@ class EarlyOom:
             phase, configuration = self.exit_phase.get(first.pid, (phase, configuration))
             case = self.open_cases.get(first.pid)
             first = Victim("worker", first.pid, case, first.t)
-        from runner.run.preprocess import oom_message   # the final report's wording
-        in_flight = [first.case] if first.case else []
-        self.said = (f"nnrun: oom (out of memory): "
-                     f"{oom_message(first, phase, configuration, in_flight, bool(first.case))} {EARLY_SUFFIX}")
+        self.said = early_oom_line(first, phase, configuration)
         return self.said

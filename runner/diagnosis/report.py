@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 
 from runner import __version__
-from runner.diagnosis.classify import describe_phase
+from runner.diagnosis.wording import describe_phase
 from runner.errors import Outcome, exit_code_for
 from runner.units import format_bytes
 

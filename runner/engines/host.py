@@ -37,9 +37,8 @@ from typing import Iterator
 from runner.cgroup import DEFAULT_ROOT, detect_cgroup_version, process_memory_cgroup, read_memory_counters
 from runner.engines.base import ContainerSpec, ContainerState, EngineInfo, ImageInfo
 from runner.errors import CgroupReadError, InfraError
-from runner.incontainer.supervisor import CGROUP_DIR_ENV
+from runner.rundir import CGROUP_DIR_ENV, HOST_PYTHON_ENV
 
-HOST_PYTHON_ENV = "NNRUN_HOST_PYTHON"
 HOST_ENV_HINT = "make one with scripts/host-env.sh and pass --host-python PATH (or set NNRUN_HOST_PYTHON)"
 # The package folder that holds runner/, put on the payload's PYTHONPATH (the image has it in /opt/nnrun).
 RUNNER_PARENT = str(Path(__file__).resolve().parents[2])

@@ -32,11 +32,9 @@ import os
 import sys
 import time
 
-from runner.incontainer.events import EVENTS_ENV, emit, peak_rss_bytes, reset_peak_rss
+from runner.rundir import AGENT_EVENTS_ENV, CONFIGURATION_ENV, FILE_ENDING_ENV, PHASE_ENV
+from runner.incontainer.events import current_phase, emit, peak_rss_bytes, reset_peak_rss
 
-FILE_ENDING_ENV = "NNRUN_FILE_ENDING"
-PHASE_ENV = "NNRUN_AGENT_PHASE"
-CONFIGURATION_ENV = "NNRUN_AGENT_CONFIGURATION"
 NNUNET_COMMAND = "nnUNetv2_plan_and_preprocess"
 
 
@@ -58,17 +56,13 @@ def case_id_from_path(path: str) -> str:
     return name
 
 
-def _phase() -> tuple[str | None, str | None]:
-    return os.environ.get(PHASE_ENV) or None, os.environ.get(CONFIGURATION_ENV) or None
-
-
 def per_case(case_of):
     """Decorate a one-case function: events and the worker's peak RSS around each call."""
     def decorate(fn):
         @functools.wraps(fn)
         def wrapped(*args, **kwargs):
             case = case_of(*args, **kwargs)
-            phase, configuration = _phase()
+            phase, configuration = current_phase()
             reset_peak_rss()
             started = time.time()
             emit("case_start", case=case, phase=phase, configuration=configuration)
@@ -155,13 +149,13 @@ def main(argv: list[str] | None = None) -> None:
 
 # The main process only, before the imports below: the workers the host asked to start early
 # (warm.json) import nnU-Net at the same time as this process does.
-if __name__ == "__main__" and os.environ.get(EVENTS_ENV):
+if __name__ == "__main__" and os.environ.get(AGENT_EVENTS_ENV):
     from runner.incontainer.schedule import prestart
     prestart()
 
 # Runs on import too: spawned workers import this module as __mp_main__ before
 # they unpickle a task, which is what puts the wrappers in place there.
-if os.environ.get(EVENTS_ENV):
+if os.environ.get(AGENT_EVENTS_ENV):
     try:
         install()
     except ImportError:   # not inside the nnU-Net image (e.g. unit tests on the host)

@@ -1,15 +1,27 @@
-"""Event lines from nnU-Net's processes to the run folder (standard library only).
+"""Event lines from nnU-Net's processes to the run folder, and what every process of the pool shares
+(standard library only).
 
-Used by :mod:`runner.incontainer.agent` and :mod:`runner.incontainer.preprocess` in the main
-process and in every spawned worker.
+Used by :mod:`runner.incontainer.agent`, :mod:`runner.incontainer.preprocess` and
+:mod:`runner.incontainer.schedule` in the main process and in every spawned worker.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
-EVENTS_ENV = "NNRUN_AGENT_EVENTS"
+from runner.rundir import AGENT_EVENTS_ENV, CONFIGURATION_ENV, PHASE_ENV, TEST_KILL_AT_ENV
+
+# nnU-Net's own words when a pool worker is gone (its DefaultPreprocessor raises this RuntimeError):
+# the pools nnrun runs raise the same RuntimeError, so that nnU-Net's callers behave as they do natively.
+DEAD_WORKER_MESSAGE = ('Some background worker is 6 feet under. Yuck. \n'
+                       'OK jokes aside.\n'
+                       'One of your background processes is missing. This could be because of '
+                       'an error (look for an error message) or because it was killed '
+                       'by your OS due to running out of RAM. If you don\'t see '
+                       'an error message, out of RAM is likely the problem. In that case '
+                       'reducing the number of workers might help')
 
 _fd: int | None = None
 
@@ -17,7 +29,7 @@ _fd: int | None = None
 def emit(kind: str, **fields) -> None:
     """Append one event line.  O_APPEND keeps lines from different workers whole."""
     global _fd
-    path = os.environ.get(EVENTS_ENV)
+    path = os.environ.get(AGENT_EVENTS_ENV)
     if not path:
         return
     try:
@@ -46,3 +58,15 @@ def peak_rss_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def current_phase() -> tuple[str | None, str | None]:
+    """(phase, configuration) of this process, as the agent set them in its environment."""
+    return os.environ.get(PHASE_ENV) or None, os.environ.get(CONFIGURATION_ENV) or None
+
+
+def kill_hook(point: str) -> None:
+    """Test-only: SIGKILL nnU-Net (its whole process group) at a chosen point, once."""
+    if os.environ.get(TEST_KILL_AT_ENV) == point:
+        emit("test_kill", point=point)
+        os.killpg(0, signal.SIGKILL)

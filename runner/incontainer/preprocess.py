@@ -29,35 +29,19 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import time
 from contextlib import contextmanager
 from multiprocessing import get_context
 
-from runner.incontainer.events import emit
+from runner.incontainer.events import emit, kill_hook
 from runner.shards import (PLANS_NAME_ENV, SHARD_MAP_ENV, SKIP_PLANNING_ENV, cases_of, header_weights,
                            load_or_create, read_map, shard_from_env)
 from runner.shards import map_path as shard_map_path
+from runner.rundir import CLEAN_ENV, RESUME_ENV, SCHEDULE_ENV, SCHEDULE_FILE_ENV
 
-RESUME_ENV = "NNRUN_RESUME"
-CLEAN_ENV = "NNRUN_CLEAN"
-SCHEDULE_ENV = "NNRUN_SCHEDULE"
-SCHEDULE_FILE_ENV = "NNRUN_SCHEDULE_FILE"
-KILL_AT_ENV = "NNRUN_TEST_KILL_AT"
 TMP_MARK = ".nnrun-tmp"
 STAGING = os.path.join(".nnrun", "staging")
 CASE_SUFFIXES = (".b2nd", "_seg.b2nd")      # data first, then seg; the .pkl is renamed last
-
-
-def _emit(kind: str, **fields) -> None:
-    emit(kind, **fields)
-
-
-def kill_hook(point: str) -> None:
-    """Test-only: SIGKILL nnU-Net (its whole process group) at a chosen point, once."""
-    if os.environ.get(KILL_AT_ENV) == point:
-        _emit("test_kill", point=point)
-        os.killpg(0, signal.SIGKILL)
 
 
 # -- atomic writes ------------------------------------------------------------------------
@@ -182,7 +166,7 @@ def _my_shard_cases(dataset_folder: str, plans_identifier: str, cases: list[str]
                                lambda: (header_weights({c: dataset[c]["images"] for c in cases}), "voxels"),
                                plans_identifier)
     mine = cases_of(shard_map, shard.index)
-    _emit("shard", index=shard.index, count=shard.count, cases=mine, map=path,
+    emit("shard", index=shard.index, count=shard.count, cases=mine, map=path,
           balanced_by=shard_map.get("balanced_by"))
     return mine
 
@@ -254,7 +238,7 @@ def preprocess_configuration(self, dataset_name_or_id, configuration_name: str, 
         if isdir(final_dir) and not isdir(staging):
             done = clean_folder(final_dir, cases, only_these=sharded)
             if len(done) == len(cases):
-                _emit("configuration_complete", configuration=configuration_name, cases=len(cases), skipped=True)
+                emit("configuration_complete", configuration=configuration_name, cases=len(cases), skipped=True)
                 print(f"nnrun: {configuration_manager.data_identifier} is complete from an earlier run: kept "
                       f"(--clean redoes it)", flush=True)
                 return
@@ -263,7 +247,7 @@ def preprocess_configuration(self, dataset_name_or_id, configuration_name: str, 
         os.makedirs(staging, exist_ok=True)
     done = set(clean_folder(staging, mine, only_these=sharded))
     pending = [c for c in mine if c not in done]
-    _emit("resume", configuration=configuration_name, complete=len(done), pending=len(pending))
+    emit("resume", configuration=configuration_name, complete=len(done), pending=len(pending))
     if done:
         print(f"nnrun: resuming {configuration_name}: {len(done)} of {len(mine)} cases already complete",
               flush=True)
@@ -283,11 +267,11 @@ def preprocess_configuration(self, dataset_name_or_id, configuration_name: str, 
             raise RuntimeError(f"nnrun: {len(missing)} case(s) not complete after preprocessing: {missing[:5]}")
         if sharded:
             if where == final_dir:
-                _emit("configuration_complete", configuration=configuration_name, cases=len(cases), skipped=True)
+                emit("configuration_complete", configuration=configuration_name, cases=len(cases), skipped=True)
                 return
             others = [c for c in cases if c not in set(mine) and not case_complete(staging, c)]
             if others:
-                _emit("shard_complete", configuration=configuration_name, cases=len(mine), others_pending=len(others))
+                emit("shard_complete", configuration=configuration_name, cases=len(mine), others_pending=len(others))
                 print(f"nnrun: shard of {configuration_name} complete ({len(mine)} cases); {len(others)} case(s) "
                       f"of other shards still pending: the last shard to finish moves the folder into place",
                       flush=True)
@@ -295,16 +279,7 @@ def preprocess_configuration(self, dataset_name_or_id, configuration_name: str, 
         if isdir(final_dir):
             shutil.rmtree(final_dir)
         os.replace(staging, final_dir)
-    _emit("configuration_complete", configuration=configuration_name, cases=len(cases), skipped=False)
-
-
-_DEAD_WORKER = ('Some background worker is 6 feet under. Yuck. \n'
-                'OK jokes aside.\n'
-                'One of your background processes is missing. This could be because of '
-                'an error (look for an error message) or because it was killed '
-                'by your OS due to running out of RAM. If you don\'t see '
-                'an error message, out of RAM is likely the problem. In that case '
-                'reducing the number of workers might help')
+    emit("configuration_complete", configuration=configuration_name, cases=len(cases), skipped=False)
 
 
 def _run_fixed(preprocessor, args: dict, num_processes: int) -> None:

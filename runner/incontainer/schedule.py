@@ -39,11 +39,9 @@ import threading
 import time
 from multiprocessing import get_context
 
-from runner.incontainer.events import EVENTS_ENV, emit
+from runner.rundir import AGENT_EVENTS_ENV, CONFIGURATION_ENV, PHASE_ENV, WARM_FILE
+from runner.incontainer.events import DEAD_WORKER_MESSAGE, current_phase, emit, kill_hook
 
-WARM_FILE = "warm.json"
-PHASE_ENV = "NNRUN_AGENT_PHASE"                  # as runner.incontainer.agent sets them in the main process
-CONFIGURATION_ENV = "NNRUN_AGENT_CONFIGURATION"
 
 _WARM: dict | None = None        # {"configuration", "kind", "pools": [Pool], "procs": [Process]}
 
@@ -57,19 +55,14 @@ def call_in_phase(phase: str | None, configuration: str | None, fn, args: tuple)
     return fn(*args)
 
 
-def _phase() -> tuple[str | None, str | None]:
-    return os.environ.get(PHASE_ENV) or None, os.environ.get(CONFIGURATION_ENV) or None
-
-
 def _dead_worker_error() -> RuntimeError:
-    from runner.incontainer.preprocess import _DEAD_WORKER
-    return RuntimeError(_DEAD_WORKER)
+    return RuntimeError(DEAD_WORKER_MESSAGE)
 
 
 # -- warm workers -------------------------------------------------------------------------------
 
 def warm_file() -> str | None:
-    events = os.environ.get(EVENTS_ENV)
+    events = os.environ.get(AGENT_EVENTS_ENV)
     return os.path.join(os.path.dirname(events), WARM_FILE) if events else None
 
 
@@ -124,8 +117,7 @@ def discard_warm() -> None:
 
 def run_fixed(preprocessor, args: dict, num_processes: int) -> None:
     """Every case queued on -np spawn workers, a dead worker is fatal: nnU-Net's DefaultPreprocessor.run."""
-    from runner.incontainer.preprocess import kill_hook
-    phase, configuration = _phase()
+    phase, configuration = current_phase()
     warm = take_warm(configuration, "fixed", num_processes)
     pool = warm[0] if warm else get_context("spawn").Pool(num_processes)
     with pool:
@@ -216,8 +208,7 @@ def plan_admissions(model: MemoryModel, pending: list[str], running: list[str], 
 
 def run_memory_aware(preprocessor, args: dict, plan: dict) -> None:
     """Admit cases largest first while the predicted charge fits the cap; start workers as cases fit."""
-    from runner.incontainer.preprocess import kill_hook
-    phase, configuration = _phase()
+    phase, configuration = current_phase()
     model = MemoryModel(plan, args)
     max_workers = max(1, min(int(plan.get("workers", 1)), len(args)))
     pending = sorted(args, key=lambda c: (-model.need[c], c))

@@ -34,15 +34,11 @@ from pathlib import Path
 
 from runner.cgroup import MemoryCounters, own_cgroup_dir, read_memory_counters
 from runner.errors import CgroupReadError
+from runner.rundir import (AGENT_EVENTS_ENV, AGENT_EVENTS_FILE, CGROUP_DIR_ENV, EVENTS_FILE, HOST_ACK_FILE, NNUNET_LOG,
+                           STATUS_FILE, STATUS_ON_STDOUT, SUPERVISOR_SCHEMA, TEST_OOM_VICTIM_ENV, EV_WORKER_EXIT,
+                           SupervisorStatus, WorkerExitRecord)
 
-STATUS_FILE = "status.json"
-HOST_ACK_FILE = "host-ack"
 HOST_ACK_TIMEOUT_S = 10.0
-EVENTS_FILE = "events.jsonl"
-NNUNET_LOG = "nnunet.log"
-AGENT_EVENTS_FILE = "agent.jsonl"    # written by runner.incontainer.agent inside nnU-Net's processes
-SUPERVISOR_SCHEMA = 1
-CGROUP_DIR_ENV = "NNRUN_CGROUP_DIR"
 
 # nnU-Net raises its own processes' oom_score_adj so that the kernel picks one
 # of them, never this supervisor (an unprivileged process may raise its score).
@@ -209,7 +205,7 @@ class Supervisor:
         self.peak_shm = 0
         self.limit_bytes: int | None = None
         self.workers_seen: dict[int, dict] = {}
-        self.worker_exits: list[dict] = []
+        self.worker_exits: list[WorkerExitRecord] = []
         self.terminated_by: int | None = None
         self.first_oom_at: float | None = None
         self.watchdog_fired = False
@@ -295,11 +291,11 @@ class Supervisor:
         for pid in gone:
             info = self.workers_seen[pid]
             info["exited"] = round(time.time(), 3)
-            record = {"pid": pid, "t": info["exited"], "main_alive": main_alive, "last_rss_bytes": info.get("rss"),
-                      "phase": self.tracker.phase, "configuration": self.tracker.configuration,
-                      "oom_kill_before": oom_before, "oom_kill_after": oom_now}
+            record = WorkerExitRecord(pid=pid, t=info["exited"], main_alive=main_alive, last_rss_bytes=info.get("rss"),
+                                      phase=self.tracker.phase, configuration=self.tracker.configuration,
+                                      oom_kill_before=oom_before, oom_kill_after=oom_now)
             self.worker_exits.append(record)
-            self.emit("worker_exit", **record)
+            self.emit(EV_WORKER_EXIT, **record.to_json())
 
     def poll_loop(self) -> None:
         while not self.stop_polling.is_set():
@@ -393,7 +389,7 @@ class Supervisor:
         log = open(self.run_dir / NNUNET_LOG, "ab")
         poller = threading.Thread(target=self.poll_loop, name="poll", daemon=True)
         try:
-            env = {**os.environ, "NNRUN_AGENT_EVENTS": str(self.run_dir / AGENT_EVENTS_FILE)}
+            env = {**os.environ, AGENT_EVENTS_ENV: str(self.run_dir / AGENT_EVENTS_FILE)}
             self.child = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                           process_group=0, preexec_fn=_prepare_child, env=env)
         except OSError as err:
@@ -449,40 +445,40 @@ class Supervisor:
         self.emit("supervisor_warning", message="no acknowledgement from the host; exiting anyway")
 
     def write_status(self, returncode: int | None, ended: float | None = None, start_error: str | None = None) -> None:
-        status = {
-            "schema": SUPERVISOR_SCHEMA,
-            "command": self.command,
-            "started": self.started,
-            "ended": ended or time.time(),
-            "main_pid": self.child.pid if self.child else None,
-            "returncode": returncode,
-            "start_error": start_error,
-            "terminated_by_signal": self.terminated_by,
-            "watchdog_fired": self.watchdog_fired,
-            "phase": self.tracker.phase,
-            "configuration": self.tracker.configuration,
-            "completed_phases": self.tracker.completed_phases,
-            "completed_configurations": self.tracker.completed_configurations,
-            "progress": {k: list(v) for k, v in self.tracker.progress.items()},
-            "last_exception_line": self.tracker.last_exception_line,
-            "cgroup_version": self.cgroup_version,
-            "cgroup_error": self.cgroup_error,
-            "limit_bytes": self.limit_bytes,
-            "oom_kill_start": self.oom_kill_start,
-            "oom_kill_end": self.oom_kill_last,
-            "peak_anon_bytes": self.peak_anon or None,
-            "peak_usage_bytes": self.peak_usage or None,
-            "peak_shm_bytes": self.peak_shm,
-            "workers_seen": sorted(self.workers_seen),
-            "worker_exits": self.worker_exits,
-        }
+        status = SupervisorStatus(
+            schema=SUPERVISOR_SCHEMA,
+            command=self.command,
+            started=self.started,
+            ended=ended or time.time(),
+            main_pid=self.child.pid if self.child else None,
+            returncode=returncode,
+            start_error=start_error,
+            terminated_by_signal=self.terminated_by,
+            watchdog_fired=self.watchdog_fired,
+            phase=self.tracker.phase,
+            configuration=self.tracker.configuration,
+            completed_phases=self.tracker.completed_phases,
+            completed_configurations=self.tracker.completed_configurations,
+            progress={k: list(v) for k, v in self.tracker.progress.items()},
+            last_exception_line=self.tracker.last_exception_line,
+            cgroup_version=self.cgroup_version,
+            cgroup_error=self.cgroup_error,
+            limit_bytes=self.limit_bytes,
+            oom_kill_start=self.oom_kill_start,
+            oom_kill_end=self.oom_kill_last,
+            peak_anon_bytes=self.peak_anon or None,
+            peak_usage_bytes=self.peak_usage or None,
+            peak_shm_bytes=self.peak_shm,
+            workers_seen=sorted(self.workers_seen),
+            worker_exits=list(self.worker_exits),
+        ).to_json()
         tmp = self.run_dir / (STATUS_FILE + ".tmp")
         try:
             tmp.write_text(json.dumps(status, indent=1))
             os.replace(tmp, self.run_dir / STATUS_FILE)
         except OSError as err:
             # No room for status.json (a full disk): say it on stdout, which the host keeps in the logs.
-            print(f"nnrun-supervisor: cannot write {STATUS_FILE}: {err}; status: {json.dumps(status)}", flush=True)
+            print(f"{STATUS_ON_STDOUT.decode()}: {err}; status: {json.dumps(status)}", flush=True)
 
 
 def _safe_run(sup: "Supervisor") -> int:
@@ -515,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     # Test-only hook: make the intended OOM victim the likeliest one, so that
     # the integration tests can assert the victim (the kernel's choice among
     # equal candidates is not deterministic).
-    test_victim = os.environ.get("NNRUN_TEST_OOM_VICTIM") or None
+    test_victim = os.environ.get(TEST_OOM_VICTIM_ENV) or None
     return _safe_run(Supervisor(args.run_dir, command, args.verify, test_victim, args.wait_for_host))
 
 

@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from runner.errors import BadInputError
-from runner.run.outputs import NNRUN_DIR
+from runner.rundir import NNRUN_DIR
 
 LOCKS_DIR = "locks"
 GLOBAL_LOCK = "global.lock"

@@ -34,7 +34,7 @@ def _ns_pid(status_path: Path) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MonitorSummary:
     readable: bool
     cgroup_dir: str | None

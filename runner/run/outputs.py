@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 from runner.incontainer.preprocess import TMP_MARK   # the agent writes under names holding it, then renames
+from runner.rundir import NNRUN_DIR
 
-NNRUN_DIR = ".nnrun"
 FINGERPRINT_FILE = "dataset_fingerprint.json"
 GT_FOLDER = "gt_segmentations"
 

@@ -28,16 +28,15 @@ drawn (nnU-Net had ended).
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
 from pathlib import Path
 
 from runner.plot import PlotData, plot_data_from_files, render_memory_png
-from runner.run.telemetry import TIMELINE_FILE, AGENT_FILE
-from runner.incontainer.supervisor import EVENTS_FILE
+from runner.rundir import AGENT_EVENTS_FILE, EVENTS_FILE, PLOT_FILE, TIMELINE_FILE
 
-PLOT_FILE = "memory.png"
 
 
 def _warm_up() -> None:
@@ -115,7 +114,7 @@ class PlotJob:
 
     def _draw(self, title: str, limit_bytes: int | None) -> Path:
         data = plot_data_from_files(self.run_dir / TIMELINE_FILE, self.run_dir / EVENTS_FILE,
-                                    self.run_dir / AGENT_FILE, limit_bytes, title)
+                                    self.run_dir / AGENT_EVENTS_FILE, limit_bytes, title)
         return render_memory_png(data, self.run_dir / PLOT_FILE)
 
 
@@ -131,21 +130,19 @@ def guess_title(run_dir: Path, monitor, fallback_limit_bytes: int | None) -> tup
     host's readings so far (the container's exit code and the engine's word only matter when no cgroup
     counter could be read; then the guess may differ and :meth:`PlotJob.result` renders again).
     """
-    import json
-
     from runner.diagnosis.classify import classify
-    from runner.run.monitor import MonitorSummary
-    from runner.run.preprocess import gather_facts
-    from runner.incontainer.supervisor import STATUS_FILE
-    from runner.run.telemetry import case_records, read_jsonl
+    from runner.diagnosis.facts import gather_facts
+    from runner.rundir import STATUS_FILE, SupervisorStatus, read_jsonl
+    from runner.run.telemetry import case_records
 
     try:
-        status = json.loads((Path(run_dir) / STATUS_FILE).read_text())
-        summary = MonitorSummary(monitor.samples > 0, None, monitor.version, monitor.samples, monitor.limit,
-                                 monitor.peak_anon, monitor.peak_usage, monitor.oom_first, monitor.oom_last, None)
-        records = case_records(read_jsonl(Path(run_dir) / AGENT_FILE))
-        outcome = classify(gather_facts(status, summary, None, False, 0, None, records)).outcome.value
-        limit = summary.limit_bytes or status.get("limit_bytes") or fallback_limit_bytes
+        status = SupervisorStatus.from_json(json.loads((Path(run_dir) / STATUS_FILE).read_text()))
+        records = case_records(read_jsonl(Path(run_dir) / AGENT_EVENTS_FILE))
+        facts = gather_facts(status, host_oom_first=monitor.oom_first, host_oom_last=monitor.oom_last, exit_code=None,
+                             engine_oom_killed=False, engine_oom_events=0, interrupt_signal=None,
+                             open_case_pids=frozenset(r.pid for r in records if r.status == "unfinished"))
+        outcome = classify(facts).outcome.value
+        limit = monitor.limit or status.limit_bytes or fallback_limit_bytes
         return plot_title(Path(run_dir).parents[2].name, outcome, limit), limit
     except Exception:  # noqa: BLE001 - only a guess: the plot is then drawn at the end, as before
         return None, None

@@ -9,428 +9,41 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import secrets
 import shlex
 import shutil
-import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
-from runner import __version__
-from runner.dataset import RawDataset, load_raw_dataset
-from runner.diagnosis.classify import RunFacts, Verdict, Victim, WorkerExit, classify, during_phase, recommend
-from runner.engines.base import ContainerSpec, Engine, Mount
-from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted
-from runner.run.monitor import DEFAULT_CGROUP_ROOT, CgroupMonitor, MonitorSummary
-from runner.formats.nifti import read_header
-from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv, validate
-from runner.incontainer.preprocess import STAGING, TMP_MARK
-from runner.shards import (PLANS_NAME_ENV, SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_MAP_ENV, SKIP_PLANNING_ENV,
-                           Shard)
-from runner.shards import map_path as shard_map_path
-from runner.run.outputs import NNRUN_DIR, cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
-from runner.run.locks import acquire as acquire_locks, owner_info, scope_for_run
+from runner.dataset import RawDataset
+from runner.diagnosis import wording
+from runner.diagnosis.advice import recommend
+from runner.diagnosis.classify import Verdict, classify
+from runner.diagnosis.facts import RunFacts, gather_facts, highest
 from runner.diagnosis.report import RunReport, to_json
-from runner.incontainer.supervisor import EVENTS_FILE, HOST_ACK_FILE, NNUNET_LOG, STATUS_FILE
-from runner.run.telemetry import AGENT_FILE, TIMELINE_FILE, JsonlTail, case_held_by, case_records, read_jsonl
+from runner.engines.base import Engine
+from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted
+from runner.incontainer.preprocess import STAGING, TMP_MARK
+from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv
+from runner.run.contract import RUN_LABEL, build_spec, container_user, hand_over
+from runner.run.locks import acquire as acquire_locks
+from runner.run.locks import owner_info, scope_for_run
+from runner.run.manifest import attempt_summary, build_manifest, iso_time
+from runner.run.monitor import CgroupMonitor, MonitorSummary
+from runner.run.outputs import cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
+from runner.run.preflight import (check_dataset_files, check_output_writable, dataset_complete, preflight,
+                                  shape_mismatches, shard_dataset)
+from runner.run.settings import NullSink, ProgressSink, RunSettings
+from runner.run.telemetry import JsonlTail, case_held_by, case_records
+from runner.rundir import (ACTIVE_FILE, AGENT_EVENTS_FILE, EVENTS_FILE, HOST_ACK_FILE, MANIFEST_FILE, NNRUN_DIR,
+                           NNUNET_LOG, REPORT_FILE, SCHEDULE_FILE, STATUS_FILE, TIMELINE_FILE, WARM_FILE,
+                           SupervisorStatus, read_jsonl, read_status, try_write_json)
 from runner.units import format_bytes, format_mem_arg, parse_mem
 
-DEFAULT_IMAGE = f"nnrun:{__version__}"
-CONTAINER_RAW = "/data/raw"
-CONTAINER_PREPROCESSED = "/data/preprocessed"
-CONTAINER_RUN_DIR = "/nnrun/run"
-RUN_LABEL = "io.nnrun.run-id"
-# Test-only: the integration suite tags each test's containers, so that its
-# cleanup registry sees exactly the containers that test started.
-TEST_LABEL = "io.nnrun.test-id"
-TEST_LABEL_ENV = "NNRUN_TEST_ID"
-IMAGE_USER = (1000, 1000)   # the unprivileged user the Dockerfile creates
-REPORT_FILE = "report.json"
-MANIFEST_FILE = "manifest.json"
-PLOT_FILE = "memory.png"
-SCHEDULE_FILE = "schedule.json"   # in the run folder: the memory-aware admission plan for the agent
-ACTIVE_FILE = "active.json"     # in .nnrun/: the run in progress (left behind only if nnrun died)
 STOP_TIMEOUT_S = 10
-
-
-class ProgressSink(Protocol):
-    """Where a run reports progress; the CLI renders it (the orchestrator never prints)."""
-
-    def stage(self, message: str) -> None: ...
-    def file_check(self, done: int, total: int) -> None: ...
-    def nnunet_output(self, chunk: bytes) -> None: ...
-    def event(self, event: dict) -> None: ...       # run_start, supervisor and agent events
-    def memory(self, sample: dict) -> None: ...     # host cgroup readings, ~10 Hz
-
-
-class NullSink:
-    def stage(self, message: str) -> None: pass
-    def file_check(self, done: int, total: int) -> None: pass
-    def nnunet_output(self, chunk: bytes) -> None: pass
-    def event(self, event: dict) -> None: pass
-    def memory(self, sample: dict) -> None: pass
-
-
-@dataclass
-class RunSettings:
-    """nnrun's own options (as opposed to nnU-Net's)."""
-
-    mem: str
-    image: str = DEFAULT_IMAGE
-    raw_root: str | None = None
-    preprocessed_root: str | None = None
-    skip_file_check: bool = False
-    shm_size: str = "256m"
-    cgroup_root: Path = DEFAULT_CGROUP_ROOT
-    check_workers: int = 2
-    plot: bool = True
-    schedule: str = "fixed"          # "fixed": -np workers as nnU-Net; "memory": admit cases by predicted peak
-    retries: int | None = None       # --retry; None: 2 when nnrun chose the worker counts, else 0
-    np_auto: bool = False            # -np auto: the largest fixed pool that fits, from the estimate
-    npfp_auto: bool = False          # -npfp auto
-    workers_pinned: bool = False     # the user gave -np or -npfp
-    passthrough_argv: list[str] = field(default_factory=list)   # nnrun options to repeat in advice
-    shard: Shard | None = None       # --shard K/N: preprocess only shard K of N of the cases
-    runtime: str = "docker"          # docker | podman (a container engine) | host (this node, in its own cgroup)
-
-
-def _resolve_root(given: str | None, env_name: str, flag: str) -> Path:
-    value = given or os.environ.get(env_name)
-    if not value:
-        raise BadInputError(f"no {env_name} folder: pass {flag} DIR or set the {env_name} environment variable")
-    return Path(value).expanduser().resolve()
-
-
-def preflight(opts: PreprocessOptions, settings: RunSettings, sink: ProgressSink) -> tuple[int, RawDataset, Path]:
-    """Everything that can be checked without Docker.  Raises BadInputError."""
-    validate(opts)
-    mem_bytes = parse_mem(settings.mem)
-    raw_root = _resolve_root(settings.raw_root, "nnUNet_raw", "--raw")
-    dataset = load_raw_dataset(raw_root, opts.dataset_id)
-    preprocessed_root = _resolve_root(settings.preprocessed_root, "nnUNet_preprocessed", "--preprocessed")
-    existing = preprocessed_root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise BadInputError(f"--preprocessed {preprocessed_root}: {existing} is not a folder")
-    if raw_root == preprocessed_root:
-        raise BadInputError("the raw and preprocessed folders must differ")
-    if settings.shard is not None:
-        check_shard_run(opts, preprocessed_root / dataset.name, settings.mem)
-    elif not settings.skip_file_check:      # a shard checks its own cases' files, once it knows them
-        check_dataset_files(dataset, settings, sink)
-    return mem_bytes, dataset, preprocessed_root
-
-
-def check_dataset_files(dataset: RawDataset, settings: RunSettings, sink: ProgressSink) -> None:
-    """Read every image and label file to its end (damaged files fail here, not in a worker)."""
-    files = list(dataset.all_files())
-    sink.stage(f"checking {len(files)} image and label files of {dataset.name} to the end")
-    from runner.formats.check_cache import check_files_once     # files verified before are not read again
-    problems = check_files_once(files, workers=settings.check_workers, progress=sink.file_check)
-    if problems:
-        first = problems[0]
-        more = f" (and {len(problems) - 1} more damaged file(s))" if len(problems) > 1 else ""
-        raise BadInputError(first.message + more, hint=first.hint)
-
-
-def check_shard_run(opts: PreprocessOptions, preprocessed_dataset: Path, mem: str) -> None:
-    """A shard only preprocesses: the global steps must have run once before (they are not sharded)."""
-    if opts.no_pp:
-        raise BadInputError("--shard preprocesses cases; --no_pp runs only the global steps",
-                            hint="run the planning step once without --shard, then the shards")
-    if opts.clean:
-        raise BadInputError("--clean cannot be combined with --shard: it would delete other shards' cases",
-                            hint="run `nnrun preprocess --clean --no_pp` once before the shards")
-    if opts.verify_dataset_integrity:
-        raise BadInputError("--verify_dataset_integrity belongs to the planning step, not to a shard",
-                            hint="pass it to the run with --no_pp")
-    needed = [preprocessed_dataset / "dataset_fingerprint.json", preprocessed_dataset / f"{opts.plans_name}.json",
-              preprocessed_dataset / "dataset.json"]
-    missing = [p.name for p in needed if not p.is_file()]
-    if missing:
-        raise BadInputError(f"a shard run needs the fingerprint and plans of {preprocessed_dataset.name}, "
-                            f"missing: {', '.join(missing)}",
-                            hint=f"run the planning step once first: nnrun preprocess -d {opts.dataset_id} "
-                                 f"--mem {mem} --no_pp (nnrun slurm submit does this for you)")
-
-
-def dataset_complete(preprocessed_dataset: Path, plans_name: str, configurations) -> bool:
-    """Every configuration's folder is in its final place (nothing left in staging)."""
-    from runner.run.outputs import data_identifier
-    try:
-        planned = json.loads((preprocessed_dataset / f"{plans_name}.json").read_text())["configurations"]
-    except (OSError, ValueError, KeyError):
-        return False
-    for configuration in configurations:
-        if configuration not in planned:      # nnU-Net skips configurations its plans do not have
-            continue
-        ident = data_identifier(preprocessed_dataset, plans_name, configuration)
-        if not (preprocessed_dataset / ident).is_dir() or (preprocessed_dataset / STAGING / ident).exists():
-            return False
-    return True
-
-
-def shard_dataset(dataset: RawDataset, cases: list[str]) -> RawDataset:
-    """The dataset restricted to a shard's cases (same order)."""
-    keep = set(cases)
-    return replace(dataset, cases=tuple(c for c in dataset.cases if c.case_id in keep))
-
-
-def shape_mismatches(dataset: RawDataset) -> list[str]:
-    """Cases whose label's shape differs from their image's, from headers only."""
-    found = []
-    for case in dataset.cases:
-        try:
-            image = read_header(case.images[0])
-            label = read_header(case.label)
-        except NnrunError:
-            continue
-        if tuple(image.shape[:3]) != tuple(label.shape[:3]):
-            found.append(f"{case.case_id} (image {'x'.join(map(str, image.shape))}, "
-                         f"label {'x'.join(map(str, label.shape))})")
-    return found
-
-
-def container_user(preprocessed_root: Path, caller_uid: int | None = None,
-                   caller_gid: int | None = None) -> tuple[int, int, bool]:
-    """(uid, gid, chown_back): who the container runs as.  Never root.
-
-    A normal caller's uid:gid, so the outputs belong to them.  When root runs
-    nnrun, the container still runs unprivileged: as the owner of the
-    preprocessed folder when that is not root, else as the image's user
-    (1000:1000); in that last case nnrun hands the outputs back to root after
-    the run (chown_back), so they belong to the caller as well.
-    """
-    uid = os.getuid() if caller_uid is None else caller_uid
-    gid = os.getgid() if caller_gid is None else caller_gid
-    if uid != 0:
-        return uid, gid, False
-    try:
-        st = preprocessed_root.stat()
-        if st.st_uid != 0:
-            return st.st_uid, st.st_gid, False
-    except OSError:
-        pass
-    return IMAGE_USER[0], IMAGE_USER[1], True
-
-
-def check_output_writable(preprocessed_dataset: Path) -> None:
-    """A folder this user cannot write: say so before anything starts (nothing is written as root)."""
-    probe = preprocessed_dataset
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        try:
-            owner = f"uid {probe.stat().st_uid}"
-        except OSError:
-            owner = "another user"
-        raise BadInputError(f"the output folder {probe} belongs to {owner} and is not writable by you "
-                            f"(uid {os.getuid()})",
-                            hint="pass --preprocessed with a folder of yours, or ask its owner to run nnrun")
-
-
-def hand_over(paths: list[Path], uid: int, gid: int) -> None:
-    """chown -R (only when root runs nnrun), so the unprivileged container user can write there."""
-    for top in paths:
-        if not top.is_dir() or top.is_symlink():
-            os.chown(top, uid, gid, follow_symlinks=False)
-            continue
-        for dirpath, dirnames, filenames in os.walk(top):
-            os.chown(dirpath, uid, gid)
-            for name in filenames:
-                try:
-                    os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
-                except OSError:
-                    pass
-
-
-def container_command(opts: PreprocessOptions, run_dir: str = CONTAINER_RUN_DIR,
-                      wait_for_host: bool = True) -> list[str]:
-    """The image entrypoint's arguments: the supervisor, then nnU-Net's own entry point run by the agent."""
-    command = ["--run-dir", run_dir]
-    if wait_for_host:
-        command.append("--wait-for-host")
-    if opts.verify_dataset_integrity:
-        command.append("--verify")
-    # nnU-Net's own entry point, run by the agent that records which worker holds which case.
-    return command + ["--", "python3", "-m", "runner.incontainer.agent", *nnunet_argv(opts)[1:]]
-
-
-def container_environment(opts: PreprocessOptions, settings: RunSettings, file_ending: str,
-                          run_dir: str = CONTAINER_RUN_DIR, dataset_name: str | None = None,
-                          preprocessed: str = CONTAINER_PREPROCESSED, raw: str = CONTAINER_RAW,
-                          test_hooks: bool = True) -> dict[str, str]:
-    """The container's environment (also used by the Kubernetes and Slurm renderers)."""
-    env = {
-        "nnUNet_raw": raw,
-        "nnUNet_preprocessed": preprocessed,
-        "nnUNet_results": "/tmp/nnUNet_results",
-        "PYTHONUNBUFFERED": "1",
-        "HOME": "/tmp",
-        "NNRUN_FILE_ENDING": file_ending,
-    }
-    # The agent resumes from complete cases (and starts over with --clean).
-    env["NNRUN_RESUME"] = "1"
-    if opts.clean:
-        env["NNRUN_CLEAN"] = "1"
-    env["NNRUN_SCHEDULE"] = settings.schedule
-    if settings.schedule == "memory":
-        env["NNRUN_SCHEDULE_FILE"] = f"{run_dir}/{SCHEDULE_FILE}"
-    if settings.shard is not None:
-        # Fingerprint and plans exist (checked before); this run preprocesses its shard of the cases.
-        env[SHARD_INDEX_ENV] = str(settings.shard.index)
-        env[SHARD_COUNT_ENV] = str(settings.shard.count)
-        env[SKIP_PLANNING_ENV] = "1"
-        env[PLANS_NAME_ENV] = opts.plans_name
-        if dataset_name:
-            env[SHARD_MAP_ENV] = shard_map_path(f"{preprocessed}/{dataset_name}", opts.plans_name)
-    for hook in ("NNRUN_TEST_OOM_VICTIM", "NNRUN_TEST_KILL_AT"):     # test-only hooks (never in rendered manifests)
-        if test_hooks and os.environ.get(hook):
-            env[hook] = os.environ[hook]
-    return env
-
-
-def build_spec(opts: PreprocessOptions, settings: RunSettings, dataset: RawDataset, preprocessed_dataset: Path,
-               run_dir: Path, mem_bytes: int, run_id: str, user: tuple[int, int] | None = None) -> ContainerSpec:
-    command = container_command(opts)
-    env = container_environment(opts, settings, dataset.file_ending, dataset_name=dataset.name)
-    return ContainerSpec(
-        image=settings.image,
-        command=command,
-        mem_limit_bytes=mem_bytes,
-        user=f"{user[0]}:{user[1]}" if user else f"{os.getuid()}:{os.getgid()}",
-        environment=env,
-        mounts=[
-            Mount(str(Path(dataset.path).resolve()), f"{CONTAINER_RAW}/{dataset.name}", read_only=True),
-            Mount(str(preprocessed_dataset), f"{CONTAINER_PREPROCESSED}/{dataset.name}"),
-            Mount(str(run_dir), CONTAINER_RUN_DIR),
-        ],
-        labels={RUN_LABEL: run_id, "io.nnrun.dataset": dataset.name, "io.nnrun.version": __version__,
-                **({TEST_LABEL: os.environ[TEST_LABEL_ENV]} if os.environ.get(TEST_LABEL_ENV) else {})},
-        name=f"nnrun-{run_id}",
-        shm_size_bytes=parse_mem(settings.shm_size),
-    )
-
-
-def _read_status(run_dir: Path, log_tail: bytes = b"") -> dict | None:
-    """The supervisor's status.json; else the status it printed when it could not write the file (a full
-    disk); else what its event log says when it died before writing one."""
-    try:
-        return json.loads((run_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        pass
-    marker = b"nnrun-supervisor: cannot write status.json"
-    for line in reversed(log_tail.splitlines()):
-        if line.startswith(marker) and b"; status: " in line:
-            try:
-                return json.loads(line.split(b"; status: ", 1)[1])
-            except ValueError:
-                break
-    return _status_from_events(run_dir)
-
-
-def _status_from_events(run_dir: Path) -> dict | None:
-    """A partial status (no return code) rebuilt from events.jsonl, e.g. after `docker kill`."""
-    events = read_jsonl(run_dir / EVENTS_FILE)
-    partial: dict = {"partial": True, "worker_exits": []}
-    for event in events:
-        kind = event.get("event")
-        if kind == "supervisor_start":
-            partial["oom_kill_start"] = event.get("oom_kill")
-            partial["limit_bytes"] = event.get("limit_bytes")
-            partial["cgroup_version"] = event.get("cgroup_version")
-        elif kind == "child_start":
-            partial["main_pid"] = event.get("pid")
-        elif kind == "phase":
-            partial["phase"], partial["configuration"] = event.get("phase"), event.get("configuration")
-        elif kind == "oom_kill":
-            partial["oom_kill_end"] = event.get("count")
-        elif kind == "worker_exit":
-            partial["worker_exits"].append(event)
-    return partial if len(partial) > 2 else None
-
-
-def _disk_full(folder: Path, below_bytes: int = 8 * 1024 * 1024) -> bool:
-    """nnU-Net's error after a full disk need not say so (blosc2: 'Error while creating the NDArray')."""
-    try:
-        return shutil.disk_usage(folder).free < below_bytes
-    except OSError:
-        return False
-
-
-def _last_log_line(log_path: Path) -> str | None:
-    try:
-        with open(log_path, "rb") as fh:
-            fh.seek(max(0, fh.seek(0, 2) - 8192))
-            tail = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    lines = [ln.strip() for ln in tail.replace("\r", "\n").splitlines() if ln.strip()]
-    return lines[-1] if lines else None
-
-
-def _pick(*values):
-    present = [v for v in values if v is not None]
-    return max(present) if present else None
-
-
-def gather_facts(status: dict | None, summary: MonitorSummary, exit_code: int | None, engine_oom_killed: bool,
-                 engine_oom_events: int, interrupt_signal: int | None, records: list | None = None) -> RunFacts:
-    status = status or {}
-    starts = [v for v in (status.get("oom_kill_start"), summary.oom_kill_first) if v is not None]
-    return RunFacts(
-        container_exit_code=exit_code,
-        supervisor_ran=bool(status) and status.get("returncode") is not None or bool(status.get("start_error")),
-        nnunet_returncode=status.get("returncode"),
-        main_pid=status.get("main_pid"),
-        main_ended=status.get("ended"),
-        phase=status.get("phase"),
-        configuration=status.get("configuration"),
-        oom_kill_before=min(starts) if starts else None,
-        oom_kill_after=_pick(status.get("oom_kill_end"), summary.oom_kill_last),
-        engine_oom_killed=engine_oom_killed,
-        engine_oom_events=engine_oom_events,
-        worker_exits=tuple(WorkerExit(w["pid"], w["t"], w["main_alive"], w.get("oom_kill_before"),
-                                      w.get("oom_kill_after"), w.get("last_rss_bytes"))
-                           for w in status.get("worker_exits", [])),
-        interrupt_signal=interrupt_signal,
-        exception_line=status.get("last_exception_line"),
-        start_error=status.get("start_error"),
-        watchdog_fired=bool(status.get("watchdog_fired")),
-        open_case_pids=frozenset(r.pid for r in records or [] if r.status == "unfinished"),
-    )
-
-
-_CASE_VERBS = {"preprocessing": "preprocessing", "fingerprint": "extracting the fingerprint of",
-               "verify": "verifying"}
-
-
-def oom_message(first: Victim | None, phase: str | None, configuration: str | None, in_flight: list[str],
-                exact: bool) -> str:
-    """'a worker (pid 73) was killed while preprocessing case017 (3d_fullres); 3 other cases were in flight: ...'"""
-    during = during_phase(phase, configuration)
-    if first is not None and first.role == "main":
-        return f"the kernel OOM-killed nnU-Net's main process {during}"
-    pid = f" (pid {first.pid})" if first is not None and first.pid else ""
-    if first is not None and first.case:
-        config = f" ({configuration})" if phase == "preprocessing" and configuration else ""
-        others = [c for c in in_flight if c != first.case]
-        text = (f"the kernel OOM-killed a worker{pid} while {_CASE_VERBS.get(phase or '', 'processing')} "
-                f"{first.case}{config}")
-        if others:
-            text += f"; {len(others)} other case{'s' if len(others) > 1 else ''} {'were' if len(others) > 1 else 'was'} " \
-                    f"in flight: {', '.join(others)}"
-        return text
-    flight = ""
-    if in_flight:
-        flight = f" (cases in flight{'' if exact else ', inferred'}: {', '.join(in_flight)})"
-    return f"the kernel OOM-killed a worker process{pid} {during}{flight}"
 
 
 class Preprocess:
@@ -657,7 +270,6 @@ class Preprocess:
         warm = warm_workers(opts, self.estimate, settings.schedule, settings.np_auto,
                             (preprocessed_dataset / "dataset_fingerprint.json").is_file())
         if warm:     # the agent starts these workers while nnU-Net's main process imports and plans
-            from runner.incontainer.schedule import WARM_FILE
             try_write_json(run_dir / WARM_FILE, warm)
         manifest = build_manifest(run_id, opts, settings, spec, dataset, info, image, mem_bytes)
         try_write_json(run_dir / MANIFEST_FILE, manifest)
@@ -700,7 +312,9 @@ class Preprocess:
                     pass
         finally:
             self._container_done.set()
-            summary = MonitorSummary(False, None, None, 0, None, None, None, None, None, "monitor not started")
+            summary = MonitorSummary(readable=False, cgroup_dir=None, cgroup_version=None, samples=0,
+                                     limit_bytes=None, peak_anon_bytes=None, peak_usage_bytes=None,
+                                     oom_kill_first=None, oom_kill_last=None, error="monitor not started")
             engine_oom_killed, engine_events, status = False, 0, None
             try:
                 if monitor:
@@ -715,9 +329,9 @@ class Preprocess:
                         pass
                     if log_thread is not None:
                         log_thread.join(timeout=2)
-                status = _read_status(run_dir, self._log_tail)
+                status = read_status(run_dir, self._log_tail)
                 counter_readable = (summary.oom_kill_last is not None
-                                    or (status or {}).get("oom_kill_end") is not None)
+                                    or (status is not None and status.oom_kill_end is not None))
                 if self.container_id and not counter_readable:
                     try:
                         engine_events = engine.oom_event_count(self.container_id, started, time.time())
@@ -728,10 +342,13 @@ class Preprocess:
                     engine.remove(self.container_id)      # never left behind, whatever failed above
         ended = time.time()
 
-        agent_events = read_jsonl(run_dir / AGENT_FILE)
+        agent_events = read_jsonl(run_dir / AGENT_EVENTS_FILE)
         records = case_records(agent_events)
         self.agent_ran = bool(agent_events)
-        facts = gather_facts(status, summary, exit_code, engine_oom_killed, engine_events, interrupt, records)
+        facts = gather_facts(status, host_oom_first=summary.oom_kill_first, host_oom_last=summary.oom_kill_last,
+                             exit_code=exit_code, engine_oom_killed=engine_oom_killed,
+                             engine_oom_events=engine_events, interrupt_signal=interrupt,
+                             open_case_pids=frozenset(r.pid for r in records if r.status == "unfinished"))
         verdict = classify(facts)
         self._fill(report, facts, verdict, status, summary, dataset, preprocessed_dataset, mem_bytes,
                    info.mem_total_bytes, log_path, started, ended, records)
@@ -745,16 +362,14 @@ class Preprocess:
             report.shard, report.shard_cases = str(settings.shard), list(self.shard_cases)
             report.dataset_complete = dataset_complete(preprocessed_dataset, opts.plans_name, opts.configurations)
             if report.outcome is Outcome.OK:
-                rest = ("every shard is complete: the dataset is ready" if report.dataset_complete else
-                        "cases of other shards are still pending (`nnrun merge` checks the whole dataset)")
-                report.message = (f"shard {settings.shard} of {dataset.name}: {len(self.shard_cases)} cases "
-                                  f"preprocessed in {report.duration_s:.1f} s; {rest}")
+                report.message = wording.shard_ok_message(str(settings.shard), dataset.name, len(self.shard_cases),
+                                                          report.duration_s, report.dataset_complete)
         if chown_back and settings.shard is None:
             # Shards run side by side in these folders: `nnrun merge` hands the dataset back at the end.
             hand_over([preprocessed_dataset], os.getuid(), os.getgid())
         if settings.plot:
             report.plot_path = self._plot(run_dir, report, dataset)
-        manifest.update(ended=_iso(ended), outcome=report.outcome.value, exit_code=report.exit_code)
+        manifest.update(ended=iso_time(ended), outcome=report.outcome.value, exit_code=report.exit_code)
         try_write_json(run_dir / MANIFEST_FILE, manifest)
         self._write_report(run_dir, report)
         return report
@@ -763,7 +378,7 @@ class Preprocess:
     def _watch_run_dir(self, monitor: CgroupMonitor, run_dir: Path) -> None:
         """Pass the supervisor's and the agent's events on as progress; when the supervisor
         has written its status, read the cgroup once more, then let the supervisor exit."""
-        tails = [JsonlTail(run_dir / EVENTS_FILE), JsonlTail(run_dir / AGENT_FILE)]
+        tails = [JsonlTail(run_dir / EVENTS_FILE), JsonlTail(run_dir / AGENT_EVENTS_FILE)]
         status = run_dir / STATUS_FILE
         acked = False
         from runner.run.plot_job import PlotJob, guess_title
@@ -794,13 +409,13 @@ class Preprocess:
         except Exception:  # noqa: BLE001 - the stream ends when the container goes away
             return
 
-    def _fill(self, report: RunReport, facts: RunFacts, verdict: Verdict, status: dict | None,
+    def _fill(self, report: RunReport, facts: RunFacts, verdict: Verdict, status: SupervisorStatus | None,
               summary: MonitorSummary, dataset: RawDataset, preprocessed_dataset: Path, mem_bytes: int,
               host_mem: int, log_path: Path, started: float, ended: float,
               records: list | None = None) -> None:
         opts = self.opts
         records = records or []
-        status = status or {}
+        status = status or SupervisorStatus(partial=True)
         o = verdict.outcome
         report.outcome = o
         report.interrupt_signal = facts.interrupt_signal
@@ -810,17 +425,17 @@ class Preprocess:
         report.oom_source = verdict.oom_source
         report.engine_oom_killed = facts.engine_oom_killed
         report.engine_oom_events = facts.engine_oom_events
-        report.limit_bytes = summary.limit_bytes or status.get("limit_bytes") or mem_bytes
-        report.peak_anon_bytes = _pick(summary.peak_anon_bytes, status.get("peak_anon_bytes"))
-        report.peak_usage_bytes = _pick(summary.peak_usage_bytes, status.get("peak_usage_bytes"))
-        report.peak_shm_bytes = status.get("peak_shm_bytes")
-        report.cgroup_reader = "host" if summary.readable else ("container" if status.get("cgroup_version") else None)
-        phase = facts.phase if facts.phase in ("startup", "verify", "fingerprint", "planning", "preprocessing") else None
+        report.limit_bytes = summary.limit_bytes or status.limit_bytes or mem_bytes
+        report.peak_anon_bytes = highest(summary.peak_anon_bytes, status.peak_anon_bytes)
+        report.peak_usage_bytes = highest(summary.peak_usage_bytes, status.peak_usage_bytes)
+        report.peak_shm_bytes = status.peak_shm_bytes
+        report.cgroup_reader = "host" if summary.readable else ("container" if status.cgroup_version else None)
+        phase = facts.phase if facts.phase in wording.PHASES else None
         report.phase = None if o is Outcome.OK else phase
         report.configuration = facts.configuration if report.phase == "preprocessing" else None
         workers = (opts.npfp if phase in ("verify", "fingerprint")
                    else opts.workers_per_configuration().get(facts.configuration or "", 1))
-        progress = (status.get("progress") or {}).get("Extracting dataset fingerprint")
+        progress = (status.progress or {}).get("Extracting dataset fingerprint")
         in_flight = cases_in_flight([c.case_id for c in dataset.cases], phase, facts.configuration, workers,
                                     preprocessed_dataset, opts.plans_name, progress[0] if progress else None)
         exact = False
@@ -844,19 +459,12 @@ class Preprocess:
                           "cpu_percent_of_one_core": round(100 * summary.cpu_s / summary.wall_s, 3)
                           if summary.wall_s else None,
                           "final_reading": summary.final_reading}
-        during = during_phase(phase, facts.configuration)
-        cap = format_bytes(report.limit_bytes)
-        peak = (f"; anonymous memory peaked at {format_bytes(report.peak_anon_bytes)} of the {cap} cap"
-                if report.peak_anon_bytes else "")
-        if o is Outcome.OK and opts.no_pp:
-            report.message = (f"{dataset.name}: fingerprint and plans ready in {report.duration_s:.1f} s "
-                              f"(--no_pp: no case preprocessed){peak}")
-        elif o is Outcome.OK:
-            report.message = (f"{dataset.name} preprocessed ({' '.join(opts.configurations)}) in "
-                              f"{report.duration_s:.1f} s{peak}")
+        peak = wording.peak_clause(report.peak_anon_bytes, report.limit_bytes)
+        if o is Outcome.OK:
+            report.message = wording.ok_message(dataset.name, opts.configurations, report.duration_s, opts.no_pp, peak)
         elif o is Outcome.OOM:
-            report.message = oom_message(victims[0] if victims else None, phase, facts.configuration,
-                                         in_flight, exact) + peak
+            report.message = wording.oom_message(victims[0] if victims else None, phase, facts.configuration,
+                                                 in_flight, exact) + peak
             rec = recommend(verdict, phase, facts.configuration, opts, report.limit_bytes, host_mem)
             self.last_recommendation = rec
             if rec is not None:
@@ -871,29 +479,22 @@ class Preprocess:
             detail = ""
             if "No space left on device" in line or "Errno 28" in line or _disk_full(preprocessed_dataset):
                 report.reason = "ENOSPC"
-                detail = (f"; the output disk is full (ENOSPC: No space left on device): free space in "
-                          f"{preprocessed_dataset.parent}")
+                detail = wording.enospc_detail(preprocessed_dataset.parent)
             if "broadcast" in line or "shape" in line.lower():
                 bad = shape_mismatches(dataset)
                 if bad:
-                    detail = f"; label and image shapes differ in case {', '.join(bad)}"
-            report.message = f"nnU-Net failed {during}: {line}{detail}"
+                    detail = wording.shape_detail(bad)
+            report.message = wording.error_message(phase, facts.configuration, line, detail)
             report.error_detail = line
-            report.hint = "fix the cause above; the full traceback is in the nnU-Net log"
+            report.hint = wording.ERROR_HINT
         elif o is Outcome.KILLED:
-            how = (f"nnU-Net was killed by signal {-facts.nnunet_returncode}"
-                   if facts.nnunet_returncode is not None and facts.nnunet_returncode < 0
-                   else f"the container was killed (exit code {facts.container_exit_code})")
-            report.message = (f"{how} {during}, without an OOM kill: stopped from outside "
-                              f"(docker kill, a scheduler or an admin?)")
-            report.hint = "run the same command again"
-        elif o is Outcome.INTERRUPTED:
-            import signal as _signal
-            name = _signal.Signals(facts.interrupt_signal).name
-            report.message = f"interrupted by {name} {during}: container stopped and removed"
+            report.message = wording.killed_message(phase, facts.configuration, facts.nnunet_returncode,
+                                                    facts.container_exit_code)
+            report.hint = wording.KILLED_HINT
+        elif o is Outcome.INTERRUPTED and facts.interrupt_signal is not None:
+            report.message = wording.interrupted_message(facts.interrupt_signal, phase, facts.configuration)
         elif o is Outcome.INFRA:
-            report.message = (f"the container exited with code {facts.container_exit_code} before nnU-Net ran"
-                              + (f": {facts.start_error}" if facts.start_error else ""))
+            report.message = wording.infra_message(facts.container_exit_code, facts.start_error)
             report.phase = "startup"
 
     def _plot(self, run_dir: Path, report: RunReport, dataset: RawDataset) -> str | None:
@@ -936,55 +537,20 @@ def recover_dead_run(preprocessed_dataset: Path, engine: Engine, plans_name: str
     return removed
 
 
-def attempt_summary(report: RunReport) -> dict:
-    return {"run_id": report.run_id, "outcome": report.outcome.value, "exit_code": report.exit_code,
-            "workers": report.workers, "phase": report.phase, "configuration": report.configuration,
-            "victim": report.victim, "victim_case": report.victim_case, "oom_kills": report.oom_kills,
-            "duration_s": report.duration_s, "run_dir": report.run_dir}
-
-
-def try_write_json(path: Path, data: dict) -> bool:
-    """nnrun's own records are best effort: a full disk must not turn the verdict into a crash."""
+def _disk_full(folder: Path, below_bytes: int = 8 * 1024 * 1024) -> bool:
+    """nnU-Net's error after a full disk need not say so (blosc2: 'Error while creating the NDArray')."""
     try:
-        write_json_atomic(path, data)
-        return True
+        return shutil.disk_usage(folder).free < below_bytes
     except OSError:
         return False
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
-
-
-def build_manifest(run_id: str, opts: PreprocessOptions, settings: RunSettings, spec: ContainerSpec,
-                   dataset: RawDataset, info, image, mem_bytes: int) -> dict:
-    """What a cluster admin needs to trust and reproduce the run."""
-    labels = image.labels
-    return {
-        "schema_version": 1,
-        "run_id": run_id,
-        "started": _iso(time.time()),
-        "ended": None,
-        "command": sys.argv,
-        "nnunet_argv": nnunet_argv(opts),
-        "container_command": spec.command,
-        "options": asdict(opts),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
-        "limit_bytes": mem_bytes,
-        "versions": {"nnrun": __version__, "nnunetv2": labels.get("io.nnrun.nnunetv2-version"),
-                     "torch": labels.get("io.nnrun.torch-version"), "image_nnrun": labels.get("io.nnrun.version")},
-        "image": {"ref": image.ref, "id": image.image_id, "repo_digests": image.repo_digests, "labels": labels},
-        "engine": asdict(info),
-        "host": {"hostname": platform.node(), "kernel": platform.release(), "machine": platform.machine(),
-                 "cpus": os.cpu_count(), "python": platform.python_version()},
-        "cgroup": {"version": info.cgroup_version, "driver": info.cgroup_driver},
-        "dataset": {"name": dataset.name, "path": dataset.path, "cases": len(dataset.cases),
-                    "file_ending": dataset.file_ending},
-        "user": spec.user,
-    }
+def _last_log_line(log_path: Path) -> str | None:
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - 8192))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = [ln.strip() for ln in tail.replace("\r", "\n").splitlines() if ln.strip()]
+    return lines[-1] if lines else None

@@ -7,12 +7,11 @@ container).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-AGENT_FILE = "agent.jsonl"
-TIMELINE_FILE = "timeline.jsonl"
+from runner.rundir import parse_jsonl
+
 
 
 @dataclass(frozen=True)
@@ -32,29 +31,6 @@ class CaseRecord:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def parse_jsonl(text: str) -> list[dict]:
-    """Every whole JSON object line; a line cut short by a kill is skipped."""
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    try:
-        return parse_jsonl(Path(path).read_text(errors="replace"))
-    except OSError:
-        return []
 
 
 def case_records(events: list[dict]) -> list[CaseRecord]:

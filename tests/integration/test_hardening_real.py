@@ -1,6 +1,6 @@
 """The container nnrun runs is locked down, and what it writes belongs to the caller: real Docker, real runs.
 
-Expected values come from nnrun's own code (``runner.run.preprocess.build_spec`` and
+Expected values come from nnrun's own code (``runner.run.contract.build_spec`` and
 ``runner.engines.docker.host_config_kwargs``, ``RunSettings``' defaults), not
 from constants copied here, so the test follows the code and still catches an
 engine that does not apply what nnrun asked for.
@@ -28,8 +28,10 @@ from runner.engines.docker import DockerEngine, host_config_kwargs
 from runner.demo import CaseSpec, make_dataset
 from runner.options import PreprocessOptions
 from runner.run.outputs import new_run_dir
-from runner.run.preprocess import (CONTAINER_RAW, MANIFEST_FILE, RunSettings, build_spec, container_user, hand_over)
-from runner.incontainer.supervisor import HOST_ACK_FILE
+from runner.run.contract import CONTAINER_RAW, build_spec, container_user, hand_over
+from runner.rundir import MANIFEST_FILE
+from runner.run.settings import RunSettings
+from runner.rundir import HOST_ACK_FILE
 from runner.units import parse_mem
 from tests.integration.conftest import IMAGE, REPO, NnrunResult, nnrun_cmd, parse_single_json
 from tests.integration.test_preprocess_real import FAST, _assert_report

@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 
 from runner.demo import CaseSpec, make_dataset
-from runner.diagnosis.early import EARLY_SUFFIX
+from runner.diagnosis.wording import EARLY_SUFFIX
 from runner.diagnosis.report import load_schema
 from tests.integration.conftest import (IMAGE, REPO, nnrun_cmd, nnrun_containers, nnrun_stderr_lines,
                                         parse_single_json, run_nnrun)

@@ -42,7 +42,8 @@ import pytest
 from runner import __version__
 from runner.demo import CaseSpec, make_dataset
 from runner.diagnosis.report import load_schema
-from runner.run.telemetry import case_records, read_jsonl
+from runner.run.telemetry import case_records
+from runner.rundir import read_jsonl
 from tests.integration.conftest import REPO, nnrun_cmd, run_nnrun
 from tests.integration.test_preprocess_real import _assert_report
 

@@ -19,9 +19,10 @@ import pickle
 
 import pytest
 
-from runner.incontainer.agent import (CONFIGURATION_ENV, EVENTS_ENV, FILE_ENDING_ENV, PHASE_ENV, case_id_from_path, in_phase,
-                          per_case)
-from runner.run.telemetry import case_records, read_jsonl
+from runner.rundir import CONFIGURATION_ENV, FILE_ENDING_ENV, PHASE_ENV
+from runner.incontainer.agent import AGENT_EVENTS_ENV, case_id_from_path, in_phase, per_case
+from runner.run.telemetry import case_records
+from runner.rundir import read_jsonl
 
 MIB = 2**20
 
@@ -53,7 +54,7 @@ def _reset_emitter(monkeypatch) -> None:
 def events_file(tmp_path, monkeypatch):
     """A fresh agent events file; the agent's cached descriptor is reset before and closed after."""
     path = tmp_path / "agent.jsonl"
-    monkeypatch.setenv(EVENTS_ENV, str(path))
+    monkeypatch.setenv(AGENT_EVENTS_ENV, str(path))
     monkeypatch.delenv(PHASE_ENV, raising=False)
     monkeypatch.delenv(CONFIGURATION_ENV, raising=False)
     _reset_emitter(monkeypatch)
@@ -169,14 +170,14 @@ def test_per_case_error_is_recorded_and_reraised(events_file):
 
 
 def test_per_case_without_an_events_file_just_runs(tmp_path, monkeypatch):
-    monkeypatch.delenv(EVENTS_ENV, raising=False)
+    monkeypatch.delenv(AGENT_EVENTS_ENV, raising=False)
     _reset_emitter(monkeypatch)
     assert analyze("labelsTr/case000.nii.gz")[0] == "analyzed"
     assert all(m._fd is None for m in _emitter_modules()) and list(tmp_path.iterdir()) == []
 
 
 def test_per_case_never_breaks_the_run_when_the_events_file_cannot_be_written(tmp_path, monkeypatch):
-    monkeypatch.setenv(EVENTS_ENV, str(tmp_path / "no-such-dir" / "agent.jsonl"))
+    monkeypatch.setenv(AGENT_EVENTS_ENV, str(tmp_path / "no-such-dir" / "agent.jsonl"))
     _reset_emitter(monkeypatch)
     assert analyze("labelsTr/case000.nii.gz")[0] == "analyzed"
 

@@ -65,7 +65,7 @@ def test_a_model_one_plan_is_a_budget_for_the_extras():
 @pytest.fixture
 def agent_env(tmp_path, monkeypatch):
     events = tmp_path / "agent.jsonl"
-    monkeypatch.setenv(agent_events.EVENTS_ENV, str(events))
+    monkeypatch.setenv(agent_events.AGENT_EVENTS_ENV, str(events))
     monkeypatch.setenv(agent_schedule.PHASE_ENV, PRE[0])
     monkeypatch.setenv(agent_schedule.CONFIGURATION_ENV, PRE[1])
     monkeypatch.delenv("NNRUN_TEST_KILL_AT", raising=False)

@@ -1,6 +1,6 @@
 """runner.cli.app.main: exit codes, one JSON object with --json, one-line errors; no Docker.
 
-Where a run would need a container engine, runner.cli.app.Preprocess is replaced:
+Where a run would need a container engine, runner.cli.preprocess.Preprocess is replaced:
 either by the recorder of tests/conftest.py (``fake_preprocess``), or by the
 real Preprocess with an engine factory that fails the test if it is called
 (everything before the engine, pre-flight included, is real).
@@ -31,7 +31,7 @@ def no_engine(monkeypatch):
     """The real Preprocess (pre-flight included), with an engine factory that must not be used."""
     def build(opts, settings, engine_factory, sink=None):
         return RealPreprocess(opts, settings, never_called_engine, sink)
-    monkeypatch.setattr(cli, "Preprocess", build)
+    monkeypatch.setattr("runner.cli.preprocess.Preprocess", build)
 
 
 def one_json_object(stdout: str) -> dict:

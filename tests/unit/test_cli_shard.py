@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from runner.cli import app as cli
+from runner.cli import preprocess as cli_preprocess
 from runner.dataset import load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
 from runner.engines.host import HostEngine
@@ -66,7 +67,7 @@ def test_bad_runtime_is_one_line_bad_input(flag: str, fake_preprocess, capsys) -
     assert code == 2 and out == ""
     line = one_clean_line(err)
     assert line.startswith("nnrun: bad_input: ") and "--runtime" in line and "'foo'" in line
-    for runtime in cli.RUNTIMES:
+    for runtime in cli_preprocess.RUNTIMES:
         assert runtime in line                  # the choices are named
     assert fake_preprocess.calls == []
 
@@ -115,16 +116,16 @@ def test_defaults_no_shard_docker_runtime(fake_preprocess, capsys) -> None:
 
 def test_engine_factory_for_host_uses_the_default_python(monkeypatch) -> None:
     monkeypatch.delenv("NNRUN_HOST_PYTHON", raising=False)
-    engine = cli.engine_factory_for("host")()
+    engine = cli_preprocess.engine_factory_for("host")()
     assert isinstance(engine, HostEngine) and engine.python == sys.executable
 
 
 def test_parse_shard_helper() -> None:
-    assert cli._parse_shard(None) is None
-    assert cli._parse_shard("0/3") == Shard(0, 3)
+    assert cli_preprocess.parse_shard_arg(None) is None
+    assert cli_preprocess.parse_shard_arg("0/3") == Shard(0, 3)
     from runner.errors import BadInputError
     with pytest.raises(BadInputError):
-        cli._parse_shard("3/3")
+        cli_preprocess.parse_shard_arg("3/3")
 
 
 # -- nnrun merge -------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from runner.dataset import load_raw_dataset
 from runner.demo import DEMO_ID, DEMO_NAME, FILE_ENDING, CaseSpec, make_dataset
 from runner.engines.docker import host_config_kwargs
 from runner.options import DEFAULT_NP, DEFAULT_NPFP, PreprocessOptions
-from runner.run.preprocess import (CONTAINER_RUN_DIR, DEFAULT_IMAGE, IMAGE_USER, RUN_LABEL, TEST_LABEL, RunSettings,
-                        build_spec)
+from runner.run.contract import CONTAINER_RUN_DIR, IMAGE_USER, RUN_LABEL, TEST_LABEL, build_spec
+from runner.run.settings import DEFAULT_IMAGE, RunSettings
 from runner.units import parse_mem
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from runner.engines import host as host_engine
 from runner.engines.base import ContainerSpec, Mount
 from runner.errors import InfraError
 from runner.engines.host import RUNNER_PARENT, HostEngine, _exit_status, map_container_path
-from runner.incontainer.supervisor import CGROUP_DIR_ENV, STATUS_FILE
+from runner.rundir import CGROUP_DIR_ENV, STATUS_FILE
 
 GIB = 1024 ** 3
 V1_UNLIMITED = 9223372036854771712

@@ -4,7 +4,7 @@ No cluster: the rendered Jobs and the pod status documents of
 tests/fixtures/k8s/ (written from the Kubernetes API reference, see SOURCES.md
 there) go through the client's own ``ApiClient.deserialize`` into ``V1Job`` /
 ``V1Pod``, as if an API server had sent them.  What a pod runs is compared with
-what ``nnrun preprocess`` runs (``runner.run.preprocess.container_command`` and
+what ``nnrun preprocess`` runs (``runner.run.contract.container_command`` and
 ``container_environment``), not with copied constants.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ from runner.cli import app as cli
 from runner.backends.k8s import jobs as k8s
 from runner.errors import EXIT_CODES, BadInputError, InfraError, Outcome
 from runner.options import PreprocessOptions
-from runner.run.preprocess import CONTAINER_PREPROCESSED, CONTAINER_RAW, RunSettings, container_command, container_environment
+from runner.run.contract import CONTAINER_PREPROCESSED, CONTAINER_RAW, container_command, container_environment
+from runner.run.settings import RunSettings
 from runner.shards import (SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_LIST_ENV, SHARD_MAP_ENV, Shard, build_map,
                            cases_of, map_path, shard_from_env)
 from runner.units import GIB, MIB, format_mem_arg, parse_mem

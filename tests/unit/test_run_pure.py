@@ -32,9 +32,12 @@ from runner.errors import BadInputError, InfraError, Outcome, RunInterrupted
 from runner.run.monitor import CgroupMonitor, MonitorSummary
 from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv
 from runner.diagnosis.report import dumps, load_schema
-from runner.run.preprocess import (CONTAINER_PREPROCESSED, CONTAINER_RAW, CONTAINER_RUN_DIR, NullSink, Preprocess,
-                        RunSettings, build_spec, gather_facts, preflight, shape_mismatches)
-from runner.incontainer.supervisor import STATUS_FILE
+from runner.run.contract import CONTAINER_PREPROCESSED, CONTAINER_RAW, CONTAINER_RUN_DIR, build_spec
+from runner.run.settings import NullSink, RunSettings
+from runner.run.preprocess import Preprocess
+from runner.diagnosis.facts import gather_facts
+from runner.run.preflight import preflight, shape_mismatches
+from runner.rundir import STATUS_FILE, SupervisorStatus
 from runner.units import GIB, MIB, parse_mem
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -46,6 +49,15 @@ DATASET = "Dataset501_Tiny"                          # tests/conftest.py: tiny_r
 SIX_FEET = "RuntimeError: Some background worker is 6 feet under. Yuck."
 BROADCAST = "ValueError: operands could not be broadcast together with shapes (1,5,10,12) (1,6,10,12)"
 OPTS = PreprocessOptions(501, configurations=("3d_fullres",), np=(4,), npfp=1)
+
+
+def facts_of(status_dict, summary, exit_code, engine_oom_killed, engine_oom_events, interrupt, records=None):
+    """gather_facts over a status.json dict and a MonitorSummary, as the orchestrator calls it."""
+    st = SupervisorStatus.from_json(status_dict) if status_dict is not None else None
+    return gather_facts(st, host_oom_first=summary.oom_kill_first, host_oom_last=summary.oom_kill_last,
+                        exit_code=exit_code, engine_oom_killed=engine_oom_killed,
+                        engine_oom_events=engine_oom_events, interrupt_signal=interrupt,
+                        open_case_pids=frozenset(r.pid for r in records or [] if r.status == "unfinished"))
 
 
 def summary(**kw) -> MonitorSummary:
@@ -287,21 +299,21 @@ def test_docker_arguments_have_no_swap_no_network_and_no_privileges(spec_parts, 
 # -- gather_facts ------------------------------------------------------------------
 
 def test_gather_facts_takes_the_highest_counter_of_monitor_and_supervisor():
-    f = gather_facts(status(oom_kill_start=0, oom_kill_end=1), summary(readable=True, oom_kill_first=0,
+    f = facts_of(status(oom_kill_start=0, oom_kill_end=1), summary(readable=True, oom_kill_first=0,
                                                                        oom_kill_last=2), 1, False, 0, None)
     assert (f.oom_kill_before, f.oom_kill_after) == (0, 2)
-    f = gather_facts(status(oom_kill_start=0, oom_kill_end=3), summary(readable=True, oom_kill_first=1,
+    f = facts_of(status(oom_kill_start=0, oom_kill_end=3), summary(readable=True, oom_kill_first=1,
                                                                        oom_kill_last=1), 1, False, 0, None)
     assert (f.oom_kill_before, f.oom_kill_after) == (0, 3)
 
 
 def test_gather_facts_uses_the_supervisor_alone_when_the_host_cannot_read():
-    f = gather_facts(status(oom_kill_start=2, oom_kill_end=3), summary(), 1, False, 0, None)
+    f = facts_of(status(oom_kill_start=2, oom_kill_end=3), summary(), 1, False, 0, None)
     assert (f.oom_kill_before, f.oom_kill_after) == (2, 3)
 
 
 def test_gather_facts_uses_the_monitor_alone_without_status():
-    f = gather_facts(None, summary(readable=True, oom_kill_first=0, oom_kill_last=1), 137, True, 0, None)
+    f = facts_of(None, summary(readable=True, oom_kill_first=0, oom_kill_last=1), 137, True, 0, None)
     assert not f.supervisor_ran
     assert f.nnunet_returncode is None and f.phase is None
     assert (f.oom_kill_before, f.oom_kill_after) == (0, 1)
@@ -309,14 +321,14 @@ def test_gather_facts_uses_the_monitor_alone_without_status():
 
 
 def test_gather_facts_without_any_reading_has_no_counter():
-    f = gather_facts(status(oom_kill_start=None, oom_kill_end=None, cgroup_error="no memory.oom_control"),
+    f = facts_of(status(oom_kill_start=None, oom_kill_end=None, cgroup_error="no memory.oom_control"),
                      summary(), 1, True, 4, signal.SIGTERM)
     assert f.oom_kill_before is None and f.oom_kill_after is None
     assert f.engine_oom_events == 4 and f.interrupt_signal == signal.SIGTERM
 
 
 def test_gather_facts_counts_a_start_error_as_a_supervisor_run():
-    f = gather_facts(status(returncode=None, start_error="exec failed", phase="startup"), summary(), 127, False, 0,
+    f = facts_of(status(returncode=None, start_error="exec failed", phase="startup"), summary(), 127, False, 0,
                      None)
     assert f.supervisor_ran and f.start_error == "exec failed"
     assert classify(f).outcome is Outcome.INFRA
@@ -324,7 +336,7 @@ def test_gather_facts_counts_a_start_error_as_a_supervisor_run():
 
 def test_real_status_of_a_worker_oom_classifies_as_a_worker_victim():
     st = json.loads((LOGS / "worker_oom_preprocessing.status.json").read_text())
-    f = gather_facts(st, summary(), 1, True, 0, None)
+    f = facts_of(st, summary(), 1, True, 0, None)
     assert f.phase == "preprocessing" and f.configuration == "3d_fullres"
     assert len(f.worker_exits) == 6 and f.exception_line == SIX_FEET
     v = classify(f)
@@ -334,7 +346,7 @@ def test_real_status_of_a_worker_oom_classifies_as_a_worker_victim():
 
 def test_real_status_of_a_main_oom_classifies_as_a_main_victim():
     st = json.loads((LOGS / "main_oom_fingerprint.status.json").read_text())
-    v = classify(gather_facts(st, summary(), 137, True, 0, None))
+    v = classify(facts_of(st, summary(), 137, True, 0, None))
     assert v.outcome is Outcome.OOM
     assert [(x.role, x.pid) for x in v.victims] == [("main", 7)]
 

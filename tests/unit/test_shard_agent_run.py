@@ -17,8 +17,10 @@ from runner.dataset import load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
 from runner.errors import BadInputError
 from runner.options import PreprocessOptions
-from runner.run.preprocess import (CONTAINER_PREPROCESSED, Preprocess, RunSettings, check_shard_run, container_environment,
-                        dataset_complete, shard_dataset)
+from runner.run.contract import CONTAINER_PREPROCESSED, container_environment
+from runner.run.preprocess import Preprocess
+from runner.run.settings import RunSettings
+from runner.run.preflight import check_shard_run, dataset_complete, shard_dataset
 from runner.shards import (PLANS_NAME_ENV, SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_LIST_ENV, SHARD_MAP_ENV,
                            SKIP_PLANNING_ENV, Shard, build_map, map_path)
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.incontainer.supervisor import EVENTS_FILE, NNUNET_LOG, PhaseTracker, Supervisor
+from runner.rundir import EVENTS_FILE, NNUNET_LOG
+from runner.incontainer.supervisor import PhaseTracker, Supervisor
 
 LOGS = Path(__file__).resolve().parent.parent / "fixtures" / "nnunet_logs"
 SIX_FEET = "RuntimeError: Some background worker is 6 feet under. Yuck."

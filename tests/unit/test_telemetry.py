@@ -14,7 +14,8 @@ import json
 
 import pytest
 
-from runner.run.telemetry import JsonlTail, case_held_by, case_records, parse_jsonl, read_jsonl, unfinished
+from runner.run.telemetry import JsonlTail, case_held_by, case_records, unfinished
+from runner.rundir import parse_jsonl, read_jsonl
 
 PRE = {"phase": "preprocessing", "configuration": "3d_fullres"}
 FP = {"phase": "fingerprint", "configuration": None}
@@ -201,12 +202,17 @@ def _attribute(status: dict, agent_events: list[dict]):
     from runner.diagnosis.classify import classify
     from runner.errors import Outcome
     from runner.run.monitor import MonitorSummary
-    from runner.run.preprocess import gather_facts
+    from runner.diagnosis.facts import gather_facts
+    from runner.rundir import SupervisorStatus
 
-    summary = MonitorSummary(True, "/sys/fs/cgroup/memory/docker/x", 1, 100, 2200 * 2**20, 2_291_000_000,
-                             2200 * 2**20, 0, 1, None)
+    summary = MonitorSummary(readable=True, cgroup_dir="/sys/fs/cgroup/memory/docker/x", cgroup_version=1, samples=100,
+                             limit_bytes=2200 * 2**20, peak_anon_bytes=2_291_000_000, peak_usage_bytes=2200 * 2**20,
+                             oom_kill_first=0, oom_kill_last=1, error=None)
     records = case_records(agent_events)
-    verdict = classify(gather_facts(status, summary, 1, False, 0, None, records))
+    verdict = classify(gather_facts(SupervisorStatus.from_json(status), host_oom_first=summary.oom_kill_first,
+                                    host_oom_last=summary.oom_kill_last, exit_code=1, engine_oom_killed=False,
+                                    engine_oom_events=0, interrupt_signal=None,
+                                    open_case_pids=frozenset(r.pid for r in records if r.status == "unfinished")))
     assert verdict.outcome is Outcome.OOM and verdict.oom_kills == 1
     victims = [replace(v, case=case_held_by(records, v.pid, v.t)) if v.role == "worker" else v
                for v in verdict.victims]

@@ -9,8 +9,8 @@ layer is :mod:`runner.cli.k8s`):
   Indexed Job whose completion index K preprocesses shard K of N
   (:mod:`runner.shards`).  Each pod runs exactly what ``nnrun preprocess``
   runs in its container: the image's supervisor with the arguments of
-  :func:`runner.run.preprocess.container_command` and the environment of
-  :func:`runner.run.preprocess.container_environment`; only the shard index comes from
+  :func:`runner.run.contract.container_command` and the environment of
+  :func:`runner.run.contract.container_environment`; only the shard index comes from
   the downward API.  The pod gets the same hardening as nnrun's Docker
   container (non-root, read-only root file system, no capabilities, no
   privilege escalation, the raw data read-only) and memory request == limit
@@ -40,8 +40,8 @@ from decimal import Decimal
 from runner import __version__
 from runner.errors import BadInputError, InfraError, Outcome, exit_code_for
 from runner.options import PreprocessOptions, nnunet_argv, validate
-from runner.run.preprocess import (CONTAINER_PREPROCESSED, CONTAINER_RAW, DEFAULT_IMAGE, IMAGE_USER, RunSettings,
-                        container_command, container_environment)
+from runner.run.contract import CONTAINER_PREPROCESSED, CONTAINER_RAW, IMAGE_USER, container_command, container_environment
+from runner.run.settings import DEFAULT_IMAGE, RunSettings
 from runner.shards import SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_LIST_ENV, Shard, ShardError, parse_shard_list
 from runner.units import GIB, KIB, MIB, TIB, format_bytes, format_mem_arg, parse_mem
 

@@ -1,0 +1,69 @@
+"""``nnrun merge``: check that the shards of a dataset add up to a complete preprocessed dataset."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import List, Optional
+
+import typer
+
+from runner.cli import options as cli_options
+from runner.cli.common import err as _err
+from runner.dataset import parse_dataset_id
+from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
+
+
+def merge_command(
+    dataset: str = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name)."),
+    configurations: Optional[List[str]] = typer.Option(None, "-c", help="Configurations to check [default: those "
+                                                                        "of 2d 3d_fullres 3d_lowres the plans have]."),
+    overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
+    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
+    preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
+                                               help="nnU-Net preprocessed folder [default: $nnUNet_preprocessed]."),
+    mem: str = typer.Option("SIZE", "--mem", help="The --mem to put in the commands that redo missing shards."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Check that the shards of a dataset add up to a complete preprocessed dataset, and finish it.
+
+    Every case of every planned configuration must be complete, with its
+    ground-truth copy. A staging folder whose cases are all complete is moved
+    into place (when the last shard was killed before doing it), temporary
+    files of killed tasks are removed. Refused while shard runs are running.
+    Exit codes: 0 complete, 2 incomplete or bad input (the shards to rerun are named), 6 infrastructure.
+    """
+    from runner.dataset import load_raw_dataset
+    from runner.run.locks import acquire as acquire_locks, owner_info, scope_for_run
+    from runner.merge import merge, render_merge, rerun_command
+    from runner.run.preflight import resolve_root
+
+    try:
+        raw_root = resolve_root(raw, "nnUNet_raw", "--raw")
+        ds = load_raw_dataset(raw_root, parse_dataset_id(dataset))
+        pre = resolve_root(preprocessed, "nnUNet_preprocessed", "--preprocessed") / ds.name
+        if not pre.is_dir():
+            raise BadInputError(f"{pre} does not exist: nothing preprocessed yet")
+        plans_name = overwrite_plans_name or "nnUNetPlans"
+        configs = tuple(configurations) if configurations else None
+        # The same locks a full run takes: no shard of this dataset may be running.
+        scope = scope_for_run(configs or ("2d", "3d_fullres", "3d_lowres"), no_pp=False)
+        with acquire_locks(pre, scope, owner_info(f"merge-{os.getpid()}")):
+            result = merge(ds, pre, plans_name, configs)
+            if os.getuid() == 0:
+                # Root's shard containers ran as the image's user; the dataset goes back to the caller.
+                from runner.run.contract import hand_over
+                hand_over([pre], 0, 0)
+    except NnrunError as err:
+        _err(f"nnrun: {err.outcome.value}: {err.one_line()}")
+        if as_json:
+            sys.stdout.write(json.dumps({"outcome": err.outcome.value, "message": err.one_line(),
+                                         "exit_code": exit_code_for(err.outcome)}) + "\n")
+        raise typer.Exit(exit_code_for(err.outcome))
+    outcome = Outcome.OK if result.ok else Outcome.BAD_INPUT
+    hint = rerun_command(result, ds.dataset_id, mem)
+    _err(render_merge(result, hint))
+    if as_json:
+        sys.stdout.write(json.dumps({**result.to_json(), "exit_code": exit_code_for(outcome),
+                                     "next": None if result.ok else hint}) + "\n")
+    raise typer.Exit(exit_code_for(outcome))

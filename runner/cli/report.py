@@ -1,0 +1,31 @@
+"""``nnrun report``: print the report of an earlier run again, from its run folder."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from runner.cli.common import err as _err
+from runner.diagnosis.report import load_report, render_human, report_from_json
+from runner.errors import NnrunError, exit_code_for
+
+
+def report_command(
+    run_dir: Path = typer.Argument(..., help="A run folder: <preprocessed>/DatasetXXX_Name/.nnrun/runs/<run id>."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's JSON report instead."),
+) -> None:
+    """Print the report of an earlier run again, from its run folder."""
+    try:
+        data = load_report(run_dir)
+    except NnrunError as err:
+        _err(f"nnrun: {err.outcome.value}: {err.one_line()}")
+        raise typer.Exit(exit_code_for(err.outcome))
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+    else:
+        _err(render_human(report_from_json(data)))
+        for name in ("manifest.json", "timeline.jsonl", "memory.png"):
+            if (run_dir / name).exists():
+                _err(f"  {name + ':':<13} {run_dir / name}")
