@@ -3,7 +3,10 @@
 The only module of the Slurm backend that prints: human text on stderr, with
 ``--json`` one JSON object on stdout.  Exit codes come from
 :func:`runner.errors.exit_code_for` (``status``: the most serious outcome of
-the submission's tasks).  The scripts, parsers and the diagnosis are in
+the submission's tasks).  The batch scripts and the submission folder are in
+:mod:`runner.backends.slurm.scripts`, the parsers of Slurm's output in
+:mod:`runner.backends.slurm.parsing`, the diagnosis in
+:mod:`runner.backends.slurm.diagnosis`, the Slurm commands in
 :mod:`runner.backends.slurm.client`.
 """
 from __future__ import annotations
@@ -101,7 +104,26 @@ def submit_command(
     Files: <preprocessed>/<Dataset>/.nnrun/slurm/<id>/ (scripts, submission.json,
     logs/, tasks/<K>.json = nnrun's report of task K). Then: nnrun slurm status JOBID.
     """
-    from runner.backends.slurm import client as slurm
+    from runner.backends.slurm.client import SlurmClient
+    from runner.backends.slurm.scripts import (
+        DRY_RUN_PLAN_ID,
+        HOST_PYTHON_ENV,
+        LOGS_DIR,
+        PLAN_SCRIPT,
+        PYTHON_ENV,
+        SUBMISSION_FILE,
+        TASK_SCRIPT,
+        TASKS_DIR,
+        SubmitOptions,
+        array_spec,
+        index_add,
+        new_submission_id,
+        render_plan_script,
+        render_task_script,
+        slurm_mem,
+        submission_record,
+        write_json_atomic,
+    )
     from runner.dataset import load_raw_dataset, parse_dataset_id
     from runner.run.preflight import resolve_root
     from runner.shards import ShardError, map_path, parse_shard_list, read_map
@@ -119,11 +141,11 @@ def submit_command(
         except ShardError as err:
             raise BadInputError(f"--only-shards: {err}") from None
         if runtime == "host":
-            host_python = host_python or os.environ.get(slurm.HOST_PYTHON_ENV) or None
+            host_python = host_python or os.environ.get(HOST_PYTHON_ENV) or None
             if host_python and not os.path.exists(host_python):
                 raise BadInputError(f"--host-python {host_python} does not exist "
                                     f"(scripts/host-env.sh makes a Python with nnunetv2)")
-            if not host_python and not os.environ.get(slurm.PYTHON_ENV) and importlib.util.find_spec("nnunetv2") is None:
+            if not host_python and not os.environ.get(PYTHON_ENV) and importlib.util.find_spec("nnunetv2") is None:
                 raise BadInputError("--runtime host needs a Python with nnunetv2 on the nodes, and this one has "
                                     "none: pass --host-python PATH or set NNRUN_HOST_PYTHON "
                                     "(scripts/host-env.sh makes one)")
@@ -145,26 +167,26 @@ def submit_command(
             raise BadInputError(f"{map_path(pre_ds, plans_name)} splits the cases into {existing.get('shards')} "
                                 f"shards, not {shards}: use --shards {existing.get('shards')}, or delete the map "
                                 f"once no shard runs")
-        sub_id = slurm.new_submission_id()
+        sub_id = new_submission_id()
         sub_dir = pre_ds / ".nnrun" / "slurm" / sub_id
-        opts = slurm.SubmitOptions(
+        opts = SubmitOptions(
             dataset=str(dataset[0]), dataset_name=ds.name, mem=mem, shards=shards, submission_dir=str(sub_dir),
-            python=os.environ.get(slurm.PYTHON_ENV) or sys.executable, pythonpath=_repo_root(),
+            python=os.environ.get(PYTHON_ENV) or sys.executable, pythonpath=_repo_root(),
             only_shards=only, partition=partition, time=time_limit, cpus_per_task=cpus_per_task, runtime=runtime,
             host_python=host_python if runtime == "host" else None, raw=str(raw_root), preprocessed=str(pre_root),
             configurations=list(configurations) if configurations else None, np=list(np_) if np_ else None,
             npfp=npfp, plans_name=overwrite_plans_name, retry=retry)
-        plan_script = None if only else slurm.render_plan_script(opts)
+        plan_script = None if only else render_plan_script(opts)
 
         if dry_run:
-            task_script = slurm.render_task_script(opts, None if only else slurm.DRY_RUN_PLAN_ID)
+            task_script = render_task_script(opts, None if only else DRY_RUN_PLAN_ID)
             if as_json:
                 _out({"outcome": "ok", "exit_code": 0, "dry_run": True, "submission_dir": str(sub_dir),
                       "scripts": {"plan": plan_script, "preprocess": task_script}})
             else:
                 if plan_script:
-                    sys.stdout.write(f"# ---- {sub_dir / slurm.PLAN_SCRIPT}\n{plan_script}\n")
-                sys.stdout.write(f"# ---- {sub_dir / slurm.TASK_SCRIPT}"
+                    sys.stdout.write(f"# ---- {sub_dir / PLAN_SCRIPT}\n{plan_script}\n")
+                sys.stdout.write(f"# ---- {sub_dir / TASK_SCRIPT}"
                                  + (" (submitted with the plan job's id)" if plan_script else "") + f"\n{task_script}")
                 _err("nnrun slurm: dry run: nothing submitted, nothing written")
             raise typer.Exit(0)
@@ -172,43 +194,43 @@ def submit_command(
         if shutil.which("sbatch") is None:
             raise InfraError("sbatch not found: this is not a Slurm submit host (install the Slurm client, "
                              "or load its module)")
-        client = slurm.SlurmClient()
+        client = SlurmClient()
         try:
-            for sub in (slurm.LOGS_DIR, slurm.TASKS_DIR):
+            for sub in (LOGS_DIR, TASKS_DIR):
                 (sub_dir / sub).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise BadInputError(f"cannot make the submission folder {sub_dir}: {err.strerror}") from None
         plan_id = cluster = None
         if plan_script:
-            (sub_dir / slurm.PLAN_SCRIPT).write_text(plan_script)
-            plan_id, cluster = client.sbatch(str(sub_dir / slurm.PLAN_SCRIPT))
-        task_script = slurm.render_task_script(opts, plan_id)
-        (sub_dir / slurm.TASK_SCRIPT).write_text(task_script)
+            (sub_dir / PLAN_SCRIPT).write_text(plan_script)
+            plan_id, cluster = client.sbatch(str(sub_dir / PLAN_SCRIPT))
+        task_script = render_task_script(opts, plan_id)
+        (sub_dir / TASK_SCRIPT).write_text(task_script)
         try:
-            array_id, cluster2 = client.sbatch(str(sub_dir / slurm.TASK_SCRIPT))
+            array_id, cluster2 = client.sbatch(str(sub_dir / TASK_SCRIPT))
         except NnrunError:
             if plan_id:
                 client.scancel(plan_id)       # no plan job without its array
             raise
         cluster = cluster or cluster2
-        record = slurm.submission_record(opts, sub_id, plan_id, array_id, cluster)
-        slurm.write_json_atomic(sub_dir / slurm.SUBMISSION_FILE, record)
+        record = submission_record(opts, sub_id, plan_id, array_id, cluster)
+        write_json_atomic(sub_dir / SUBMISSION_FILE, record)
         for jid in (plan_id, array_id):
             if jid:
                 try:
-                    slurm.index_add(jid, str(sub_dir), cluster)
+                    index_add(jid, str(sub_dir), cluster)
                 except OSError as err:
                     _err(f"nnrun slurm: warning: cannot write the job index ({err.strerror}); "
                          f"use nnrun slurm status {sub_dir}")
     except NnrunError as err:
         _fail(err, as_json)
         return
-    shards_text = slurm.array_spec(opts.array_shards)
+    shards_text = array_spec(opts.array_shards)
     what = f"plan job {plan_id} and " if plan_id else ""
     count = len(opts.array_shards)
     _err(f"nnrun slurm: submitted {what}array job {array_id} ({'shard' if count == 1 else 'shards'} {shards_text} "
          f"of 0-{shards - 1}) for {ds.name}, "
-         f"--mem {slurm.slurm_mem(opts.mem_bytes)} each\n"
+         f"--mem {slurm_mem(opts.mem_bytes)} each\n"
          f"  submission:   {sub_dir}\n"
          f"  status:       nnrun slurm status {array_id}   (--wait to wait for the end)")
     if as_json:
@@ -219,23 +241,24 @@ def submit_command(
 
 
 def _find_submission(target: str) -> str:
-    from runner.backends.slurm import client as slurm
+    from runner.backends.slurm.client import SlurmClient
+    from runner.backends.slurm.scripts import SUBMISSION_FILE, index_dir, index_lookup, parse_job_arg
     p = Path(target).expanduser()
-    if p.is_dir() or p.name == slurm.SUBMISSION_FILE:
+    if p.is_dir() or p.name == SUBMISSION_FILE:
         return str(p.resolve())
-    job = slurm.parse_job_arg(target)
+    job = parse_job_arg(target)
     if job is None:
         raise BadInputError(f"{target} is neither a Slurm job id nor a submission folder")
     job_id, _task, cluster = job
-    found = slurm.index_lookup(job_id, cluster)
+    found = index_lookup(job_id, cluster)
     if found:
         return found
     # Not in this user's index (another machine, another user): ask Slurm for the job's batch script.
     if shutil.which("scontrol"):
-        command = slurm.SlurmClient().job_command(job_id)
-        if command and (Path(command).parent / slurm.SUBMISSION_FILE).is_file():
+        command = SlurmClient().job_command(job_id)
+        if command and (Path(command).parent / SUBMISSION_FILE).is_file():
             return str(Path(command).parent)
-    raise BadInputError(f"no nnrun submission known for job {job_id} (index {slurm.index_dir()}, and Slurm "
+    raise BadInputError(f"no nnrun submission known for job {job_id} (index {index_dir()}, and Slurm "
                         f"does not know the job any more): pass the submission folder "
                         f"<preprocessed>/<Dataset>/.nnrun/slurm/<id> instead")
 
@@ -256,18 +279,20 @@ def status_command(
     Exit code: the most serious outcome among the finished tasks (0 ok, 3 oom, 5 killed, 4 error, 6 infra, ...);
     0 while everything that finished so far is ok.
     """
-    from runner.backends.slurm import client as slurm
+    from runner.backends.slurm.client import SlurmClient, queued, status
+    from runner.backends.slurm.diagnosis import render_status
+    from runner.backends.slurm.scripts import load_submission
     try:
-        record = slurm.load_submission(_find_submission(target))
+        record = load_submission(_find_submission(target))
         if shutil.which("scontrol") is None and shutil.which("sacct") is None:
             raise InfraError("neither scontrol nor sacct found: this is not a Slurm host (install the Slurm client, "
                              "or load its module)")
-        client = slurm.SlurmClient()
+        client = SlurmClient()
         if wait:
             deadline = None if timeout is None else time.monotonic() + timeout
             last = None
             while True:
-                queue = slurm.queued(record, client)
+                queue = queued(record, client)
                 if not queue:
                     break
                 summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(
@@ -279,11 +304,11 @@ def status_command(
                     _err("nnrun slurm: --timeout reached; the status so far:")
                     break
                 time.sleep(interval)
-        diagnosis = slurm.status(record, client)
+        diagnosis = status(record, client)
     except NnrunError as err:
         _fail(err, as_json)
         return
-    _err(slurm.render_status(diagnosis))
+    _err(render_status(diagnosis))
     if as_json:
         _out(diagnosis.to_json())
     raise typer.Exit(diagnosis.exit_code)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.backends.slurm import client as slurm
+from runner.backends.slurm.client import SlurmClient, status
+from runner.backends.slurm.scripts import INDEX_ENV, PYTHON_ENV, load_submission
 from runner.demo import CaseSpec, make_dataset
 
 pytestmark = pytest.mark.slurm
@@ -45,7 +46,7 @@ def job_env(tmp_path, slurm_ready):
     fake = tmp_path / "python"
     fake.write_text(f"#!{sys.executable}\n" + FAKE.read_text())
     fake.chmod(0o755)
-    env = {**os.environ, slurm.PYTHON_ENV: str(fake), slurm.INDEX_ENV: str(tmp_path / "index"),
+    env = {**os.environ, PYTHON_ENV: str(fake), INDEX_ENV: str(tmp_path / "index"),
            "FAKE_NNRUN_REPO": str(REPO), "PYTHONPATH": str(REPO)}
     jobs: list[str] = []
     yield {"raw": raw, "pre": tmp_path / "pre", "env": env, "jobs": jobs}
@@ -91,8 +92,8 @@ def test_array_with_one_task_over_its_mem_then_resubmit_only_that_shard(job_env)
     assert "shard 1" in err and "OUT_OF_MEMORY" in err
 
     # The same verdict from the jobcomp file (sacct -c), as after scontrol forgot the jobs.
-    record = slurm.load_submission(st["submission_dir"])
-    again = slurm.status(record, slurm.SlurmClient(), sources=("sacct",))
+    record = load_submission(st["submission_dir"])
+    again = status(record, SlurmClient(), sources=("sacct",))
     assert again.sources == ["sacct -c"]
     assert [(v.shard, v.slurm_state, v.outcome.value) for v in again.tasks] == \
         [(0, "COMPLETED", "ok"), (1, "OUT_OF_MEMORY", "oom"), (2, "COMPLETED", "ok")]

@@ -1,4 +1,5 @@
-"""runner.backends.slurm.client and `nnrun slurm`: batch scripts, parsers of real Slurm output, the diagnosis, the CLI.
+"""runner.backends.slurm (scripts, parsing, diagnosis, client) and `nnrun slurm`: batch scripts,
+parsers of real Slurm output, the diagnosis, the CLI.
 
 The parser and diagnosis tests read outputs captured on a real single-node
 Slurm 22.05 (tests/fixtures/slurm/, see SOURCES.md there).  Where Slurm itself
@@ -18,9 +19,39 @@ from pathlib import Path
 
 import pytest
 
+from runner.backends.slurm import diagnosis
+from runner.backends.slurm.client import SlurmClient, status
+from runner.backends.slurm.diagnosis import SlurmDiagnosis, TaskView, build_views, classify, diagnose, render_status
+from runner.backends.slurm.parsing import (
+    JobState,
+    expand_array_range,
+    parse_sacct,
+    parse_sbatch_parsable,
+    parse_scontrol_jobs,
+    parse_scontrol_line,
+    parse_squeue,
+    states_from_sacct,
+    states_from_scontrol,
+    states_from_squeue,
+)
+from runner.backends.slurm.scripts import (
+    INDEX_ENV,
+    PYTHON_ENV,
+    SubmitOptions,
+    array_spec,
+    index_add,
+    index_dir,
+    index_lookup,
+    load_submission,
+    parse_job_arg,
+    parse_task_json,
+    read_task_files,
+    render_plan_script,
+    render_task_script,
+    slurm_mem,
+    submission_record,
+)
 from runner.cli import app as cli
-
-from runner.backends.slurm import client as slurm
 from runner.errors import BadInputError, InfraError, Outcome, exit_code_for
 from runner.units import parse_mem
 
@@ -39,26 +70,26 @@ def cp(rc: int = 0, out: str = "", err: str = "") -> subprocess.CompletedProcess
 # --------------------------------------------------------------------------- parsers on real output
 
 def test_sbatch_parsable_real_output():
-    assert slurm.parse_sbatch_parsable(fx("sbatch_parsable.stdout")) == ("15", None)
-    assert slurm.parse_sbatch_parsable("4;ci\n") == ("4", "ci")
+    assert parse_sbatch_parsable(fx("sbatch_parsable.stdout")) == ("15", None)
+    assert parse_sbatch_parsable("4;ci\n") == ("4", "ci")
 
 
 @pytest.mark.parametrize("junk", ["", "\n", "Submitted batch job 4\n", "abc"])
 def test_sbatch_parsable_junk_is_infra(junk):
     with pytest.raises(InfraError):
-        slurm.parse_sbatch_parsable(junk)
+        parse_sbatch_parsable(junk)
 
 
 def test_scontrol_oom_job():
-    [rec] = slurm.parse_scontrol_jobs(fx("scontrol_oom.txt"))
+    [rec] = parse_scontrol_jobs(fx("scontrol_oom.txt"))
     assert rec["JobState"] == "OUT_OF_MEMORY" and rec["Reason"] == "OutOfMemory" and rec["ExitCode"] == "0:125"
     assert rec["MinMemoryNode"] == "100M" and rec["Power"] == ""
-    [st] = slurm.states_from_scontrol([rec])
+    [st] = states_from_scontrol([rec])
     assert (st.job_id, st.array_task_id, st.state) == ("1", None, "OUT_OF_MEMORY")
 
 
 def test_scontrol_array_tasks_are_separate_records():
-    states = slurm.states_from_scontrol(slurm.parse_scontrol_jobs(fx("scontrol_array_one_oom.txt")))
+    states = states_from_scontrol(parse_scontrol_jobs(fx("scontrol_array_one_oom.txt")))
     by_task = {s.array_task_id: s for s in states}
     assert sorted(by_task) == [0, 1, 2]
     assert {s.array_job_id for s in states} == {"4"}
@@ -68,13 +99,13 @@ def test_scontrol_array_tasks_are_separate_records():
 
 
 def test_scontrol_pending_array_meta_record_expands():
-    states = slurm.states_from_scontrol(slurm.parse_scontrol_jobs(fx("scontrol_array_pending_dependency.txt")))
+    states = states_from_scontrol(parse_scontrol_jobs(fx("scontrol_array_pending_dependency.txt")))
     assert [(s.array_task_id, s.state, s.reason, s.job_id) for s in states] == \
         [(k, "PENDING", "Dependency", None) for k in (0, 1, 2)]
 
 
 def test_scontrol_dependency_never_satisfied_is_cancelled():
-    states = slurm.states_from_scontrol(slurm.parse_scontrol_jobs(fx("scontrol_array_dependency_never_satisfied.txt")))
+    states = states_from_scontrol(parse_scontrol_jobs(fx("scontrol_array_dependency_never_satisfied.txt")))
     assert {(s.state, s.reason) for s in states} == {("CANCELLED", "DependencyNeverSatisfied")}
     assert len(states) == 3
 
@@ -89,42 +120,42 @@ def test_scontrol_dependency_never_satisfied_is_cancelled():
     ("scontrol_plan_failed.txt", "FAILED", "3:0"),
 ])
 def test_scontrol_states(name, state, exit_code):
-    [st] = slurm.states_from_scontrol(slurm.parse_scontrol_jobs(fx(name)))
+    [st] = states_from_scontrol(parse_scontrol_jobs(fx(name)))
     assert (st.state, st.exit_code) == (state, exit_code)
 
 
 def test_scontrol_subset_array():
-    states = slurm.states_from_scontrol(slurm.parse_scontrol_jobs(fx("scontrol_array_subset_completed.txt")))
+    states = states_from_scontrol(parse_scontrol_jobs(fx("scontrol_array_subset_completed.txt")))
     assert sorted(s.array_task_id for s in states) == [1, 3]
 
 
 def test_scontrol_value_with_blanks():
-    rec = slurm.parse_scontrol_line("JobId=5 JobState=PENDING Reason=(ReqNodeNotAvail, UnavailableNodes:n1) "
-                                    "Dependency=(null) Command=/a/b.sh")
+    rec = parse_scontrol_line("JobId=5 JobState=PENDING Reason=(ReqNodeNotAvail, UnavailableNodes:n1) "
+                              "Dependency=(null) Command=/a/b.sh")
     assert rec["Reason"] == "(ReqNodeNotAvail, UnavailableNodes:n1)"
     assert rec["Command"] == "/a/b.sh"
 
 
 def test_squeue_real_output():
-    rows = slurm.parse_squeue(fx("squeue_pending_dependency.txt"))
+    rows = parse_squeue(fx("squeue_pending_dependency.txt"))
     assert rows[0]["array_task_id"] is None and rows[0]["state"] == "PENDING"
-    states = slurm.states_from_squeue(rows)
+    states = states_from_squeue(rows)
     assert [(s.array_job_id, s.array_task_id, s.reason) for s in states[1:]] == \
         [("11", k, "Dependency") for k in (0, 1, 2)]
-    [run] = slurm.states_from_squeue(slurm.parse_squeue(fx("squeue_running.txt")))
+    [run] = states_from_squeue(parse_squeue(fx("squeue_running.txt")))
     assert (run.job_id, run.state) == ("9", "RUNNING")
     with pytest.raises(InfraError):
-        slurm.parse_squeue("1|2|3\n")
+        parse_squeue("1|2|3\n")
 
 
 def test_sacct_c_jobcomp_real_output():
-    rows = slurm.parse_sacct(fx("sacct_c_jobcomp.txt"))
-    states = {s.job_id: s for s in slurm.states_from_sacct(rows, "sacct -c")}
+    rows = parse_sacct(fx("sacct_c_jobcomp.txt"))
+    states = {s.job_id: s for s in states_from_sacct(rows, "sacct -c")}
     assert set(states) == {"1", "2", "3", "4", "5", "6", "7"}
     assert states["1"].state == "OUT_OF_MEMORY" and states["1"].exit_code == "0:125"
     assert states["7"].state == "OUT_OF_MEMORY" and states["7"].array_task_id is None   # no array ids in jobcomp
     assert states["5"].state == "FAILED" and states["5"].derived_exit_code == "0:125"     # srun: OOM in a step
-    more = {s.job_id: s.state for s in slurm.states_from_sacct(slurm.parse_sacct(fx("sacct_c_timeout_cancel_dep.txt")))}
+    more = {s.job_id: s.state for s in states_from_sacct(parse_sacct(fx("sacct_c_timeout_cancel_dep.txt")))}
     assert more == {"8": "TIMEOUT", "9": "CANCELLED", "10": "FAILED", "11": "CANCELLED", "12": "COMPLETED",
                     "13": "COMPLETED"}
 
@@ -138,12 +169,12 @@ def test_sacct_with_accounting_keeps_array_ids_and_step_states():
             "4_1.batch|7.batch|batch|FAILED|1:0||UNLIMITED|1000K\n"
             "4_1.0|7.0|python3|OUT_OF_MEMORY|0:125||UNLIMITED|99M\n"
             "4_[2-3]|4|nnrun-pp|PENDING|0:0|0:0|UNLIMITED|\n")
-    states = slurm.states_from_sacct(slurm.parse_sacct(text))
+    states = states_from_sacct(parse_sacct(text))
     by_task = {s.array_task_id: s for s in states}
     assert sorted(by_task) == [0, 1, 2, 3]
     assert by_task[1].job_id == "7" and by_task[1].step_states == ["FAILED", "OUT_OF_MEMORY"]
-    v = slurm.TaskView(role="shard", shard=1, slurm_state="FAILED", step_states=by_task[1].step_states)
-    slurm.classify(v)
+    v = TaskView(role="shard", shard=1, slurm_state="FAILED", step_states=by_task[1].step_states)
+    classify(v)
     assert v.outcome is Outcome.OOM          # the srun trap: only the step shows the OOM
 
 
@@ -152,22 +183,22 @@ def test_sacct_with_accounting_keeps_array_ids_and_step_states():
     ("0-15%4", list(range(16))), ("5", [5]), ("0-1,7", [0, 1, 7]),
 ])
 def test_expand_array_range(text, expected):
-    assert slurm.expand_array_range(text) == expected
+    assert expand_array_range(text) == expected
 
 
 def test_expand_array_range_garbage():
     with pytest.raises(InfraError):
-        slurm.expand_array_range("a-b")
+        expand_array_range("a-b")
 
 
 # --------------------------------------------------------------------------- scripts
 
-def opts(tmp_path, **kw) -> slurm.SubmitOptions:
+def opts(tmp_path, **kw) -> SubmitOptions:
     base = dict(dataset="501", dataset_name="Dataset501_Demo", mem="16g", shards=4,
                 submission_dir=str(tmp_path / "sub"), python="/opt/py/bin/python3", pythonpath=str(REPO),
                 raw="/data/raw", preprocessed="/data/pre", host_python="/opt/hostenv/bin/python")
     base.update(kw)
-    return slurm.SubmitOptions(**base)
+    return SubmitOptions(**base)
 
 
 def sbatch_opts(script: str) -> dict[str, list[str]]:
@@ -187,18 +218,18 @@ def code_lines(script: str) -> list[str]:
                                          (parse_mem("2.5g"), "2560M"), (parse_mem("100m"), "100M"),
                                          (100 * 1024 ** 2 + 1, "101M")])
 def test_slurm_mem(n, expected):
-    assert slurm.slurm_mem(n) == expected
+    assert slurm_mem(n) == expected
 
 
 @pytest.mark.parametrize("shards,expected", [([0, 1, 2, 3], "0-3"), ([1, 3], "1,3"), ([2], "2"), ([3, 1], "1,3"),
                                              ([2, 3, 4], "2-4")])
 def test_array_spec(shards, expected):
-    assert slurm.array_spec(shards) == expected
+    assert array_spec(shards) == expected
 
 
 def test_task_script_has_dependency_array_mem_and_no_srun(tmp_path):
     o = opts(tmp_path, partition="gpu", time="2:00:00", cpus_per_task=4, np=["2"], configurations=["3d_fullres"])
-    script = slurm.render_task_script(o, "123")
+    script = render_task_script(o, "123")
     sb = sbatch_opts(script)
     assert sb["dependency"] == ["afterok:123"]
     assert sb["kill-on-invalid-dep"] == ["yes"]
@@ -218,7 +249,7 @@ def test_task_script_has_dependency_array_mem_and_no_srun(tmp_path):
 
 def test_plan_script_is_no_pp_without_array(tmp_path):
     o = opts(tmp_path, npfp="2")
-    script = slurm.render_plan_script(o)
+    script = render_plan_script(o)
     sb = sbatch_opts(script)
     assert "array" not in sb and "dependency" not in sb
     assert sb["mem"] == ["16G"] and sb["output"] == [f"{o.submission_dir}/logs/plan-%j.out"]
@@ -228,25 +259,25 @@ def test_plan_script_is_no_pp_without_array(tmp_path):
 
 
 def test_resubmission_script_has_the_listed_shards_and_no_dependency(tmp_path):
-    script = slurm.render_task_script(opts(tmp_path, only_shards=[1, 3]), None)
+    script = render_task_script(opts(tmp_path, only_shards=[1, 3]), None)
     sb = sbatch_opts(script)
     assert sb["array"] == ["1,3"] and "dependency" not in sb
 
 
 def test_scripts_are_valid_bash(tmp_path):
     o = opts(tmp_path, raw="/data/it's raw")      # a quote in a path stays one word
-    for script in (slurm.render_plan_script(o), slurm.render_task_script(o, "7")):
+    for script in (render_plan_script(o), render_task_script(o, "7")):
         subprocess.run(["bash", "-n"], input=script, text=True, check=True)
         assert "'/data/it'\"'\"'s raw'" in script
 
 
 def test_blank_in_submission_folder_is_bad_input(tmp_path):
     with pytest.raises(BadInputError):
-        slurm.render_task_script(opts(tmp_path, submission_dir="/data/my dir/sub"), "1")
+        render_task_script(opts(tmp_path, submission_dir="/data/my dir/sub"), "1")
 
 
 def test_percent_in_folder_is_escaped_for_output(tmp_path):
-    sb = sbatch_opts(slurm.render_plan_script(opts(tmp_path, submission_dir="/data/100%/sub")))
+    sb = sbatch_opts(render_plan_script(opts(tmp_path, submission_dir="/data/100%/sub")))
     assert sb["output"] == ["/data/100%%/sub/logs/plan-%j.out"]
 
 
@@ -264,11 +295,11 @@ def test_task_script_runs_and_keeps_nnrun_exit_code_and_json(tmp_path):
                              "sys.exit(3)\n")
     o = opts(tmp_path, python=fake)
     script = tmp_path / "preprocess.sbatch"
-    script.write_text(slurm.render_task_script(o, "7"))
+    script.write_text(render_task_script(o, "7"))
     env = {**os.environ, "SLURM_ARRAY_TASK_ID": "2", "SLURM_JOB_ID": "12", "SLURM_ARRAY_JOB_ID": "9"}
     p = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     assert p.returncode == 3 and "progress" in p.stderr
-    files = slurm.read_task_files(o.submission_dir, "2")
+    files = read_task_files(o.submission_dir, "2")
     assert files["exit"] == 3
     assert files["start"]["job_id"] == "12" and files["start"]["array_job_id"] == "9"
     assert files["nnrun"]["outcome"] == "oom"
@@ -311,7 +342,7 @@ class Replay:
 def fixture_submission(tmp_path, name: str) -> dict:
     dest = tmp_path / name
     shutil.copytree(FIX / name, dest)
-    return slurm.load_submission(dest)
+    return load_submission(dest)
 
 
 def shard1_oom_replay(scontrol=True) -> Replay:
@@ -320,7 +351,7 @@ def shard1_oom_replay(scontrol=True) -> Replay:
     return Replay(scontrol=known if scontrol else {}, sacct_c=(d / "sacct_c.txt").read_text())
 
 
-def check_shard1_oom(d: slurm.SlurmDiagnosis):
+def check_shard1_oom(d: SlurmDiagnosis):
     assert d.finished and d.outcome is Outcome.OOM and d.exit_code == 3 == exit_code_for(Outcome.OOM)
     assert d.oom_shards == [1] and d.failed_shards == [1]
     t = {v.shard: v for v in d.tasks}
@@ -340,7 +371,7 @@ def check_shard1_oom(d: slurm.SlurmDiagnosis):
 def test_diagnosis_of_a_real_array_with_one_oom_task_from_scontrol(tmp_path):
     rec = fixture_submission(tmp_path, "submission_shard1_oom")
     replay = shard1_oom_replay()
-    d = slurm.status(rec, slurm.SlurmClient(replay))
+    d = status(rec, SlurmClient(replay))
     check_shard1_oom(d)
     assert d.sources == ["scontrol"]
     assert not any(c[0] == "sacct" for c in replay.calls)
@@ -349,7 +380,7 @@ def test_diagnosis_of_a_real_array_with_one_oom_task_from_scontrol(tmp_path):
 def test_diagnosis_after_scontrol_forgot_reads_sacct_c_with_the_task_job_ids(tmp_path):
     rec = fixture_submission(tmp_path, "submission_shard1_oom")
     replay = shard1_oom_replay(scontrol=False)
-    d = slurm.status(rec, slurm.SlurmClient(replay))
+    d = status(rec, SlurmClient(replay))
     check_shard1_oom(d)
     assert d.sources == ["sacct -c"]
     [sacct_c] = [c for c in replay.calls if c[:2] == ["sacct", "-c"]]
@@ -358,19 +389,19 @@ def test_diagnosis_after_scontrol_forgot_reads_sacct_c_with_the_task_job_ids(tmp
 
 def test_status_json_and_human_rendering(tmp_path):
     rec = fixture_submission(tmp_path, "submission_shard1_oom")
-    d = slurm.status(rec, slurm.SlurmClient(shard1_oom_replay()))
+    d = status(rec, SlurmClient(shard1_oom_replay()))
     data = json.loads(json.dumps(d.to_json()))
     assert data["outcome"] == "oom" and data["exit_code"] == 3 and data["oom_shards"] == [1]
     assert data["tasks"][1]["slurm_state"] == "OUT_OF_MEMORY" and data["tasks"][1]["victim_case"] == "case_1"
     assert data["recommendation"].startswith("nnrun slurm submit -d 501 --mem 192m --shards 3 --only-shards 1")
-    text = slurm.render_status(d)
+    text = render_status(d)
     assert text.splitlines()[0].startswith("nnrun slurm: oom (out of memory):")
     assert "OUT_OF_MEMORY" in text and "next:         nnrun slurm submit" in text
 
 
 def test_diagnosis_of_the_real_resubmission(tmp_path):
     rec = fixture_submission(tmp_path, "submission_resubmit_ok")
-    d = slurm.status(rec, slurm.SlurmClient(Replay(
+    d = status(rec, SlurmClient(Replay(
         scontrol={"20": (FIX / "submission_resubmit_ok" / "scontrol_array.txt").read_text()})))
     assert d.outcome is Outcome.OK and d.exit_code == 0 and d.finished
     assert [v.shard for v in d.tasks] == [1] and d.plan is None
@@ -383,8 +414,8 @@ def test_diagnosis_of_a_real_plan_oom(tmp_path, scontrol):
     rec = fixture_submission(tmp_path, "submission_plan_oom")
     d = FIX / "submission_plan_oom"
     known = {"21": (d / "scontrol_plan.txt").read_text(), "22": (d / "scontrol_array.txt").read_text()}
-    diag = slurm.status(rec, slurm.SlurmClient(Replay(scontrol=known if scontrol else {},
-                                                      sacct_c=(d / "sacct_c.txt").read_text())))
+    diag = status(rec, SlurmClient(Replay(scontrol=known if scontrol else {},
+                                          sacct_c=(d / "sacct_c.txt").read_text())))
     assert diag.finished and diag.outcome is Outcome.OOM and diag.exit_code == 3
     assert diag.plan.slurm_state == "OUT_OF_MEMORY" and "own process" in diag.plan.note
     assert [v.slurm_state for v in diag.tasks] == ["CANCELLED", "CANCELLED"]
@@ -403,8 +434,8 @@ def test_real_nnunet_plan_job_recovered_by_retry_but_slurm_cancelled_the_array(t
     rec = fixture_submission(tmp_path, "submission_demo_plan_recovered")
     d = FIX / "submission_demo_plan_recovered"
     known = {"31": (d / "scontrol_plan.txt").read_text(), "32": (d / "scontrol_array.txt").read_text()}
-    diag = slurm.status(rec, slurm.SlurmClient(Replay(scontrol=known if scontrol else {},
-                                                      sacct_c=(d / "sacct_c.txt").read_text())))
+    diag = status(rec, SlurmClient(Replay(scontrol=known if scontrol else {},
+                                          sacct_c=(d / "sacct_c.txt").read_text())))
     assert diag.finished and diag.outcome is Outcome.OOM and diag.exit_code == 3
     assert diag.plan.outcome is Outcome.OK and diag.plan.slurm_state == "OUT_OF_MEMORY"
     assert diag.plan.retried_after_oom[0]["victim_case"] == "case005"
@@ -422,7 +453,7 @@ def test_real_nnunet_array_oom_killed_recommends_fewer_workers(tmp_path, scontro
     nnrun's own recommendation (-np 2 under the same memory) becomes the resubmit command."""
     rec = fixture_submission(tmp_path, "submission_demo_all_oom")
     d = FIX / "submission_demo_all_oom"
-    diag = slurm.status(rec, slurm.SlurmClient(Replay(
+    diag = status(rec, SlurmClient(Replay(
         scontrol={"36": (d / "scontrol_array.txt").read_text()} if scontrol else {},
         sacct_c=(d / "sacct_c.txt").read_text())))
     assert diag.outcome is Outcome.OOM and diag.exit_code == 3 and diag.oom_shards == [0, 1, 2]
@@ -439,7 +470,7 @@ def test_real_nnunet_array_oom_killed_recommends_fewer_workers(tmp_path, scontro
 def record(tmp_path, **kw) -> dict:
     o = opts(tmp_path, mem=kw.pop("mem", "1200m"), shards=kw.pop("shards", 3), **kw)
     Path(o.submission_dir, "tasks").mkdir(parents=True)
-    rec = slurm.submission_record(o, "x", "10", "11")
+    rec = submission_record(o, "x", "10", "11")
     rec["_dir"] = o.submission_dir
     return rec
 
@@ -455,16 +486,16 @@ def task_files(rec, shard, report=None, exit_code=None, job_id=None):
 
 
 def st(task, state, exit_code="0:0", reason="None", time_limit="UNLIMITED", job_id=None):
-    return slurm.JobState(job_id=job_id or str(100 + task), array_job_id="11", array_task_id=task, state=state,
-                          reason=reason, exit_code=exit_code, time_limit=time_limit)
+    return JobState(job_id=job_id or str(100 + task), array_job_id="11", array_task_id=task, state=state,
+                    reason=reason, exit_code=exit_code, time_limit=time_limit)
 
 
-PLAN_OK = slurm.JobState(job_id="10", array_job_id=None, array_task_id=None, state="COMPLETED", exit_code="0:0")
+PLAN_OK = JobState(job_id="10", array_job_id=None, array_task_id=None, state="COMPLETED", exit_code="0:0")
 
 
 def diag(rec, states):
-    plan, tasks = slurm.build_views(rec, [PLAN_OK, *states])
-    return slurm.diagnose(rec, plan, tasks)
+    plan, tasks = build_views(rec, [PLAN_OK, *states])
+    return diagnose(rec, plan, tasks)
 
 
 def test_fewer_workers_when_nnrun_recommends_them(tmp_path):
@@ -521,7 +552,7 @@ def test_running_submission_is_not_finished_and_exits_0(tmp_path):
     d = diag(rec, [st(0, "COMPLETED"), st(1, "RUNNING"), st(2, "PENDING", reason="Resources", job_id="11")])
     assert not d.finished and d.outcome is Outcome.OK and d.exit_code == 0
     assert d.recommendation_argv is None and "still in the queue: 2 (1 pending)" in d.message
-    assert slurm.render_status(d).startswith("nnrun slurm: running:")
+    assert render_status(d).startswith("nnrun slurm: running:")
 
 
 def test_nnrun_ok_after_a_retry_wins_over_slurm_oom_state(tmp_path):
@@ -543,9 +574,9 @@ def test_slurm_oom_upgrades_an_nnrun_error(tmp_path):
 
 
 def test_srun_style_failed_with_derived_125_is_oom():
-    v = slurm.TaskView(role="shard", shard=0, slurm_state="FAILED", slurm_exit_code="1:0",
-                       slurm_derived_exit_code="0:125")
-    slurm.classify(v)
+    v = TaskView(role="shard", shard=0, slurm_state="FAILED", slurm_exit_code="1:0",
+                 slurm_derived_exit_code="0:125")
+    classify(v)
     assert v.outcome is Outcome.OOM
 
 
@@ -558,7 +589,7 @@ def test_failed_without_report_exit_127_is_infra(tmp_path):
 
 def test_cancelled_while_pending_is_killed(tmp_path):
     rec = record(tmp_path)
-    meta = slurm.JobState(job_id=None, array_job_id="11", array_task_id=2, state="CANCELLED", reason="None")
+    meta = JobState(job_id=None, array_job_id="11", array_task_id=2, state="CANCELLED", reason="None")
     d = diag(rec, [st(0, "COMPLETED"), st(1, "COMPLETED"), meta])
     assert d.tasks[2].outcome is Outcome.KILLED and d.failed_shards == [2]
 
@@ -567,7 +598,7 @@ def test_sacct_c_meta_record_stands_for_tasks_that_never_started(tmp_path):
     rec = record(tmp_path)
     for k in (0, 1):
         task_files(rec, k, {"outcome": "ok", "exit_code": 0}, 0, job_id=str(200 + k))
-    states = slurm.states_from_sacct(slurm.parse_sacct(
+    states = states_from_sacct(parse_sacct(
         "JobID|JobName|State|ExitCode|DerivedExitCode|Timelimit|Start|End\n"
         "200|pp|COMPLETED|0:0|0:0|UNLIMITED|x|y\n201|pp|COMPLETED|0:0|0:0|UNLIMITED|x|y\n"
         "11|pp|CANCELLED|0:0|0:0|UNLIMITED|x|y\n"), "sacct -c")
@@ -579,12 +610,12 @@ def test_sacct_c_meta_record_stands_for_tasks_that_never_started(tmp_path):
 def test_plan_recovered_by_retry_but_slurm_oom_cancels_the_array(tmp_path):
     rec = record(tmp_path)
     task_files(rec, "plan", {"outcome": "ok", "exit_code": 0}, 0)
-    plan = slurm.JobState(job_id="10", array_job_id=None, array_task_id=None, state="OUT_OF_MEMORY",
-                          exit_code="0:125")
-    metas = [slurm.JobState(job_id=None, array_job_id="11", array_task_id=k, state="CANCELLED",
-                            reason="DependencyNeverSatisfied") for k in range(3)]
-    p, tasks = slurm.build_views(rec, [plan, *metas])
-    d = slurm.diagnose(rec, p, tasks)
+    plan = JobState(job_id="10", array_job_id=None, array_task_id=None, state="OUT_OF_MEMORY",
+                    exit_code="0:125")
+    metas = [JobState(job_id=None, array_job_id="11", array_task_id=k, state="CANCELLED",
+                      reason="DependencyNeverSatisfied") for k in range(3)]
+    p, tasks = build_views(rec, [plan, *metas])
+    d = diagnose(rec, p, tasks)
     argv = d.recommendation_argv
     assert argv[argv.index("--only-shards") + 1] == "0,1,2"
     assert d.outcome is Outcome.OOM and "afterok cancelled" in d.message
@@ -594,29 +625,29 @@ def test_plan_recovered_by_retry_but_slurm_oom_cancels_the_array(tmp_path):
 @pytest.mark.parametrize("text,minutes", [("5", 5), ("00:01:00", 1), ("1:30", 2), ("2:00:00", 120),
                                           ("1-00:00:00", 1440), ("1-2", 1560), ("UNLIMITED", None)])
 def test_time_to_minutes(text, minutes):
-    assert slurm._time_to_minutes(text) == minutes
+    assert diagnosis._time_to_minutes(text) == minutes
 
 
 def test_task_json_parsing():
-    assert slurm.parse_task_json('noise\n{"outcome": "oom", "exit_code": 3}\n')[0]["outcome"] == "oom"
-    assert slurm.parse_task_json("")[0] is None
-    assert slurm.parse_task_json('{"outcome": "weird"}')[1].startswith("unknown outcome")
+    assert parse_task_json('noise\n{"outcome": "oom", "exit_code": 3}\n')[0]["outcome"] == "oom"
+    assert parse_task_json("")[0] is None
+    assert parse_task_json('{"outcome": "weird"}')[1].startswith("unknown outcome")
 
 
 # --------------------------------------------------------------------------- index and job arguments
 
 def test_index_roundtrip(tmp_path):
-    env = {slurm.INDEX_ENV: str(tmp_path / "idx")}
-    slurm.index_add("17", "/data/sub", environ=env)
-    assert slurm.index_lookup("17", environ=env) == "/data/sub"
-    assert slurm.index_lookup("18", environ=env) is None
-    assert slurm.index_dir({"HOME": "/home/u"}) == Path("/home/u/.cache/nnrun/slurm-jobs")
+    env = {INDEX_ENV: str(tmp_path / "idx")}
+    index_add("17", "/data/sub", environ=env)
+    assert index_lookup("17", environ=env) == "/data/sub"
+    assert index_lookup("18", environ=env) is None
+    assert index_dir({"HOME": "/home/u"}) == Path("/home/u/.cache/nnrun/slurm-jobs")
 
 
 @pytest.mark.parametrize("text,expected", [("17", ("17", None, None)), ("17_1", ("17", 1, None)),
                                            ("17;ci", ("17", None, "ci")), ("abc", None), ("17_", None)])
 def test_parse_job_arg(text, expected):
-    assert slurm.parse_job_arg(text) == expected
+    assert parse_job_arg(text) == expected
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -633,8 +664,8 @@ def slurm_env(tmp_path, monkeypatch, tiny_raw):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     monkeypatch.setenv("PATH", str(bin_dir))
-    monkeypatch.setenv(slurm.INDEX_ENV, str(tmp_path / "index"))
-    monkeypatch.setenv(slurm.PYTHON_ENV, "/opt/py/bin/python3")   # no nnunetv2 check against this Python
+    monkeypatch.setenv(INDEX_ENV, str(tmp_path / "index"))
+    monkeypatch.setenv(PYTHON_ENV, "/opt/py/bin/python3")   # no nnunetv2 check against this Python
     monkeypatch.delenv("NNRUN_HOST_PYTHON", raising=False)
     return {"raw": tiny_raw, "pre": tmp_path / "pre", "bin": bin_dir}
 
@@ -705,7 +736,7 @@ def test_submit_refuses_a_shard_map_of_another_count(slurm_env, capsys):
 
 
 def test_host_runtime_needs_a_python_with_nnunet(slurm_env, capsys, monkeypatch):
-    monkeypatch.delenv(slurm.PYTHON_ENV)
+    monkeypatch.delenv(PYTHON_ENV)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
     code, _, err = run(submit_args(slurm_env), capsys)
     assert code == 2 and "--host-python" in err
@@ -730,7 +761,7 @@ def test_submit_with_a_stand_in_sbatch_writes_the_submission(slurm_env, capsys):
     assert "#SBATCH --dependency=afterok:41" in (sub / "preprocess.sbatch").read_text()
     rec = json.loads((sub / "submission.json").read_text())
     assert rec["plan_job_id"] == "41" and rec["options"]["shards"] == 3 and rec["options"]["mem"] == "1g"
-    assert slurm.index_lookup("42") == str(sub) and slurm.index_lookup("41") == str(sub)
+    assert index_lookup("42") == str(sub) and index_lookup("41") == str(sub)
     assert [line.split()[0] for line in log.read_text().splitlines()] == ["--parsable", "--parsable"]
 
 
@@ -751,7 +782,7 @@ def test_status_through_the_cli_with_stand_in_scontrol(slurm_env, capsys, tmp_pa
     fake_command(slurm_env["bin"], "scontrol",
                  f'case "$*" in *" 16") /bin/cat {d / "scontrol_plan.txt"};; *" 17") /bin/cat {d / "scontrol_array.txt"};; '
                  f'*) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1;; esac\n')
-    slurm.index_add("17", rec["_dir"])
+    index_add("17", rec["_dir"])
     code, out, err = run(["slurm", "status", "17", "--json"], capsys)
     assert code == 3, err
     data = json.loads(out)
