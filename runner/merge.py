@@ -25,9 +25,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.incontainer.preprocess import STAGING, case_complete, folder_lock
 from runner.dataset import RawDataset
 from runner.errors import BadInputError
+from runner.incontainer.preprocess import STAGING, case_complete, folder_lock
 from runner.run.outputs import FINGERPRINT_FILE, GT_FOLDER, data_identifier, incomplete_outputs, remove_paths
 from runner.shards import ShardError, cases_of, map_path, read_map
 

@@ -131,12 +131,12 @@ def render_memory_png(data: PlotData, path: Path, width_px: int = 1400, height_p
     The file is written atomically (a temporary file in the same folder, then
     ``os.replace``), so a reader never sees half a PNG.  Returns ``path``.
     """
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
     from matplotlib.transforms import blended_transform_factory
-    import numpy as np
 
     path = Path(path)
     width_px = max(int(width_px), 200)

@@ -216,7 +216,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def write_json_atomic(path: Path, data: Any, indent: int | None = 1) -> None:
     """Write to a temporary name beside ``path``, then rename: a reader sees the old or the new file, never half."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")    # unique: several processes may write one file
     tmp.write_text(json.dumps(data, indent=indent) + "\n")
     os.replace(tmp, path)
 

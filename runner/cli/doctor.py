@@ -23,8 +23,8 @@ def doctor_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Check that this machine can run nnrun: Docker, cgroups, memory, enforcement, image, folders."""
-    from runner.engines.docker import engine_factory
     from runner.doctor import doctor_json, render_doctor, run_checks
+    from runner.engines.docker import engine_factory
 
     try:
         factory = engine_factory(engine)

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
-
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -15,9 +14,9 @@ from runner.cli.common import err as _err
 from runner.cli.common import finish, report_for_error
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
-from runner.run.settings import DEFAULT_IMAGE
 from runner.estimate.model import Estimate, default_cache_dir, estimate, load_model, measure_baseline
 from runner.options import DEFAULT_CONFIGURATIONS, PreprocessOptions, validate
+from runner.run.settings import DEFAULT_IMAGE
 from runner.units import parse_mem
 
 

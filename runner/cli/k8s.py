@@ -18,8 +18,8 @@ from runner.cli.common import NNUNET_EXTRA
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, exit_code_for
 from runner.options import DEFAULT_NPFP, PreprocessOptions
-from runner.run.settings import DEFAULT_IMAGE
 from runner.run.contract import IMAGE_USER
+from runner.run.settings import DEFAULT_IMAGE
 
 k8s_app = typer.Typer(
     name="k8s",

@@ -34,8 +34,9 @@ def merge_command(
     Exit codes: 0 complete, 2 incomplete or bad input (the shards to rerun are named), 6 infrastructure.
     """
     from runner.dataset import load_raw_dataset
-    from runner.run.locks import acquire as acquire_locks, owner_info, scope_for_run
     from runner.merge import merge, render_merge, rerun_command
+    from runner.run.locks import acquire as acquire_locks
+    from runner.run.locks import owner_info, scope_for_run
     from runner.run.preflight import resolve_root
 
     try:

@@ -13,8 +13,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from runner.diagnosis.wording import describe_phase
 from runner.diagnosis.early import EarlyOom
+from runner.diagnosis.wording import describe_phase
 from runner.units import format_bytes
 
 

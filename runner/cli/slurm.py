@@ -107,7 +107,6 @@ def submit_command(
     from runner.backends.slurm.client import SlurmClient
     from runner.backends.slurm.scripts import (
         DRY_RUN_PLAN_ID,
-        HOST_PYTHON_ENV,
         LOGS_DIR,
         PLAN_SCRIPT,
         PYTHON_ENV,
@@ -122,10 +121,10 @@ def submit_command(
         render_task_script,
         slurm_mem,
         submission_record,
-        write_json_atomic,
     )
     from runner.dataset import load_raw_dataset, parse_dataset_id
     from runner.run.preflight import resolve_root
+    from runner.rundir import HOST_PYTHON_ENV, write_json_atomic
     from runner.shards import ShardError, map_path, parse_shard_list, read_map
     from runner.units import parse_mem
 

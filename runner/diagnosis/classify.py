@@ -12,8 +12,9 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 
-from runner.errors import Outcome
 from runner.diagnosis.facts import RunFacts, WorkerExit
+from runner.errors import Outcome
+
 
 @dataclass(frozen=True)
 class Victim:

@@ -24,8 +24,19 @@ import signal
 from runner.diagnosis.classify import Victim, find_victims
 from runner.diagnosis.facts import RunFacts, WorkerExit, worker_exit
 from runner.diagnosis.wording import early_oom_line
-from runner.rundir import (EV_CASE_END, EV_CASE_ERROR, EV_CASE_START, EV_CHILD_EXIT, EV_CHILD_START, EV_OOM_KILL,
-                           EV_PHASE, EV_SUPERVISOR_START, EV_WATCHDOG, EV_WORKER_EXIT, WorkerExitRecord)
+from runner.rundir import (
+    EV_CASE_END,
+    EV_CASE_ERROR,
+    EV_CASE_START,
+    EV_CHILD_EXIT,
+    EV_CHILD_START,
+    EV_OOM_KILL,
+    EV_PHASE,
+    EV_SUPERVISOR_START,
+    EV_WATCHDOG,
+    EV_WORKER_EXIT,
+    WorkerExitRecord,
+)
 
 
 class EarlyOom:

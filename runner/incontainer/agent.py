@@ -32,8 +32,8 @@ import os
 import sys
 import time
 
-from runner.rundir import AGENT_EVENTS_ENV, CONFIGURATION_ENV, FILE_ENDING_ENV, PHASE_ENV
 from runner.incontainer.events import current_phase, emit, peak_rss_bytes, reset_peak_rss
+from runner.rundir import AGENT_EVENTS_ENV, CONFIGURATION_ENV, FILE_ENDING_ENV, PHASE_ENV
 
 NNUNET_COMMAND = "nnUNetv2_plan_and_preprocess"
 
@@ -114,7 +114,9 @@ def install() -> None:
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
-    from runner.incontainer import preprocess as agent_preprocess  # Atomic writes, staging and scheduling first: the event wrappers below go around them.
+    from runner.incontainer import (
+        preprocess as agent_preprocess,  # Atomic writes, staging and scheduling first: the event wrappers below go around them.
+    )
     agent_preprocess.install()
     if getattr(DefaultPreprocessor.run_case_save, "__nnrun_events__", False):
         return

@@ -34,10 +34,18 @@ from contextlib import contextmanager
 from multiprocessing import get_context
 
 from runner.incontainer.events import emit, kill_hook
-from runner.shards import (PLANS_NAME_ENV, SHARD_MAP_ENV, SKIP_PLANNING_ENV, cases_of, header_weights,
-                           load_or_create, read_map, shard_from_env)
-from runner.shards import map_path as shard_map_path
 from runner.rundir import CLEAN_ENV, RESUME_ENV, SCHEDULE_ENV, SCHEDULE_FILE_ENV
+from runner.shards import (
+    PLANS_NAME_ENV,
+    SHARD_MAP_ENV,
+    SKIP_PLANNING_ENV,
+    cases_of,
+    header_weights,
+    load_or_create,
+    read_map,
+    shard_from_env,
+)
+from runner.shards import map_path as shard_map_path
 
 TMP_MARK = ".nnrun-tmp"
 STAGING = os.path.join(".nnrun", "staging")

@@ -39,9 +39,8 @@ import threading
 import time
 from multiprocessing import get_context
 
-from runner.rundir import AGENT_EVENTS_ENV, CONFIGURATION_ENV, PHASE_ENV, WARM_FILE
 from runner.incontainer.events import DEAD_WORKER_MESSAGE, current_phase, emit, kill_hook
-
+from runner.rundir import AGENT_EVENTS_ENV, CONFIGURATION_ENV, PHASE_ENV, WARM_FILE
 
 _WARM: dict | None = None        # {"configuration", "kind", "pools": [Pool], "procs": [Process]}
 

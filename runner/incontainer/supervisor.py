@@ -34,9 +34,21 @@ from pathlib import Path
 
 from runner.cgroup import MemoryCounters, own_cgroup_dir, read_memory_counters
 from runner.errors import CgroupReadError
-from runner.rundir import (AGENT_EVENTS_ENV, AGENT_EVENTS_FILE, CGROUP_DIR_ENV, EVENTS_FILE, HOST_ACK_FILE, NNUNET_LOG,
-                           STATUS_FILE, STATUS_ON_STDOUT, SUPERVISOR_SCHEMA, TEST_OOM_VICTIM_ENV, EV_WORKER_EXIT,
-                           SupervisorStatus, WorkerExitRecord)
+from runner.rundir import (
+    AGENT_EVENTS_ENV,
+    AGENT_EVENTS_FILE,
+    CGROUP_DIR_ENV,
+    EV_WORKER_EXIT,
+    EVENTS_FILE,
+    HOST_ACK_FILE,
+    NNUNET_LOG,
+    STATUS_FILE,
+    STATUS_ON_STDOUT,
+    SUPERVISOR_SCHEMA,
+    TEST_OOM_VICTIM_ENV,
+    SupervisorStatus,
+    WorkerExitRecord,
+)
 
 HOST_ACK_TIMEOUT_S = 10.0
 

@@ -13,9 +13,16 @@ from runner import __version__
 from runner.dataset import RawDataset
 from runner.engines.base import ContainerSpec, Mount
 from runner.options import PreprocessOptions, nnunet_argv
-from runner.rundir import (CLEAN_ENV, FILE_ENDING_ENV, RESUME_ENV, SCHEDULE_ENV, SCHEDULE_FILE, SCHEDULE_FILE_ENV,
-                           TEST_HOOK_ENVS)
 from runner.run.settings import RunSettings
+from runner.rundir import (
+    CLEAN_ENV,
+    FILE_ENDING_ENV,
+    RESUME_ENV,
+    SCHEDULE_ENV,
+    SCHEDULE_FILE,
+    SCHEDULE_FILE_ENV,
+    TEST_HOOK_ENVS,
+)
 from runner.shards import PLANS_NAME_ENV, SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_MAP_ENV, SKIP_PLANNING_ENV
 from runner.shards import map_path as shard_map_path
 from runner.units import parse_mem

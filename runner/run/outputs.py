@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from runner.incontainer.preprocess import TMP_MARK   # the agent writes under names holding it, then renames
+from runner.incontainer.preprocess import TMP_MARK  # the agent writes under names holding it, then renames
 from runner.rundir import NNRUN_DIR
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"

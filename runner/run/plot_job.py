@@ -38,7 +38,6 @@ from runner.plot import PlotData, plot_data_from_files, render_memory_png
 from runner.rundir import AGENT_EVENTS_FILE, EVENTS_FILE, PLOT_FILE, TIMELINE_FILE
 
 
-
 def _warm_up() -> None:
     """Import matplotlib and draw a tiny figure with every kind of artist the real plot uses."""
     from runner.plot import CaseSpan, MemorySample, PhaseSpan
@@ -132,8 +131,8 @@ def guess_title(run_dir: Path, monitor, fallback_limit_bytes: int | None) -> tup
     """
     from runner.diagnosis.classify import classify
     from runner.diagnosis.facts import gather_facts
-    from runner.rundir import STATUS_FILE, SupervisorStatus, read_jsonl
     from runner.run.telemetry import case_records
+    from runner.rundir import STATUS_FILE, SupervisorStatus, read_jsonl
 
     try:
         status = SupervisorStatus.from_json(json.loads((Path(run_dir) / STATUS_FILE).read_text()))

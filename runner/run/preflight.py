@@ -51,7 +51,7 @@ def check_dataset_files(dataset: RawDataset, settings: RunSettings, sink: Progre
     """Read every image and label file to its end (damaged files fail here, not in a worker)."""
     files = list(dataset.all_files())
     sink.stage(f"checking {len(files)} image and label files of {dataset.name} to the end")
-    from runner.formats.check_cache import check_files_once     # files verified before are not read again
+    from runner.formats.check_cache import check_files_once  # files verified before are not read again
     problems = check_files_once(files, workers=settings.check_workers, progress=sink.file_check)
     if problems:
         first = problems[0]

@@ -34,13 +34,34 @@ from runner.run.locks import owner_info, scope_for_run
 from runner.run.manifest import attempt_summary, build_manifest, iso_time
 from runner.run.monitor import CgroupMonitor, MonitorSummary
 from runner.run.outputs import cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
-from runner.run.preflight import (check_dataset_files, check_output_writable, dataset_complete, preflight,
-                                  shape_mismatches, shard_dataset)
+from runner.run.preflight import (
+    check_dataset_files,
+    check_output_writable,
+    dataset_complete,
+    preflight,
+    shape_mismatches,
+    shard_dataset,
+)
 from runner.run.settings import NullSink, ProgressSink, RunSettings
 from runner.run.telemetry import JsonlTail, case_held_by, case_records
-from runner.rundir import (ACTIVE_FILE, AGENT_EVENTS_FILE, EVENTS_FILE, HOST_ACK_FILE, MANIFEST_FILE, NNRUN_DIR,
-                           NNUNET_LOG, REPORT_FILE, SCHEDULE_FILE, STATUS_FILE, TIMELINE_FILE, WARM_FILE,
-                           SupervisorStatus, read_jsonl, read_status, try_write_json)
+from runner.rundir import (
+    ACTIVE_FILE,
+    AGENT_EVENTS_FILE,
+    EVENTS_FILE,
+    HOST_ACK_FILE,
+    MANIFEST_FILE,
+    NNRUN_DIR,
+    NNUNET_LOG,
+    REPORT_FILE,
+    SCHEDULE_FILE,
+    STATUS_FILE,
+    TIMELINE_FILE,
+    WARM_FILE,
+    SupervisorStatus,
+    read_jsonl,
+    read_status,
+    try_write_json,
+)
 from runner.units import format_bytes, format_mem_arg, parse_mem
 
 STOP_TIMEOUT_S = 10

@@ -13,7 +13,6 @@ from pathlib import Path
 from runner.rundir import parse_jsonl
 
 
-
 @dataclass(frozen=True)
 class CaseRecord:
     """One case as one worker processed it, in one phase."""

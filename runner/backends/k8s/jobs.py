@@ -40,7 +40,13 @@ from decimal import Decimal
 from runner import __version__
 from runner.errors import BadInputError, InfraError, Outcome, exit_code_for
 from runner.options import PreprocessOptions, nnunet_argv, validate
-from runner.run.contract import CONTAINER_PREPROCESSED, CONTAINER_RAW, IMAGE_USER, container_command, container_environment
+from runner.run.contract import (
+    CONTAINER_PREPROCESSED,
+    CONTAINER_RAW,
+    IMAGE_USER,
+    container_command,
+    container_environment,
+)
 from runner.run.settings import DEFAULT_IMAGE, RunSettings
 from runner.shards import SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_LIST_ENV, Shard, ShardError, parse_shard_list
 from runner.units import GIB, KIB, MIB, TIB, format_bytes, format_mem_arg, parse_mem

@@ -28,6 +28,7 @@ from runner.backends.slurm.scripts import (
     options_from_record,
     read_task_files,
 )
+from runner.diagnosis.wording import headline
 from runner.errors import EXIT_CODES, NnrunError, Outcome, exit_code_for
 from runner.units import format_bytes, format_mem_arg, parse_mem
 
@@ -545,7 +546,7 @@ def diagnose(record: dict, plan: TaskView | None, tasks: list[TaskView], sources
 # --------------------------------------------------------------------------- human rendering (pure)
 
 def render_status(d: SlurmDiagnosis) -> str:
-    head = "nnrun slurm: oom (out of memory)" if d.outcome is Outcome.OOM else f"nnrun slurm: {d.outcome.value}"
+    head = headline(d.outcome, "nnrun slurm")
     if not d.finished and d.outcome is Outcome.OK:
         head = "nnrun slurm: running"
     plan = f"plan job {d.plan_job_id}" if d.plan_job_id else "no plan job (plans existed)"

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from runner import __version__
 from runner.errors import BadInputError, Outcome
+from runner.rundir import HOST_PYTHON_ENV, write_json_atomic
 from runner.units import GIB, MIB, parse_mem
 
 SCHEMA_VERSION = 1
@@ -48,7 +49,6 @@ LOGS_DIR = "logs"
 PLAN_KEY = "plan"                      # tasks/plan.{start,json,exit}
 PYTHON_ENV = "NNRUN_SLURM_PYTHON"      # the Python that runs nnrun in the jobs [default: the submitting one]
 INDEX_ENV = "NNRUN_SLURM_INDEX"        # folder of the job id -> submission index
-HOST_PYTHON_ENV = "NNRUN_HOST_PYTHON"
 DRY_RUN_PLAN_ID = "<plan job id>"
 
 
@@ -267,12 +267,6 @@ def load_submission(path: str | os.PathLike) -> dict:
         raise BadInputError(f"{f} is not an nnrun Slurm submission record")
     data["_dir"] = str(f.parent)
     return data
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- the job id index
