@@ -214,10 +214,16 @@ def read_jsonl(path: Path) -> list[dict]:
         return []
 
 
-def write_json_atomic(path: Path, data: Any, indent: int | None = 1) -> None:
-    """Write to a temporary name beside ``path``, then rename: a reader sees the old or the new file, never half."""
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1, mode: int | None = None) -> None:
+    """Write to a temporary name beside ``path``, then rename: a reader sees the old or the new file, never half.
+
+    ``mode``: chmod the file (e.g. 0o644 for a file other users' processes read, whatever the umask).
+    """
+    path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")    # unique: several processes may write one file
     tmp.write_text(json.dumps(data, indent=indent) + "\n")
+    if mode is not None:
+        os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 

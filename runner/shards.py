@@ -25,6 +25,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from runner.rundir import write_json_atomic
+
 # The agent's environment (set by the host, or by a Slurm script / Kubernetes Job).
 SHARD_INDEX_ENV = "NNRUN_SHARD_INDEX"      # K; with SHARD_LIST_ENV, an index into that list
 SHARD_COUNT_ENV = "NNRUN_SHARD_COUNT"      # N
@@ -169,12 +171,7 @@ def load_or_create(path: str | os.PathLike, count: int, cases: list[str], make_w
         weights, balanced_by = make_weights()
         weights = {**{c: 0 for c in cases}, **{c: w for c, w in weights.items() if c in set(cases)}}
         shard_map = build_map(weights, count, plans_name, balanced_by)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as fh:
-            json.dump(shard_map, fh, indent=1)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_json_atomic(path, shard_map, mode=0o644)     # read by other shards' container users
         return shard_map
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)

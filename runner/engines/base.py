@@ -7,7 +7,7 @@ that imports the Docker SDK is :mod:`runner.engines.docker`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import Iterator, Protocol
 
 
 @dataclass(frozen=True)
@@ -84,4 +84,3 @@ class Engine(Protocol):
     def list_containers(self, label: str) -> list[str]: ...
 
 
-EngineFactory = Callable[[], Engine]

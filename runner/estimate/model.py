@@ -63,6 +63,7 @@ from typing import Callable, Iterable, Sequence
 
 from runner.dataset import RawDataset
 from runner.formats.nifti import read_header
+from runner.rundir import write_json_atomic
 
 MODEL_PATH = Path(__file__).with_name("estimate_model.json")
 PHASES = ("fingerprint", "preprocessing")
@@ -603,11 +604,9 @@ def measure_baseline(engine_factory: Callable, image: str, cache_dir: Path,
     baseline = Baseline(main_bytes=main, worker_bytes=worker, image_id=image_id, measured=True,
                         shared_bytes=_shared_bytes(raw))
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**asdict(baseline), "image": image, "raw": raw,
-                               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               "probe_s": round(time.time() - started, 1)}, indent=1) + "\n")
-    os.replace(tmp, cache)
+    write_json_atomic(cache, {**asdict(baseline), "image": image, "raw": raw,
+                              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              "probe_s": round(time.time() - started, 1)})
     return baseline
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from runner.formats.nifti import check_files
+from runner.rundir import write_json_atomic
 
 CACHE_VERSION = 1
 
@@ -59,9 +60,7 @@ def _load(path: Path) -> dict:
 def _save(path: Path, files: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": files}))
-        os.replace(tmp, path)
+        write_json_atomic(path, {"version": CACHE_VERSION, "files": files}, indent=None)
     except OSError:
         pass          # a read-only home: the files are simply read again next time
 

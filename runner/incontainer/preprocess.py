@@ -29,9 +29,7 @@ import fcntl
 import json
 import os
 import shutil
-import time
 from contextlib import contextmanager
-from multiprocessing import get_context
 
 from runner.incontainer.events import emit, kill_hook
 from runner.rundir import CLEAN_ENV, RESUME_ENV, SCHEDULE_ENV, SCHEDULE_FILE_ENV

@@ -48,6 +48,7 @@ from runner.rundir import (
     TEST_OOM_VICTIM_ENV,
     SupervisorStatus,
     WorkerExitRecord,
+    write_json_atomic,
 )
 
 HOST_ACK_TIMEOUT_S = 10.0
@@ -484,10 +485,8 @@ class Supervisor:
             workers_seen=sorted(self.workers_seen),
             worker_exits=list(self.worker_exits),
         ).to_json()
-        tmp = self.run_dir / (STATUS_FILE + ".tmp")
         try:
-            tmp.write_text(json.dumps(status, indent=1))
-            os.replace(tmp, self.run_dir / STATUS_FILE)
+            write_json_atomic(self.run_dir / STATUS_FILE, status)
         except OSError as err:
             # No room for status.json (a full disk): say it on stdout, which the host keeps in the logs.
             print(f"{STATUS_ON_STDOUT.decode()}: {err}; status: {json.dumps(status)}", flush=True)

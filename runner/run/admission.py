@@ -27,11 +27,6 @@ from runner.options import PreprocessOptions
 from runner.units import format_bytes, format_mem_arg
 
 
-def usable_bytes(est: Estimate) -> int:
-    """The part of the cap the plan may fill: the margin covers the model's worst error."""
-    return int(est.cap_bytes / (1.0 + est.margin))
-
-
 def case_extras(est: Estimate, configuration: str) -> dict[str, int]:
     return {row["case"]: int(row["extra_bytes"]) for row in est.per_case
             if row["phase"] == "preprocessing" and row["configuration"] == configuration}

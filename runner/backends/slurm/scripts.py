@@ -37,7 +37,6 @@ from pathlib import Path
 
 from runner import __version__
 from runner.errors import BadInputError, Outcome
-from runner.rundir import HOST_PYTHON_ENV, write_json_atomic
 from runner.units import GIB, MIB, parse_mem
 
 SCHEMA_VERSION = 1
