@@ -12,10 +12,10 @@ What it does:
 3. collects per case and phase the worker's peak RSS (report.json ``cases``)
    and, from ``timeline.jsonl``, the main process's peak RSS in the
    fingerprint phase; measures the per-worker baseline in the same image
-   (``runner.estimate.model.measure_baseline``);
+   (``runner.estimate.baseline.measure_baseline``);
 4. fits the model's coefficients by least squares on the CALIBRATION datasets
    and evaluates them on DIFFERENT datasets (other shapes, spacings, channel
-   counts, case counts); writes ``runner/estimate_model.json`` with the
+   counts, case counts); writes ``runner/estimate/estimate_model.json`` with the
    coefficients, the safety margin (from the maximum evaluation error), the
    errors and the provenance.
 
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--collect-only", action="store_true", help="only run the datasets")
     ap.add_argument("--force", action="store_true", help="re-run datasets even when cached")
     ap.add_argument("--only", type=int, nargs="*", help="dataset ids to run (default: all)")
-    ap.add_argument("--output", type=Path, default=REPO / "runner" / "estimate_model.json")
+    ap.add_argument("--output", type=Path, default=REPO / "runner" / "estimate" / "estimate_model.json")
     args = ap.parse_args(argv)
     started = time.time()
     ids = args.only or sorted(DATASETS)
@@ -188,9 +188,9 @@ def main(argv=None) -> int:
     if args.collect_only:
         log(f"collected in {time.time() - started:.0f} s")
         return 0
-    from runner.estimate import model as est
-    baseline = _baseline(args, est)
-    model = est.fit_model(records, baseline)
+    from runner.estimate.calibrate import fit_model
+    baseline = _baseline(args)
+    model = fit_model(records, baseline)
     model["provenance"] = _provenance(records, baseline, started, args)
     args.output.write_text(json.dumps(model, indent=1) + "\n")
     log(f"wrote {args.output}")
@@ -198,11 +198,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def _baseline(args, est):
+def _baseline(args):
     from runner.engines.docker import DockerEngine
+    from runner.estimate.baseline import measure_baseline
     from runner.run.settings import DEFAULT_IMAGE
     image = args.image or DEFAULT_IMAGE
-    return est.measure_baseline(DockerEngine, image, args.workdir / "baseline-cache")
+    return measure_baseline(DockerEngine, image, args.workdir / "baseline-cache")
 
 
 def _provenance(records, baseline, started, args) -> dict:

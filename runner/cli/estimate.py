@@ -14,7 +14,8 @@ from runner.cli.common import err as _err
 from runner.cli.common import finish, report_for_error
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
-from runner.estimate.model import Estimate, default_cache_dir, estimate, load_model, measure_baseline
+from runner.estimate.baseline import default_cache_dir, measure_baseline
+from runner.estimate.model import Estimate, estimate, load_model
 from runner.options import DEFAULT_CONFIGURATIONS, PreprocessOptions, validate
 from runner.run.settings import DEFAULT_IMAGE
 from runner.units import parse_mem

@@ -36,7 +36,7 @@ largest total is the predicted peak stage, and its two parts (bytes
 proportional to the input, ``in``, and workspace proportional to the
 resampled output or to the fingerprint samples, ``ws``) are scaled by
 coefficients fitted by least squares on real runs
-(``scripts/calibrate_estimate.py``, which writes ``runner/estimate_model.json``)::
+(``scripts/calibrate_estimate.py``, which writes ``runner/estimate/estimate_model.json``)::
 
     extra = c0 + c_in * in_bytes + c_ws * ws_bytes
 
@@ -47,23 +47,19 @@ uncropped shapes.  ``3d_lowres`` is predicted from its planned spacing when the
 plans exist; without plans it falls back to the ``3d_fullres`` spacing
 (conservative: the low-res spacing is coarser) and says so in ``notes``.
 
-Everything here is pure except :func:`measure_baseline` (a real container).
+Everything here is pure.  The baseline is measured in a real container by
+:mod:`runner.estimate.baseline`; the coefficients are fitted by :mod:`runner.estimate.calibrate`.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from runner.dataset import RawDataset
 from runner.formats.nifti import read_header
-from runner.rundir import write_json_atomic
 
 MODEL_PATH = Path(__file__).with_name("estimate_model.json")
 PHASES = ("fingerprint", "preprocessing")
@@ -514,225 +510,3 @@ def render_estimate(est: Estimate) -> str:
     for note in est.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- baseline (real container)
-
-_PROBE = r'''
-import json, os, sys
-os.environ.setdefault("NNRUN_AGENT_EVENTS", "/tmp/nnrun-baseline-events.jsonl")
-import runner.incontainer.agent            # what every nnU-Net worker imports under nnrun: installs the wrappers (nnunetv2)
-
-
-def status():
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")):
-                out[line.split(":")[0]] = int(line.split()[1]) * 1024
-    return out
-
-
-def probe():
-    return status()
-
-
-if __name__ == "__main__":
-    import multiprocessing
-    from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import plan_and_preprocess_entry  # noqa: F401
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments  # noqa
-    workers = []
-    for _ in range(2):
-        with multiprocessing.get_context("spawn").Pool(1) as p:
-            workers.append(p.apply(probe))
-    print("NNRUN_BASELINE " + json.dumps({"main": status(), "workers": workers}))
-'''
-_BOOT = ("import subprocess, sys; open('/tmp/nnrun_baseline_probe.py', 'w').write(sys.argv[1]); "
-         "sys.exit(subprocess.call([sys.executable, '/tmp/nnrun_baseline_probe.py']))")
-
-
-def _run_probe_container(engine, image: str, script: str, mem_bytes: int = 4 << 30,
-                         timeout_s: float = 180) -> str:
-    """Run ``script`` with the image's python3 in a throw-away hardened container (the engine seam)."""
-    result = engine.run_throwaway(image, ["python3", "-c", _BOOT], [script], mem_bytes, timeout_s,
-                                  "estimate-baseline", tmpfs={"/tmp": "rw,exec,size=64m"})
-    if result["timed_out"]:
-        raise RuntimeError(f"baseline probe container still running after {timeout_s} s")
-    if result["container_exit_code"] != 0:
-        raise RuntimeError(f"baseline probe failed (exit {result['container_exit_code']}): "
-                           f"{result['stderr'].strip()[-500:]}")
-    return result["stdout"]
-
-
-def parse_probe_output(stdout: str) -> tuple[int, int, dict]:
-    """(main_bytes, worker_bytes, raw) from the probe's NNRUN_BASELINE line."""
-    for line in stdout.splitlines():
-        if line.startswith("NNRUN_BASELINE "):
-            raw = json.loads(line[len("NNRUN_BASELINE "):])
-            main = int(raw["main"]["VmRSS"])
-            worker = max(int(w["VmHWM"]) for w in raw["workers"])
-            return main, worker, raw
-    raise RuntimeError("baseline probe printed no NNRUN_BASELINE line")
-
-
-def measure_baseline(engine_factory: Callable, image: str, cache_dir: Path,
-                     run_probe: Callable[[str, str], str] | None = None) -> Baseline:
-    """The per-worker and main-process baseline in ``image``, measured once per image id and cached.
-
-    A real container runs what nnU-Net runs under nnrun: a main process with
-    nnU-Net's plan-and-preprocess entry point imported that opens
-    ``multiprocessing.get_context("spawn").Pool(1)`` (twice); the worker imports
-    ``runner.incontainer.agent`` (hence nnunetv2's fingerprint, preprocessing and
-    verification modules, torch included) as every nnU-Net worker does under
-    nnrun.  Worker: the larger VmHWM of the two; main: VmRSS after the pools.
-    Cached as ``cache_dir/baseline-<image id>.json``.
-    """
-    engine = engine_factory()
-    image_id = engine.image(image).image_id
-    cache_dir = Path(cache_dir)
-    # An image id (sha256:...) or, for --runtime host, a Python's path: a plain file name either way.
-    cache = cache_dir / f"baseline-{re.sub(r'[^A-Za-z0-9._-]+', '-', image_id).strip('-')}.json"
-    try:
-        data = json.loads(cache.read_text())
-        return Baseline(int(data["main_bytes"]), int(data["worker_bytes"]), data["image_id"], True,
-                        _shared_bytes(data.get("raw") or {}))
-    except (OSError, ValueError, KeyError):
-        pass
-    started = time.time()
-    stdout = run_probe(image, _PROBE) if run_probe else _run_probe_container(engine, image, _PROBE)
-    main, worker, raw = parse_probe_output(stdout)
-    baseline = Baseline(main_bytes=main, worker_bytes=worker, image_id=image_id, measured=True,
-                        shared_bytes=_shared_bytes(raw))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cache, {**asdict(baseline), "image": image, "raw": raw,
-                              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                              "probe_s": round(time.time() - started, 1)})
-    return baseline
-
-
-def _shared_bytes(raw: dict) -> int:
-    """The workers' file-backed RSS (RssFile) from the probe's raw numbers; 0 when not recorded."""
-    files = [int(w["RssFile"]) for w in raw.get("workers", []) if "RssFile" in w]
-    return min(files) if files else 0
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "nnrun" / "baseline"
-
-
-# --------------------------------------------------------------------------- calibration (used by scripts/calibrate_estimate.py)
-
-def measured_points(records: list[dict], baseline: Baseline) -> list[dict]:
-    """One point per measured case and phase: geometry, target spacing, measured peak and extra."""
-    from runner.dataset import load_raw_dataset
-    points = []
-    for rec in records:
-        folder = Path(rec["raw_path"])
-        ds = load_raw_dataset(folder.parent, rec["dataset_id"])
-        geoms = {g.case_id: g for g in dataset_geometry(ds)}
-        spacing = planned_target_spacing(rec["plans"], "3d_fullres", list(geoms.values()))
-        for c in rec["cases"]:
-            if c.get("status") != "done" or not c.get("peak_rss_bytes"):
-                continue
-            phase = c["phase"]
-            points.append({
-                "dataset_id": rec["dataset_id"], "role": rec["role"], "case": c["case"], "phase": phase,
-                "geom": geoms[c["case"]], "target_spacing": spacing if phase == "preprocessing" else None,
-                "peak": int(c["peak_rss_bytes"]), "extra": int(c["peak_rss_bytes"]) - baseline.worker_bytes,
-            })
-    return points
-
-
-def _lstsq_relative(rows: list[tuple[float, float]], targets: list[float], floor: float) -> tuple[float, float, float]:
-    """min sum(((c0 + c_in a + c_ws b) - y) / max(y, floor))^2 with numpy."""
-    import numpy as np
-    a = np.array([[1.0, r[0], r[1]] for r in rows])
-    y = np.array(targets, dtype=float)
-    w = 1.0 / np.maximum(np.abs(y), floor)
-    cols = [j for j in range(3) if np.any(a[:, j] != 0)]
-    sol, *_ = np.linalg.lstsq(a[:, cols] * w[:, None], y * w, rcond=None)
-    full = [0.0, 0.0, 0.0]
-    for j, v in zip(cols, sol):
-        full[j] = float(v)
-    return full[0], full[1], full[2]
-
-
-def _errors(points: list[dict], model: dict, baseline: Baseline) -> dict:
-    out = {}
-    for phase in PHASES:
-        pts = [p for p in points if p["phase"] == phase]
-        if not pts:
-            continue
-        rel_extra, rel_peak, signed_peak = [], [], []
-        worst = None
-        for p in pts:
-            extra = predict_case_bytes(p["geom"], phase, p["target_spacing"], model)
-            peak = baseline.worker_bytes + extra
-            rel_peak.append(abs(peak - p["peak"]) / p["peak"])
-            signed_peak.append((peak - p["peak"]) / p["peak"])
-            if p["extra"] > 0:
-                rel_extra.append(abs(extra - p["extra"]) / p["extra"])
-            if worst is None or rel_peak[-1] > worst[0]:
-                worst = (rel_peak[-1], p)
-        out[phase] = {
-            "cases": len(pts),
-            "extra_median_abs_rel_error": round(statistics.median(rel_extra), 4) if rel_extra else None,
-            "extra_max_abs_rel_error": round(max(rel_extra), 4) if rel_extra else None,
-            "peak_median_abs_rel_error": round(statistics.median(rel_peak), 4),
-            "peak_max_abs_rel_error": round(max(rel_peak), 4),
-            "peak_max_underestimate": round(max(0.0, -min(signed_peak)), 4),
-            "worst_case": f"Dataset{worst[1]['dataset_id']} {worst[1]['case']}",
-        }
-    return out
-
-
-def fit_model(records: list[dict], baseline: Baseline, extra_floor_bytes: int = 64 * MiB) -> dict:
-    """Fit the coefficients on the 'calibration' records, evaluate on the 'evaluation' ones.
-
-    Least squares on the relative error of the per-case extra bytes (each row
-    weighted by 1 / max(measured extra, 64 MiB), so small cases, whose extra is
-    mostly allocator noise, do not dominate).  ``margin`` is the largest
-    relative error of the full peak on the evaluation set, rounded up to the
-    next percent, plus 5 points.
-    """
-    model = json.loads(json.dumps(DEFAULT_MODEL))
-    points = measured_points(records, baseline)
-    calib = [p for p in points if p["role"] == "calibration"]
-    evalu = [p for p in points if p["role"] == "evaluation"]
-    for phase in PHASES:
-        pts = [p for p in calib if p["phase"] == phase]
-        rows = [features(p["geom"], phase, p["target_spacing"], model) for p in pts]
-        c0, c_in, c_ws = _lstsq_relative(rows, [p["extra"] for p in pts], extra_floor_bytes)
-        model["coefficients"][phase] = {"c0": round(c0), "c_in": round(c_in, 5), "c_ws": round(c_ws, 5)}
-    mains = [r for r in records if r.get("main_fingerprint_peak_rss_bytes") and r["role"] == "calibration"]
-    if mains:
-        ratios = [(r["main_fingerprint_peak_rss_bytes"] - baseline.main_bytes)
-                  / (3 * 4 * FINGERPRINT_TOTAL_SAMPLES * r["channels"]) for r in mains]
-        model["coefficients"]["main_fingerprint"] = {"c_ws": round(max(ratios), 4)}
-    errors = {"calibration": _errors(calib, model, baseline), "evaluation": _errors(evalu, model, baseline)}
-    worst = max(v["peak_max_abs_rel_error"] for v in errors["evaluation"].values())
-    model["margin"] = round(math.ceil(worst * 100) / 100 + 0.05, 2)
-    model["errors"] = errors
-    model["baseline_used"] = asdict(baseline)
-    model["main_fingerprint_check"] = [{
-        "dataset_id": r["dataset_id"], "channels": r["channels"], "measured_bytes": r["main_fingerprint_peak_rss_bytes"],
-        "predicted_bytes": predict_main_fingerprint_bytes(
-            [CaseGeometry("x", (1, 1, 1), (1.0, 1.0, 1.0), r["channels"], 4, 1)], baseline, model),
-    } for r in records if r.get("main_fingerprint_peak_rss_bytes")]
-    model["points"] = [{
-        "dataset_id": p["dataset_id"], "role": p["role"], "case": p["case"], "phase": p["phase"],
-        "shape_xyz": list(p["geom"].shape), "spacing_xyz": [round(s, 4) for s in p["geom"].spacing],
-        "channels": p["geom"].channels, "dataset_cases": p["geom"].dataset_cases,
-        "measured_peak_bytes": p["peak"],
-        "predicted_peak_bytes": predict_peak(p["geom"], p["phase"], p["target_spacing"], baseline, model),
-    } for p in points]
-    model["definition"] = {
-        "extra": "c0 + c_in * in_bytes + c_ws * ws_bytes of the analytic peak stage (runner.estimate.model.stage_bytes)",
-        "peak": "baseline.worker_bytes + extra",
-        "margin": "max abs relative error of the full peak on the evaluation set, rounded up to 1 %, + 0.05; "
-                  "n workers fit when (sum of the n largest peaks + main) * (1 + margin) <= cap",
-        "main_fingerprint": "baseline.main_bytes + c_ws * 3 * 4 bytes * 1e8 samples * channels",
-        "foreground_fraction": "assumed fraction of labelled voxels (labels are not read); synthetic data ~0.03",
-    }
-    return model
