@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from runner.demo import CaseSpec, make_dataset
-from runner.errors import Outcome
 from runner.diagnosis.report import RunReport
+from runner.errors import Outcome
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NNUNET_LOGS = FIXTURES / "nnunet_logs"

@@ -1,7 +1,8 @@
 """``nnrun k8s``: render Kubernetes Jobs, diagnose their pods.  The only k8s module that prints.
 
-The pure work is in :mod:`runner.backends.k8s.jobs`; the ``kubernetes`` client is imported
-there on first use, so this module loads without it (``nnrun --help``).
+The pure work is in :mod:`runner.backends.k8s.jobs` (manifests) and :mod:`runner.backends.k8s.pods`
+(diagnosis); the ``kubernetes`` client is imported by the former on first use, so this module loads
+without it (``nnrun --help``).
 """
 from __future__ import annotations
 
@@ -263,7 +264,7 @@ def diagnose_command(
     Exit code: the worst outcome's (3 oom, 4 error, 5 killed, 6 infra, in this
     order; 0 when nothing failed, also while pods still run); 2 bad input.
     """
-    from runner.backends.k8s.jobs import diagnose, parse_pods, render_diagnosis
+    from runner.backends.k8s.pods import diagnose, parse_pods, render_diagnosis
     from runner.shards import ShardError, read_map
 
     try:

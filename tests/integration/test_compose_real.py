@@ -25,8 +25,8 @@ from runner.dataset import load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
 from runner.engines.docker import host_config_kwargs
 from runner.options import PreprocessOptions
-from runner.run.settings import RunSettings
 from runner.run.contract import build_spec, container_user, hand_over
+from runner.run.settings import RunSettings
 from runner.units import parse_mem
 from tests.integration.conftest import IMAGE, REPO
 

@@ -3,9 +3,18 @@ from __future__ import annotations
 
 import pytest
 
+from runner.doctor import (
+    FAIL,
+    NAME_CGROUP,
+    NAME_DAEMON,
+    NAME_IMAGE,
+    NAME_PROBE,
+    OK,
+    doctor_json,
+    render_doctor,
+    run_checks,
+)
 from runner.engines.docker import DockerEngine
-from runner.doctor import (FAIL, NAME_CGROUP, NAME_DAEMON, NAME_IMAGE, NAME_PROBE, OK, doctor_json, render_doctor,
-                           run_checks)
 
 pytestmark = pytest.mark.docker
 

@@ -19,8 +19,8 @@ import pytest
 from runner.dataset import load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
 from runner.engines.docker import DockerEngine
-from runner.estimate.model import dataset_geometry, estimate, load_model, planned_target_spacing, predict_peak
 from runner.estimate.baseline import measure_baseline
+from runner.estimate.model import dataset_geometry, estimate, load_model, planned_target_spacing, predict_peak
 from tests.integration.conftest import run_nnrun
 
 MiB = 1 << 20

@@ -34,7 +34,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,10 +42,8 @@ import pytest
 
 from runner.demo import CaseSpec, make_dataset
 from runner.formats.nifti import check_file_complete
-from tests.integration.conftest import (IMAGE, REPO, nnrun_cmd, nnrun_containers, parse_single_json,
-                                        run_nnrun)
-from tests.integration.test_preprocess_real import (FAST, _assert_one_line_report, _assert_report,
-                                                    _wait_for_container)
+from tests.integration.conftest import IMAGE, REPO, nnrun_cmd, nnrun_containers, parse_single_json, run_nnrun
+from tests.integration.test_preprocess_real import FAST, _assert_one_line_report, _assert_report, _wait_for_container
 
 pytestmark = pytest.mark.docker
 DEMO = "Dataset501_Demo"

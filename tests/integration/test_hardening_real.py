@@ -13,7 +13,6 @@ cleanup (the per-test registry fixture only starts inside each test).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import subprocess
@@ -24,14 +23,13 @@ from pathlib import Path
 import pytest
 
 from runner.dataset import load_raw_dataset
-from runner.engines.docker import DockerEngine, host_config_kwargs
 from runner.demo import CaseSpec, make_dataset
+from runner.engines.docker import DockerEngine, host_config_kwargs
 from runner.options import PreprocessOptions
-from runner.run.outputs import new_run_dir
 from runner.run.contract import CONTAINER_RAW, build_spec, container_user, hand_over
-from runner.rundir import MANIFEST_FILE
+from runner.run.outputs import new_run_dir
 from runner.run.settings import RunSettings
-from runner.rundir import HOST_ACK_FILE
+from runner.rundir import HOST_ACK_FILE, MANIFEST_FILE
 from runner.units import parse_mem
 from tests.integration.conftest import IMAGE, REPO, NnrunResult, nnrun_cmd, parse_single_json
 from tests.integration.test_preprocess_real import FAST, _assert_report

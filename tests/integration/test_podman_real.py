@@ -31,8 +31,8 @@ from runner.dataset import load_raw_dataset
 from runner.engines.docker import DockerEngine, host_config_kwargs, podman_base_url
 from runner.errors import InfraError
 from runner.options import PreprocessOptions
-from runner.run.settings import RunSettings
 from runner.run.contract import build_spec, container_user
+from runner.run.settings import RunSettings
 from runner.units import parse_mem
 from tests.integration.conftest import IMAGE, REPO, NnrunResult, nnrun_cmd, parse_single_json, run_nnrun
 from tests.integration.test_preprocess_real import FAST, _assert_report

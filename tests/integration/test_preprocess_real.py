@@ -20,10 +20,17 @@ import jsonschema
 import pytest
 
 from runner.demo import CaseSpec, make_dataset
-from runner.diagnosis.wording import EARLY_SUFFIX
 from runner.diagnosis.report import load_schema
-from tests.integration.conftest import (IMAGE, REPO, nnrun_cmd, nnrun_containers, nnrun_stderr_lines,
-                                        parse_single_json, run_nnrun)
+from runner.diagnosis.wording import EARLY_SUFFIX
+from tests.integration.conftest import (
+    IMAGE,
+    REPO,
+    nnrun_cmd,
+    nnrun_containers,
+    nnrun_stderr_lines,
+    parse_single_json,
+    run_nnrun,
+)
 from tests.integration.treecompare import compare_trees
 
 pytestmark = pytest.mark.docker

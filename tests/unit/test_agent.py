@@ -19,10 +19,9 @@ import pickle
 
 import pytest
 
-from runner.rundir import CONFIGURATION_ENV, FILE_ENDING_ENV, PHASE_ENV
 from runner.incontainer.agent import AGENT_EVENTS_ENV, case_id_from_path, in_phase, per_case
 from runner.run.telemetry import case_records
-from runner.rundir import read_jsonl
+from runner.rundir import CONFIGURATION_ENV, FILE_ENDING_ENV, PHASE_ENV, read_jsonl
 
 MIB = 2**20
 

@@ -15,7 +15,6 @@ import os
 import pytest
 
 from runner.incontainer import events as agent_events
-
 from runner.incontainer import schedule as agent_schedule
 from runner.incontainer.schedule import MemoryModel, plan_admissions, run_fixed, run_memory_aware
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import signal
-from pathlib import Path
 
 import jsonschema
 import pytest
 
 from runner.cli import app as cli
-from runner.errors import Outcome, RunInterrupted
 from runner.diagnosis.report import RunReport, load_schema
+from runner.errors import Outcome, RunInterrupted
 from runner.run.preprocess import Preprocess as RealPreprocess
 
 TINY_ID = 501   # tests/conftest.py: tiny_raw holds Dataset501_Tiny

@@ -19,9 +19,9 @@ from runner.cli import app as cli
 from runner.cli import preprocess as cli_preprocess
 from runner.dataset import load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
+from runner.diagnosis.report import load_schema
 from runner.engines.host import HostEngine
 from runner.run.locks import acquire, owner_info, scope_for_run
-from runner.diagnosis.report import load_schema
 from runner.shards import Shard, build_map, cases_of, map_path
 
 

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.diagnosis.wording import PHASES, describe_phase
 from runner.diagnosis.advice import Recommendation, recommend
-from runner.diagnosis.facts import RunFacts, WorkerExit
 from runner.diagnosis.classify import Verdict, Victim, classify, count_oom_kills, find_victims
+from runner.diagnosis.facts import RunFacts, WorkerExit
+from runner.diagnosis.wording import PHASES, describe_phase
 from runner.errors import EXIT_CODES, Outcome, exit_code_for
 from runner.options import PreprocessOptions, validate
 from runner.units import GIB, MIB, format_mem_arg, parse_mem

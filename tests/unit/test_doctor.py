@@ -8,9 +8,29 @@ from pathlib import Path
 import pytest
 
 from runner import __version__
-from runner.doctor import (FAIL, NAME_CGROUP, NAME_DAEMON, NAME_IMAGE, NAME_MEMORY, NAME_PREPROCESSED, NAME_PROBE,
-                           NAME_RAW, OK, SCHEMA_VERSION, SETUP_ADVICE, SWAP_ADVICE, WARN, Check, DoctorReport,
-                           ProbeResult, doctor_json, evaluate_probe, read_meminfo, render_doctor, run_checks)
+from runner.doctor import (
+    FAIL,
+    NAME_CGROUP,
+    NAME_DAEMON,
+    NAME_IMAGE,
+    NAME_MEMORY,
+    NAME_PREPROCESSED,
+    NAME_PROBE,
+    NAME_RAW,
+    OK,
+    SCHEMA_VERSION,
+    SETUP_ADVICE,
+    SWAP_ADVICE,
+    WARN,
+    Check,
+    DoctorReport,
+    ProbeResult,
+    doctor_json,
+    evaluate_probe,
+    read_meminfo,
+    render_doctor,
+    run_checks,
+)
 from runner.engines.base import EngineInfo, ImageInfo
 from runner.errors import InfraError, Outcome, exit_code_for
 from runner.units import GIB, MIB

@@ -6,11 +6,10 @@ is known, exactly one line per run.
 """
 from __future__ import annotations
 
-from runner.diagnosis.facts import RunFacts, WorkerExit
 from runner.diagnosis.classify import classify
-from runner.diagnosis.wording import EARLY_SUFFIX
 from runner.diagnosis.early import EarlyOom
-from runner.diagnosis.wording import oom_message
+from runner.diagnosis.facts import RunFacts, WorkerExit
+from runner.diagnosis.wording import EARLY_SUFFIX, oom_message
 
 PRE = {"phase": "preprocessing", "configuration": "3d_fullres"}
 FP = {"phase": "fingerprint", "configuration": None}

@@ -15,8 +15,23 @@ import pytest
 
 from runner.dataset import load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
-from runner.estimate.model import Baseline, CaseGeometry, Estimate, dataset_geometry, estimate, estimate_json, load_model, max_workers_that_fit, planned_target_spacing, predict_case_bytes, predict_peak, render_estimate, rule_target_spacing_zyx, stage_bytes
 from runner.estimate.baseline import measure_baseline, parse_probe_output
+from runner.estimate.model import (
+    Baseline,
+    CaseGeometry,
+    Estimate,
+    dataset_geometry,
+    estimate,
+    estimate_json,
+    load_model,
+    max_workers_that_fit,
+    planned_target_spacing,
+    predict_case_bytes,
+    predict_peak,
+    render_estimate,
+    rule_target_spacing_zyx,
+    stage_bytes,
+)
 
 MiB = 1 << 20
 GiB = 1 << 30

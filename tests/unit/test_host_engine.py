@@ -18,8 +18,8 @@ import pytest
 
 from runner.engines import host as host_engine
 from runner.engines.base import ContainerSpec, Mount
-from runner.errors import InfraError
 from runner.engines.host import RUNNER_PARENT, HostEngine, _exit_status, map_container_path
+from runner.errors import InfraError
 from runner.rundir import CGROUP_DIR_ENV, STATUS_FILE
 
 GIB = 1024 ** 3

@@ -1,4 +1,4 @@
-"""runner.backends.k8s.jobs and `nnrun k8s`: Jobs built with the kubernetes client's models, pod status diagnosis.
+"""runner.backends.k8s and `nnrun k8s`: Jobs built with the kubernetes client's models, pod status diagnosis.
 
 No cluster: the rendered Jobs and the pod status documents of
 tests/fixtures/k8s/ (written from the Kubernetes API reference, see SOURCES.md
@@ -23,15 +23,26 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes.utils import parse_quantity
 
+from runner.backends.k8s import jobs as k8s_jobs
+from runner.backends.k8s import names as k8s_names
+from runner.backends.k8s import pods as k8s_pods
+from runner.backends.k8s import quantity as k8s_quantity
 from runner.cli import app as cli
-
-from runner.backends.k8s import jobs as k8s
 from runner.errors import EXIT_CODES, BadInputError, InfraError, Outcome
 from runner.options import PreprocessOptions
 from runner.run.contract import CONTAINER_PREPROCESSED, CONTAINER_RAW, container_command, container_environment
 from runner.run.settings import RunSettings
-from runner.shards import (SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_LIST_ENV, SHARD_MAP_ENV, Shard, build_map,
-                           cases_of, map_path, shard_from_env)
+from runner.shards import (
+    SHARD_COUNT_ENV,
+    SHARD_INDEX_ENV,
+    SHARD_LIST_ENV,
+    SHARD_MAP_ENV,
+    Shard,
+    build_map,
+    cases_of,
+    map_path,
+    shard_from_env,
+)
 from runner.units import GIB, MIB, format_mem_arg, parse_mem
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "k8s"
@@ -40,21 +51,21 @@ DATASET = "Dataset501_Demo"
 RUN_DIR = f"{CONTAINER_PREPROCESSED}/{DATASET}/.nnrun/runs/$(NNRUN_POD_NAME)"
 
 
-def make_request(**changes) -> k8s.ManifestRequest:
+def make_request(**changes) -> k8s_jobs.ManifestRequest:
     opts = changes.pop("opts", PreprocessOptions(dataset_id=501, configurations=("3d_fullres",), np=(4,), npfp=2))
-    base = k8s.ManifestRequest(opts=opts, mem="2g", shards=4, dataset_name=DATASET, file_ending=".nii.gz",
-                               raw=k8s.VolumeChoice("claim", "nnunet-raw"),
-                               preprocessed=k8s.VolumeChoice("claim", "nnunet-preprocessed"))
+    base = k8s_jobs.ManifestRequest(opts=opts, mem="2g", shards=4, dataset_name=DATASET, file_ending=".nii.gz",
+                                    raw=k8s_jobs.VolumeChoice("claim", "nnunet-raw"),
+                                    preprocessed=k8s_jobs.VolumeChoice("claim", "nnunet-preprocessed"))
     return replace(base, **changes)
 
 
-def rendered(req: k8s.ManifestRequest) -> list[dict]:
+def rendered(req: k8s_jobs.ManifestRequest) -> list[dict]:
     """The YAML documents exactly as `nnrun k8s manifest` prints them, parsed back."""
-    return list(yaml.safe_load_all(k8s.render_yaml(k8s.build_jobs(req))))
+    return list(yaml.safe_load_all(k8s_jobs.render_yaml(k8s_jobs.build_jobs(req))))
 
 
 def by_role(docs: list[dict], role: str) -> dict:
-    [doc] = [d for d in docs if d["metadata"]["labels"][k8s.LABEL_ROLE] == role]
+    [doc] = [d for d in docs if d["metadata"]["labels"][k8s_names.LABEL_ROLE] == role]
     return doc
 
 
@@ -86,7 +97,7 @@ def test_rendered_jobs_deserialize_into_v1job_and_round_trip():
     assert [d["metadata"]["name"] for d in docs] == ["nnrun-d501-plan", "nnrun-d501-shards"]
     api = k8s_client.ApiClient()
     for doc in docs:
-        job = k8s.deserialize(doc, "V1Job")
+        job = k8s_jobs.deserialize(doc, "V1Job")
         assert isinstance(job, k8s_client.V1Job)
         assert isinstance(job.spec.template.spec.containers[0], k8s_client.V1Container)
         assert job.spec.template.spec.containers[0].resources.limits["memory"] == "2Gi"
@@ -96,17 +107,17 @@ def test_rendered_jobs_deserialize_into_v1job_and_round_trip():
 
 def test_json_output_is_a_v1_list_of_the_same_jobs():
     req = make_request()
-    listing = json.loads(k8s.render_json(k8s.build_jobs(req)))
+    listing = json.loads(k8s_jobs.render_json(k8s_jobs.build_jobs(req)))
     assert listing["apiVersion"] == "v1" and listing["kind"] == "List"
     assert listing["items"] == rendered(req)
     for item in listing["items"]:
-        assert isinstance(k8s.deserialize(item, "V1Job"), k8s_client.V1Job)
+        assert isinstance(k8s_jobs.deserialize(item, "V1Job"), k8s_client.V1Job)
 
 
 def test_plan_job_runs_fingerprint_and_planning_once_with_no_pp():
     req = make_request(opts=PreprocessOptions(dataset_id=501, configurations=("3d_fullres",), np=(4,), npfp=2,
                                               clean=True, verify_dataset_integrity=True))
-    plan = by_role(rendered(req), k8s.ROLE_PLAN)
+    plan = by_role(rendered(req), k8s_names.ROLE_PLAN)
     spec = plan["spec"]
     assert spec["completions"] == 1 and spec["parallelism"] == 1 and spec["backoffLimit"] == 0
     assert "completionMode" not in spec
@@ -117,13 +128,13 @@ def test_plan_job_runs_fingerprint_and_planning_once_with_no_pp():
     expected_env = container_environment(expected_opts, RunSettings(mem="2g", schedule="fixed"), ".nii.gz",
                                          run_dir=RUN_DIR, dataset_name=DATASET)
     env = env_of(plan)
-    assert {n: v["value"] for n, v in env.items() if n != k8s.POD_NAME_ENV} == expected_env
+    assert {n: v["value"] for n, v in env.items() if n != k8s_jobs.POD_NAME_ENV} == expected_env
     assert SHARD_COUNT_ENV not in env and SHARD_INDEX_ENV not in env
 
 
 def test_shard_job_is_indexed_with_one_index_per_shard():
     docs = rendered(make_request(shards=5))
-    spec = by_role(docs, k8s.ROLE_SHARDS)["spec"]
+    spec = by_role(docs, k8s_names.ROLE_SHARDS)["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == 5 and spec["parallelism"] == 5
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
@@ -131,7 +142,7 @@ def test_shard_job_is_indexed_with_one_index_per_shard():
 
 @pytest.mark.parametrize("parallelism, expected", [(2, 2), (4, 4), (9, 4)])
 def test_parallelism_is_capped_at_the_completions(parallelism, expected):
-    spec = by_role(rendered(make_request(parallelism=parallelism)), k8s.ROLE_SHARDS)["spec"]
+    spec = by_role(rendered(make_request(parallelism=parallelism)), k8s_names.ROLE_SHARDS)["spec"]
     assert spec["completions"] == 4 and spec["parallelism"] == expected
 
 
@@ -142,7 +153,7 @@ def test_memory_request_equals_limit_equals_mem(mem):
         assert resources["requests"] == resources["limits"]
         assert set(resources["limits"]) == {"memory"}
         quantity = resources["limits"]["memory"]
-        assert k8s.quantity_bytes(quantity) == parse_mem(mem)
+        assert k8s_quantity.quantity_bytes(quantity) == parse_mem(mem)
         assert parse_quantity(quantity) == parse_mem(mem)     # the client's own reading of the quantity
 
 
@@ -181,7 +192,7 @@ def test_every_hardening_field():
         # /tmp: the root file system is read-only; on disk by default.
         assert volumes[mounts["/tmp"]["name"]]["emptyDir"] == {"sizeLimit": "1Gi"}
         shm = volumes[mounts["/dev/shm"]["name"]]["emptyDir"]
-        assert shm["medium"] == "Memory" and k8s.quantity_bytes(shm["sizeLimit"]) == parse_mem("256m")
+        assert shm["medium"] == "Memory" and k8s_quantity.quantity_bytes(shm["sizeLimit"]) == parse_mem("256m")
         # Nothing else is mounted, and nothing writable besides the outputs, /tmp and /dev/shm.
         assert set(mounts) == {f"{CONTAINER_RAW}/{DATASET}", f"{CONTAINER_PREPROCESSED}/{DATASET}", "/tmp",
                                "/dev/shm"}
@@ -189,8 +200,8 @@ def test_every_hardening_field():
 
 def test_tmp_in_memory_and_host_paths():
     req = make_request(tmp_medium="memory", tmp_size="512m", shm_size="64m", run_as=(1234, 4321),
-                       raw=k8s.VolumeChoice("host_path", "/srv/nnUNet_raw/"),
-                       preprocessed=k8s.VolumeChoice("host_path", "/srv/nnUNet_preprocessed"))
+                       raw=k8s_jobs.VolumeChoice("host_path", "/srv/nnUNet_raw/"),
+                       preprocessed=k8s_jobs.VolumeChoice("host_path", "/srv/nnUNet_preprocessed"))
     doc = rendered(req)[1]
     pod = doc["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -210,7 +221,7 @@ def test_shard_pods_run_what_nnrun_preprocess_runs():
     req = make_request(opts=PreprocessOptions(dataset_id=501, configurations=("2d", "3d_fullres"), np=(3, 2),
                                               npfp=2, clean=True, verify_dataset_integrity=True,
                                               overwrite_plans_name="MyPlans"))
-    shard_job = by_role(rendered(req), k8s.ROLE_SHARDS)
+    shard_job = by_role(rendered(req), k8s_names.ROLE_SHARDS)
     # A shard only preprocesses: --clean and the integrity check are the plan Job's (runner.run.preprocess refuses them
     # with --shard too).
     shard_opts = replace(req.opts, clean=False, verify_dataset_integrity=False)
@@ -218,7 +229,7 @@ def test_shard_pods_run_what_nnrun_preprocess_runs():
     expected = container_environment(shard_opts, RunSettings(mem="2g", shard=Shard(0, 4), schedule="fixed"),
                                      ".nii.gz", run_dir=RUN_DIR, dataset_name=DATASET)
     env = env_of(shard_job)
-    assert set(env) == set(expected) | {k8s.POD_NAME_ENV}
+    assert set(env) == set(expected) | {k8s_jobs.POD_NAME_ENV}
     for name, value in expected.items():
         if name == SHARD_INDEX_ENV:
             # The pod's completion index, from the downward API, instead of a fixed number.
@@ -230,15 +241,15 @@ def test_shard_pods_run_what_nnrun_preprocess_runs():
     assert env[SHARD_COUNT_ENV]["value"] == "4"
     assert env[SHARD_MAP_ENV]["value"] == map_path(f"{CONTAINER_PREPROCESSED}/{DATASET}", "MyPlans")
     assert env["NNRUN_SKIP_PLANNING"]["value"] == "1" and env["NNRUN_PLANS_NAME"]["value"] == "MyPlans"
-    assert env[k8s.POD_NAME_ENV]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env[k8s_jobs.POD_NAME_ENV]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 def test_every_variable_used_in_the_args_is_defined_before_use():
     for doc in rendered(make_request()):
         names = [var["name"] for var in container_of(doc)["env"]]
         used = {m for arg in container_of(doc)["args"] for m in re.findall(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)", arg)}
-        assert used == {k8s.POD_NAME_ENV}
-        assert names[0] == k8s.POD_NAME_ENV
+        assert used == {k8s_jobs.POD_NAME_ENV}
+        assert names[0] == k8s_jobs.POD_NAME_ENV
         assert RUN_DIR in container_of(doc)["args"]
 
 
@@ -251,7 +262,8 @@ def test_dollar_parentheses_in_nnunet_arguments_are_not_expanded():
 def test_resubmitting_some_shards():
     req = make_request(only_shards=(1, 3), mem="3g")
     docs = rendered(req)
-    assert [d["metadata"]["labels"][k8s.LABEL_ROLE] for d in docs] == [k8s.ROLE_SHARDS]   # no plan Job again
+    assert ([d["metadata"]["labels"][k8s_names.LABEL_ROLE] for d in docs]
+            == [k8s_names.ROLE_SHARDS])   # no plan Job again
     [job] = docs
     assert job["spec"]["completions"] == 2 and job["spec"]["completionMode"] == "Indexed"
     assert job["metadata"]["name"] not in {"nnrun-d501-shards", "nnrun-d501-plan"}
@@ -265,9 +277,9 @@ def test_resubmitting_some_shards():
 
 
 def test_backoff_per_index_or_for_the_whole_job():
-    spec = by_role(rendered(make_request()), k8s.ROLE_SHARDS)["spec"]
+    spec = by_role(rendered(make_request()), k8s_names.ROLE_SHARDS)["spec"]
     assert spec["backoffLimitPerIndex"] == 0 and "backoffLimit" not in spec
-    spec = by_role(rendered(make_request(per_index_backoff=False)), k8s.ROLE_SHARDS)["spec"]
+    spec = by_role(rendered(make_request(per_index_backoff=False)), k8s_names.ROLE_SHARDS)["spec"]
     assert spec["backoffLimit"] == 0 and "backoffLimitPerIndex" not in spec
 
 
@@ -277,23 +289,23 @@ def test_labels_namespace_ttl_and_the_manifest_command():
         assert doc["metadata"]["namespace"] == "nnunet"
         assert doc["spec"]["ttlSecondsAfterFinished"] == 3600
         labels = doc["spec"]["template"]["metadata"]["labels"]
-        assert labels[k8s.LABEL_DATASET] == DATASET and labels == doc["metadata"]["labels"]
-        argv = json.loads(doc["spec"]["template"]["metadata"]["annotations"][k8s.ANNOTATION_ARGV])
-        assert argv == k8s.manifest_argv(req)
+        assert labels[k8s_names.LABEL_DATASET] == DATASET and labels == doc["metadata"]["labels"]
+        argv = json.loads(doc["spec"]["template"]["metadata"]["annotations"][k8s_names.ANNOTATION_ARGV])
+        assert argv == k8s_jobs.manifest_argv(req)
 
 
 def test_the_manifest_command_renders_the_same_jobs(capsys):
     """manifest_argv (stored on the pods, reused by diagnose) through the real CLI gives the same YAML."""
     req = make_request(namespace="nnunet", cpus="2", parallelism=2, shm_size="128m", tmp_medium="memory",
                        run_as=(1001, 1001), name="prep", ttl_seconds=60, per_index_backoff=False,
-                       raw=k8s.VolumeChoice("host_path", "/srv/raw"),
+                       raw=k8s_jobs.VolumeChoice("host_path", "/srv/raw"),
                        opts=PreprocessOptions(dataset_id=501, configurations=("2d", "3d_fullres"), np=(3, 2),
                                               npfp=3, clean=True, overwrite_plans_name="P2",
                                               extra_args=("--no_pbar",)))
-    code = cli.main(k8s.manifest_argv(req)[1:])
+    code = cli.main(k8s_jobs.manifest_argv(req)[1:])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out == k8s.render_yaml(k8s.build_jobs(req))
+    assert out == k8s_jobs.render_yaml(k8s_jobs.build_jobs(req))
 
 
 @pytest.mark.parametrize("changes, words", [
@@ -305,8 +317,8 @@ def test_the_manifest_command_renders_the_same_jobs(capsys):
     ({"only_shards": (1,), "job": "plan"}, "--job plan"),
     ({"name": "Bad_Name"}, "--name"),
     ({"run_as": (0, 0)}, "never run as root"),
-    ({"raw": k8s.VolumeChoice("host_path", "relative/raw")}, "absolute"),
-    ({"preprocessed": k8s.VolumeChoice("claim", "Not A Claim")}, "PersistentVolumeClaim"),
+    ({"raw": k8s_jobs.VolumeChoice("host_path", "relative/raw")}, "absolute"),
+    ({"preprocessed": k8s_jobs.VolumeChoice("claim", "Not A Claim")}, "PersistentVolumeClaim"),
     ({"cpus": "two"}, "--cpus"),
     ({"cpus": "0"}, "--cpus"),
     ({"mem": "0"}, "--mem"),
@@ -317,7 +329,7 @@ def test_the_manifest_command_renders_the_same_jobs(capsys):
 ])
 def test_bad_requests_are_bad_input(changes, words):
     with pytest.raises(BadInputError) as raised:
-        k8s.build_jobs(make_request(**changes))
+        k8s_jobs.build_jobs(make_request(**changes))
     assert words in raised.value.one_line()
 
 
@@ -334,7 +346,7 @@ def test_kubernetes_is_imported_only_when_needed():
 def test_missing_client_is_a_clear_infra_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "kubernetes", None)      # import kubernetes now raises ImportError
     with pytest.raises(InfraError, match="not installed"):
-        k8s.client_module()
+        k8s_jobs.client_module()
     code = cli.main(["k8s", "manifest", "-d", DATASET, "--file-ending", ".nii.gz", "--mem", "2g", "--shards", "2",
                      "--raw-claim", "r", "--preprocessed-claim", "p"])
     out, err = capsys.readouterr()
@@ -347,18 +359,19 @@ def test_missing_client_is_a_clear_infra_error(monkeypatch, capsys):
 @pytest.mark.parametrize("text", ["3Gi", "3G", "1.5Gi", "3e9", "1E3", "128974848", "129M", "123Mi", "1k", "0.5Ki",
                                   "100m", "12e-1", ".5Gi", "2Ti", "7Ei"])
 def test_quantity_bytes_agrees_with_the_client(text):
-    assert k8s.quantity_bytes(text) == math.ceil(parse_quantity(text))
+    assert k8s_quantity.quantity_bytes(text) == math.ceil(parse_quantity(text))
 
 
 @pytest.mark.parametrize("text", ["", "3GB", "Gi", "3 Gi", "1.2.3", "0x10"])
 def test_quantity_bytes_refuses_what_is_no_quantity(text):
     with pytest.raises(ValueError):
-        k8s.quantity_bytes(text)
+        k8s_quantity.quantity_bytes(text)
 
 
 @pytest.mark.parametrize("n", [1, 1023, 1024, 3 * GIB, 1536 * MIB, 123456789, 5 * 1024 ** 4])
 def test_bytes_quantity_round_trips(n):
-    assert k8s.quantity_bytes(k8s.bytes_quantity(n)) == n == parse_quantity(k8s.bytes_quantity(n))
+    assert (k8s_quantity.quantity_bytes(k8s_quantity.bytes_quantity(n)) == n
+            == parse_quantity(k8s_quantity.bytes_quantity(n)))
 
 
 # -- pod status documents ------------------------------------------------------------------------
@@ -374,31 +387,31 @@ def test_pod_fixtures_deserialize_into_v1pod(name):
     if document["kind"] == "List":
         assert len(document["items"]) == 5
     for item in pod_items(document):
-        pod = k8s.deserialize(item, "V1Pod")
+        pod = k8s_jobs.deserialize(item, "V1Pod")
         assert isinstance(pod, k8s_client.V1Pod)
         assert pod.metadata.name == item["metadata"]["name"]
         assert pod.status.phase == item["status"]["phase"]
         statuses = pod.status.container_statuses or []
         assert [s.name for s in statuses] == [s["name"] for s in item["status"].get("containerStatuses", [])]
         # Stable through the client: serialised and read again, the same object.
-        assert k8s.deserialize(api.sanitize_for_serialization(pod), "V1Pod") == pod
+        assert k8s_jobs.deserialize(api.sanitize_for_serialization(pod), "V1Pod") == pod
 
 
 def test_the_list_of_pods_deserializes_as_a_pod_list():
     listing = list_pods()
-    pods = k8s.deserialize({**listing, "kind": "PodList"}, "V1PodList")
+    pods = k8s_jobs.deserialize({**listing, "kind": "PodList"}, "V1PodList")
     assert [p.metadata.name for p in pods.items] == [i["metadata"]["name"] for i in listing["items"]]
 
 
 def test_pod_record_reads_index_shard_limit_and_command():
-    record = k8s.pod_record(fixture("pod-oomkilled.json"))
+    record = k8s_pods.pod_record(fixture("pod-oomkilled.json"))
     assert record.name == "nnrun-d501-shards-1-m4dqz" and record.job == "nnrun-d501-shards"
-    assert record.role == k8s.ROLE_SHARDS and record.dataset == DATASET
+    assert record.role == k8s_names.ROLE_SHARDS and record.dataset == DATASET
     assert record.index == 1 and record.shard == 1 and record.shard_count == 4
     assert record.memory_limit_bytes == 2 * GIB
-    assert record.terminated == k8s.Termination("OOMKilled", 137, None, "2026-11-25T10:06:01Z")
+    assert record.terminated == k8s_pods.Termination("OOMKilled", 137, None, "2026-11-25T10:06:01Z")
     assert record.manifest_argv[:3] == ["nnrun", "k8s", "manifest"]
-    other = k8s.pod_record(fixture("pod-restarted-oomkilled.json"))
+    other = k8s_pods.pod_record(fixture("pod-restarted-oomkilled.json"))
     assert other.role is None and other.shard is None and other.index == 2 and other.job == "tile-export"
     assert other.memory_limit_bytes == 3_000_000_000 and other.restarts == 1 and other.running
     assert other.last_terminated.reason == "OOMKilled"
@@ -406,9 +419,9 @@ def test_pod_record_reads_index_shard_limit_and_command():
 
 def test_completion_index_from_the_label_when_the_annotation_is_missing():
     pod = fixture("pod-oomkilled.json")
-    del pod["metadata"]["annotations"][k8s.COMPLETION_INDEX_KEY]
-    pod["metadata"]["labels"][k8s.COMPLETION_INDEX_KEY] = "1"
-    assert k8s.pod_record(pod).index == 1
+    del pod["metadata"]["annotations"][k8s_names.COMPLETION_INDEX_KEY]
+    pod["metadata"]["labels"][k8s_names.COMPLETION_INDEX_KEY] = "1"
+    assert k8s_pods.pod_record(pod).index == 1
 
 
 @pytest.mark.parametrize("name, state, words", [
@@ -419,13 +432,13 @@ def test_completion_index_from_the_label_when_the_annotation_is_missing():
     ("pod-restarted-oomkilled.json", "oom", "restarted 1 time(s), running again"),
 ])
 def test_each_fixture_pod_is_classified(name, state, words):
-    verdict = k8s.classify_pod(k8s.pod_record(fixture(name)))
+    verdict = k8s_pods.classify_pod(k8s_pods.pod_record(fixture(name)))
     assert verdict.state == state
     assert words in verdict.detail
 
 
 def test_the_error_pod_names_the_dead_worker_and_the_run_folder():
-    verdict = k8s.classify_pod(k8s.pod_record(fixture("pod-error.json")))
+    verdict = k8s_pods.classify_pod(k8s_pods.pod_record(fixture("pod-error.json")))
     assert verdict.outcome is Outcome.ERROR
     assert "Some background worker is 6 feet under" in verdict.detail and "status.json" in verdict.detail
 
@@ -455,7 +468,7 @@ def _with_termination(reason, code, message=None, pod_status=None):
                                             "message": "The node was low on resource: memory."}), "killed", "evicted"),
 ])
 def test_termination_rules(pod, state, words):
-    verdict = k8s.classify_pod(k8s.pod_record(pod))
+    verdict = k8s_pods.classify_pod(k8s_pods.pod_record(pod))
     assert verdict.state == state and words in verdict.detail
 
 
@@ -465,15 +478,15 @@ def test_image_pull_failure_is_infra():
                                           "restartCount": 0, "started": False, "lastState": {},
                                           "state": {"waiting": {"reason": "ImagePullBackOff",
                                                                 "message": "Back-off pulling image \"nnrun:0.1.0\""}}}]
-    assert isinstance(k8s.deserialize(pod, "V1Pod"), k8s_client.V1Pod)
-    assert k8s.classify_pod(k8s.pod_record(pod)).state == "infra"
+    assert isinstance(k8s_jobs.deserialize(pod, "V1Pod"), k8s_client.V1Pod)
+    assert k8s_pods.classify_pod(k8s_pods.pod_record(pod)).state == "infra"
 
 
 # -- diagnosis -----------------------------------------------------------------------------------
 
 def test_diagnosis_per_index_of_the_list():
-    pods, ignored = k8s.parse_pods(list_pods())
-    result = k8s.diagnose(pods)
+    pods, ignored = k8s_pods.parse_pods(list_pods())
+    result = k8s_pods.diagnose(pods)
     assert ignored == 0
     assert result.outcome is Outcome.OOM and result.exit_code == EXIT_CODES[Outcome.OOM]
     assert not result.complete                       # shard 2 is still pending
@@ -488,12 +501,12 @@ def test_diagnosis_per_index_of_the_list():
 
 
 def test_resubmit_only_the_oom_killed_shards_with_more_memory(capsys):
-    result = k8s.diagnose(k8s.parse_pods(list_pods())[0])
+    result = k8s_pods.diagnose(k8s_pods.parse_pods(list_pods())[0])
     oom, other = result.resubmit
     assert oom.shards == [1] and other.shards == [3]
     assert oom.mem == format_mem_arg(math.ceil(2 * GIB * 1.5)) == "3072m"
     assert other.mem == "2g"                    # the failed shard: the memory it had
-    original = json.loads(fixture("pod-oomkilled.json")["metadata"]["annotations"][k8s.ANNOTATION_ARGV])
+    original = json.loads(fixture("pod-oomkilled.json")["metadata"]["annotations"][k8s_names.ANNOTATION_ARGV])
     assert oom.argv[:3] == ["nnrun", "k8s", "manifest"]
     assert oom.argv[oom.argv.index("--mem") + 1] == "3072m" and oom.argv.count("--mem") == 1
     assert oom.argv[oom.argv.index("--only-shards") + 1] == "1"
@@ -518,10 +531,10 @@ def test_a_later_resubmitted_pod_replaces_the_failed_shard():
     meta.update(name=f"{retry_job}-0-aaaaa", creationTimestamp="2026-11-25T11:00:00Z")
     for key in ("batch.kubernetes.io/job-name", "job-name"):
         meta["labels"][key] = retry_job
-    meta["labels"][k8s.COMPLETION_INDEX_KEY] = meta["annotations"][k8s.COMPLETION_INDEX_KEY] = "0"
+    meta["labels"][k8s_names.COMPLETION_INDEX_KEY] = meta["annotations"][k8s_names.COMPLETION_INDEX_KEY] = "0"
     retry["spec"]["containers"][0]["env"].append({"name": SHARD_LIST_ENV, "value": "1"})
     listing["items"].append(retry)
-    result = k8s.diagnose(k8s.parse_pods(listing)[0])
+    result = k8s_pods.diagnose(k8s_pods.parse_pods(listing)[0])
     assert [e.pod.shard for e in result.entries if e.pod.job == retry_job] == [1]
     superseded = [e.pod.name for e in result.entries if e.superseded]
     assert superseded == ["nnrun-d501-shards-1-m4dqz"]
@@ -537,28 +550,28 @@ def test_a_later_resubmitted_pod_replaces_the_failed_shard():
     (["pod-error.json", "pod-oomkilled.json"], Outcome.OOM),
 ])
 def test_the_worst_outcome_decides_the_exit_code(names, outcome):
-    pods = [k8s.pod_record(fixture(n)) for n in names]
-    result = k8s.diagnose(pods)
+    pods = [k8s_pods.pod_record(fixture(n)) for n in names]
+    result = k8s_pods.diagnose(pods)
     assert result.outcome is outcome and result.exit_code == EXIT_CODES[outcome]
 
 
 def test_killed_beats_nothing_but_not_an_error():
-    killed = k8s.pod_record(_with_termination("Error", 143))
-    ok = k8s.pod_record(fixture("pod-completed.json"))
-    assert k8s.diagnose([ok, killed]).exit_code == EXIT_CODES[Outcome.KILLED]
-    error = replace(k8s.pod_record(fixture("pod-error.json")), index=0, shard=0, created="2026-11-25T12:00:00Z")
-    assert k8s.diagnose([killed, error]).outcome is Outcome.ERROR
+    killed = k8s_pods.pod_record(_with_termination("Error", 143))
+    ok = k8s_pods.pod_record(fixture("pod-completed.json"))
+    assert k8s_pods.diagnose([ok, killed]).exit_code == EXIT_CODES[Outcome.KILLED]
+    error = replace(k8s_pods.pod_record(fixture("pod-error.json")), index=0, shard=0, created="2026-11-25T12:00:00Z")
+    assert k8s_pods.diagnose([killed, error]).outcome is Outcome.ERROR
 
 
 def test_shard_map_lists_the_cases_of_failed_shards():
     cases = {f"case{i:03d}": 100 - i for i in range(10)}
     shard_map = build_map(cases, 4, "nnUNetPlans", "voxels")
-    result = k8s.diagnose(k8s.parse_pods(list_pods())[0], shard_map)
+    result = k8s_pods.diagnose(k8s_pods.parse_pods(list_pods())[0], shard_map)
     got = {e.pod.shard: e.cases for e in result.entries if e.pod.shard is not None}
     assert got == {k: cases_of(shard_map, k) for k in range(4)}
     assert all(got.values())
     with pytest.raises(BadInputError, match="3 shards"):
-        k8s.diagnose(k8s.parse_pods(list_pods())[0], build_map(cases, 3, "nnUNetPlans", "voxels"))
+        k8s_pods.diagnose(k8s_pods.parse_pods(list_pods())[0], build_map(cases, 3, "nnUNetPlans", "voxels"))
 
 
 @pytest.mark.parametrize("document, words", [
@@ -572,7 +585,7 @@ def test_shard_map_lists_the_cases_of_failed_shards():
 ])
 def test_bad_pod_documents(document, words):
     with pytest.raises(BadInputError, match=re.escape(words)):
-        k8s.parse_pods(document)
+        k8s_pods.parse_pods(document)
 
 
 # -- the CLI -------------------------------------------------------------------------------------
@@ -652,7 +665,7 @@ def test_cli_manifest_reads_the_dataset_from_a_local_raw_folder(capsys, tiny_raw
     docs = list(yaml.safe_load_all(target.read_text()))
     assert [d["kind"] for d in docs] == ["Job", "Job"]
     assert env_of(docs[1])["NNRUN_FILE_ENDING"]["value"] == ".nii.gz"
-    assert docs[1]["metadata"]["labels"][k8s.LABEL_DATASET] == "Dataset501_Tiny"
+    assert docs[1]["metadata"]["labels"][k8s_names.LABEL_DATASET] == "Dataset501_Tiny"
 
 
 def test_cli_manifest_parts_and_json(capsys):

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.run import locks
 from runner.errors import BadInputError, Outcome, exit_code_for
+from runner.run import locks
 from runner.run.locks import HeldLocks, LockScope, acquire, owner_info, scope_for_run
 
 REPO = Path(__file__).resolve().parents[2]

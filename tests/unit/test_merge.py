@@ -15,11 +15,10 @@ import blosc2
 import numpy as np
 import pytest
 
-from runner.incontainer.preprocess import STAGING, TMP_MARK
 from runner.dataset import RawDataset, load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
 from runner.errors import BadInputError
-from runner.incontainer.preprocess import case_complete
+from runner.incontainer.preprocess import STAGING, TMP_MARK, case_complete
 from runner.merge import MergeResult, merge, render_merge, rerun_command
 from runner.run.outputs import FINGERPRINT_FILE, GT_FOLDER
 from runner.shards import build_map, cases_of, map_path

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from runner.errors import BadInputError, DamagedFileError
-from runner.formats.nifti import (ImageHeader, check_file_complete, check_files, nifti1_header_bytes, read_header,
-                          write_nifti)
+from runner.formats.nifti import (
+    ImageHeader,
+    check_file_complete,
+    check_files,
+    nifti1_header_bytes,
+    read_header,
+    write_nifti,
+)
 
 
 def _volume(shape=(20, 16, 12), dtype=np.float32, seed=0):

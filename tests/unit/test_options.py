@@ -11,8 +11,16 @@ from hypothesis import strategies as st
 
 from runner.cli import app as cli
 from runner.errors import BadInputError
-from runner.options import (DEFAULT_NP, DEFAULT_NPFP, NNUNET_COMMAND, PreprocessOptions, nnrun_argv, nnunet_argv,
-                            spread_multi_value_options, validate)
+from runner.options import (
+    DEFAULT_NP,
+    DEFAULT_NPFP,
+    NNUNET_COMMAND,
+    PreprocessOptions,
+    nnrun_argv,
+    nnunet_argv,
+    spread_multi_value_options,
+    validate,
+)
 
 
 def native_parser() -> argparse.ArgumentParser:

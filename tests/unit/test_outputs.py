@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from runner.run.outputs import FINGERPRINT_FILE, GT_FOLDER, cases_in_flight, data_identifier, incomplete_outputs, new_run_dir, remove_paths
+from runner.run.outputs import (
+    FINGERPRINT_FILE,
+    cases_in_flight,
+    data_identifier,
+    incomplete_outputs,
+    new_run_dir,
+    remove_paths,
+)
 from runner.rundir import NNRUN_DIR
 
 CASES = [f"case{i:03d}" for i in range(8)]

@@ -16,10 +16,20 @@ from pathlib import Path
 import pytest
 
 from runner.cli import app as cli
-from runner.engines.docker import (NNRUN_PODMAN_SOCKET, PODMAN_HOST_ENV, PODMAN_NOFILE, DockerEngine, _is_oom_event,
-                                  engine_factory, host_config_kwargs, is_podman, podman_base_url, podman_kwargs,
-                                  podman_socket_candidates)
 from runner.engines.base import ContainerSpec
+from runner.engines.docker import (
+    NNRUN_PODMAN_SOCKET,
+    PODMAN_HOST_ENV,
+    PODMAN_NOFILE,
+    DockerEngine,
+    _is_oom_event,
+    engine_factory,
+    host_config_kwargs,
+    is_podman,
+    podman_base_url,
+    podman_kwargs,
+    podman_socket_candidates,
+)
 from runner.errors import BadInputError, InfraError
 
 PODMAN_VERSION = {  # Podman 4.3.1's /version, shortened (Debian 12)

@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 
 from runner import __version__
-from runner.errors import Outcome
 from runner.diagnosis.report import SCHEMA_VERSION, RunReport, dumps, load_schema, render_human, to_json
+from runner.errors import Outcome
 from runner.units import MIB
 
 CAP = 1200 * MIB

@@ -13,7 +13,6 @@ import os
 import shlex
 import shutil
 import signal
-import threading
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -22,21 +21,21 @@ import jsonschema
 import pytest
 
 import runner.run.preprocess as run_module
-from runner.incontainer import supervisor as supervisor_module
 from runner.dataset import load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
 from runner.diagnosis.classify import classify
-from runner.engines.docker import host_config_kwargs
-from runner.engines.base import ContainerState, EngineInfo, ImageInfo
-from runner.errors import BadInputError, InfraError, Outcome, RunInterrupted
-from runner.run.monitor import CgroupMonitor, MonitorSummary
-from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv
-from runner.diagnosis.report import dumps, load_schema
-from runner.run.contract import CONTAINER_PREPROCESSED, CONTAINER_RAW, CONTAINER_RUN_DIR, build_spec
-from runner.run.settings import NullSink, RunSettings
-from runner.run.preprocess import Preprocess
 from runner.diagnosis.facts import gather_facts
+from runner.diagnosis.report import dumps, load_schema
+from runner.engines.base import ContainerState, EngineInfo, ImageInfo
+from runner.engines.docker import host_config_kwargs
+from runner.errors import BadInputError, InfraError, Outcome, RunInterrupted
+from runner.incontainer import supervisor as supervisor_module
+from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv
+from runner.run.contract import CONTAINER_PREPROCESSED, CONTAINER_RAW, CONTAINER_RUN_DIR, build_spec
+from runner.run.monitor import CgroupMonitor, MonitorSummary
 from runner.run.preflight import preflight, shape_mismatches
+from runner.run.preprocess import Preprocess
+from runner.run.settings import NullSink, RunSettings
 from runner.rundir import STATUS_FILE, SupervisorStatus
 from runner.units import GIB, MIB, parse_mem
 

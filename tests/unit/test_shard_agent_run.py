@@ -12,17 +12,25 @@ import blosc2
 import numpy as np
 import pytest
 
-from runner.incontainer.preprocess import STAGING, TMP_MARK, _gt_copy_is_mine, clean_folder
 from runner.dataset import load_raw_dataset
 from runner.demo import CaseSpec, make_dataset
 from runner.errors import BadInputError
+from runner.incontainer.preprocess import STAGING, TMP_MARK, _gt_copy_is_mine, clean_folder
 from runner.options import PreprocessOptions
 from runner.run.contract import CONTAINER_PREPROCESSED, container_environment
+from runner.run.preflight import check_shard_run, dataset_complete, shard_dataset
 from runner.run.preprocess import Preprocess
 from runner.run.settings import RunSettings
-from runner.run.preflight import check_shard_run, dataset_complete, shard_dataset
-from runner.shards import (PLANS_NAME_ENV, SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_LIST_ENV, SHARD_MAP_ENV,
-                           SKIP_PLANNING_ENV, Shard, build_map, map_path)
+from runner.shards import (
+    PLANS_NAME_ENV,
+    SHARD_COUNT_ENV,
+    SHARD_INDEX_ENV,
+    SHARD_LIST_ENV,
+    SHARD_MAP_ENV,
+    SKIP_PLANNING_ENV,
+    Shard,
+    map_path,
+)
 
 
 def write_case(folder: Path, case: str) -> None:

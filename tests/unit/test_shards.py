@@ -19,8 +19,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from runner import shards
-from runner.demo import CaseSpec, make_dataset
 from runner.dataset import load_raw_dataset
+from runner.demo import CaseSpec, make_dataset
 from runner.shards import (
     SHARD_COUNT_ENV,
     SHARD_INDEX_ENV,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.rundir import EVENTS_FILE, NNUNET_LOG
 from runner.incontainer.supervisor import PhaseTracker, Supervisor
+from runner.rundir import EVENTS_FILE, NNUNET_LOG
 
 LOGS = Path(__file__).resolve().parent.parent / "fixtures" / "nnunet_logs"
 SIX_FEET = "RuntimeError: Some background worker is 6 feet under. Yuck."

@@ -200,9 +200,9 @@ def _attribute(status: dict, agent_events: list[dict]):
     from dataclasses import replace
 
     from runner.diagnosis.classify import classify
+    from runner.diagnosis.facts import gather_facts
     from runner.errors import Outcome
     from runner.run.monitor import MonitorSummary
-    from runner.diagnosis.facts import gather_facts
     from runner.rundir import SupervisorStatus
 
     summary = MonitorSummary(readable=True, cgroup_dir="/sys/fs/cgroup/memory/docker/x", cgroup_version=1, samples=100,

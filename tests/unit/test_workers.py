@@ -86,8 +86,8 @@ def test_no_warm_workers_otherwise():
 def test_check_fits_ignores_preprocessing_for_a_no_pp_run():
     """A --no_pp run (the plan step of a sharded run) never preprocesses: a case too large for
     preprocessing under the cap must not refuse it; the same estimate refuses a preprocessing run."""
-    from runner.estimate.model import Baseline, Estimate
     from runner.errors import BadInputError
+    from runner.estimate.model import Baseline, Estimate
     from runner.run.admission import check_fits
 
     est = Estimate(cap_bytes=1 << 30, margin=0.15, baseline=Baseline(200 << 20, 400 << 20, "i", True),
