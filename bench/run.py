@@ -242,7 +242,7 @@ def fresh(folder: Path) -> Path:
 def chown_tree(folder: Path) -> None:
     if os.getuid() != 0:
         return
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         os.chown(root, RUN_UID, RUN_GID)
         for f in files:
             os.chown(os.path.join(root, f), RUN_UID, RUN_GID)
@@ -697,8 +697,8 @@ def monitor_cost(reports: list[dict]) -> dict:
 # --------------------------------------------------------------------------- machine, table
 
 def machine() -> dict:
-    mem_kb = next((int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
-                   if l.startswith("MemTotal:")), 0)
+    mem_kb = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                   if ln.startswith("MemTotal:")), 0)
     info = subprocess.run(["docker", "info", "--format", "{{json .}}"], capture_output=True, text=True).stdout
     try:
         d = json.loads(info)
@@ -721,7 +721,7 @@ def fmt(v, unit="", nd=2):
 
 
 def table(res: dict) -> str:
-    m, o, l, t, a, c = (res.get(k) or {} for k in ("machine", "overhead", "latency", "throughput", "accuracy",
+    m, o, lat, t, a, c = (res.get(k) or {} for k in ("machine", "overhead", "latency", "throughput", "accuracy",
                                                   "monitor"))
     mode = "quick" + (" tiny" if res.get("tiny") else "") if res.get("quick") else "full"
     lines = [f"Machine: {m.get('cores')} cores, {m.get('mem_total_gib')} GiB, cgroup v{m.get('cgroup_version')} "
@@ -729,7 +729,7 @@ def table(res: dict) -> str:
              f"mode: {mode}; benchmark took {fmt(res.get('duration_s'), ' s', 0)}", "",
              "| # | measure | value | target | met |", "|---|---|---|---|---|"]
 
-    skip = {n for n, sec in ((1, o), (2, l), (3, t)) if not sec}   # sections not run (--only)
+    skip = {n for n, sec in ((1, o), (2, lat), (3, t)) if not sec}   # sections not run (--only)
 
     def row(n, what, val, target, met):
         if n in skip:
@@ -752,17 +752,16 @@ def table(res: dict) -> str:
         f"{fmt(o.get('teardown_delta_s_nnrun_no_plot'), ' s')} / {fmt(o.get('teardown_delta_s_nnrun_plot'), ' s')}",
         "—", None)
     for victim in ("worker", "main"):
-        v = l.get(victim) or {}
+        v = lat.get(victim) or {}
         nn, nat = v.get("nnrun") or {}, v.get("native") or {}
         row(2, f"detection latency, {victim} OOM ({v.get('mem')}): kernel kill → `nnrun: oom` printed",
             fmt(nn.get("latency_s"), " s"), "< 1 s", None if nn.get("latency_s") is None else nn["latency_s"] < 1)
         nat_val = (f"'6 feet under' after {fmt(nat.get('latency_s'), ' s')}" if nat.get("message_printed") else
                    f"never (exit {nat.get('rc')} after {fmt(nat.get('exit_after_kill_s'), ' s')})"
                    if nat.get("kernel_kills") else f"no OOM kill (exit {nat.get('rc')})")
-        row(2, f"native nnU-Net, same command and cap (victim: the kernel's pick): reports", nat_val, "—", None)
+        row(2, "native nnU-Net, same command and cap (victim: the kernel's pick): reports", nat_val, "—", None)
     runs = t.get("runs") or {}
     for sw_name, sw in (t.get("sweeps") or {}).items():
-        rounds = sw.get("rounds") or 1
         for name, r in (sw.get("runs") or {}).items():
             extra = ""
             if r.get("first_kill_after_start_s") is not None:

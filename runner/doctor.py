@@ -12,9 +12,10 @@ code (6).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from runner import __version__
 from runner.cgroup import detect_cgroup_version, parse_flat_keyed
@@ -98,7 +99,7 @@ class ProbeResult:
         return self.child_exit_status == 137 and (self.oom_kill or 0) >= 1
 
     @classmethod
-    def from_engine(cls, raw: Mapping[str, Any], mem_bytes: int) -> "ProbeResult":
+    def from_engine(cls, raw: Mapping[str, Any], mem_bytes: int) -> ProbeResult:
         counters: dict = {}
         parse_error = None
         try:

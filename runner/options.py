@@ -59,7 +59,7 @@ class PreprocessOptions:
         return self.overwrite_plans_name or "nnUNetPlans"
 
     def with_workers(self, configuration: str | None = None, np: int | None = None,
-                     npfp: int | None = None) -> "PreprocessOptions":
+                     npfp: int | None = None) -> PreprocessOptions:
         """A copy with a new worker count for one configuration (or all), or a new -npfp."""
         new = self
         if npfp is not None:

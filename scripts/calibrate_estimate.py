@@ -122,7 +122,7 @@ def run_dataset(did: int, workdir: Path, image: str | None, force: bool = False)
     try:
         report = json.loads(proc.stdout)
     except ValueError:
-        raise SystemExit(f"dataset {did}: nnrun printed no JSON (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        raise SystemExit(f"dataset {did}: nnrun printed no JSON (exit {proc.returncode}): {proc.stderr[-2000:]}") from None
     if report.get("outcome") != "ok":
         raise SystemExit(f"dataset {did}: nnrun outcome {report.get('outcome')}: {report.get('message')}")
     run_dir = Path(report["run_dir"])

@@ -30,7 +30,7 @@ def doctor_command(
         factory = engine_factory(engine)
     except NnrunError as err:
         _err(f"nnrun: {err.outcome.value}: {err.one_line()}")
-        raise typer.Exit(exit_code_for(err.outcome))
+        raise typer.Exit(exit_code_for(err.outcome)) from None
     report = run_checks(factory, image, raw, preprocessed, probe=not no_probe)
     _err(render_doctor(report))
     if as_json:

@@ -5,7 +5,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -50,7 +50,7 @@ def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | N
 def estimate_command(
     dataset: str = typer.Option(..., "-d", help="Dataset id (e.g. 501)."),
     mem: str = typer.Option(..., "--mem", help="The cap to plan for (docker syntax: 16g, 4096m)."),
-    configurations: Optional[List[str]] = typer.Option(None, "-c", help="Configurations [default: 2d 3d_fullres 3d_lowres]."),
+    configurations: Optional[list[str]] = typer.Option(None, "-c", help="Configurations [default: 2d 3d_fullres 3d_lowres]."),
     raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
     preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
                                                help="Preprocessed folder; its plans give the target spacing when present."),
@@ -76,5 +76,5 @@ def estimate_command(
         check_fits(est, None, fingerprint_needed=True)   # what `nnrun preprocess` would refuse
     except BadInputError as err:
         _err(f"nnrun: bad_input: {err.one_line()}")
-        raise typer.Exit(exit_code_for(Outcome.BAD_INPUT))
+        raise typer.Exit(exit_code_for(Outcome.BAD_INPUT)) from None
     raise typer.Exit(0)

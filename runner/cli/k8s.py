@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -139,9 +139,9 @@ def manifest_command(
                                            help="backoffLimitPerIndex 0 (Kubernetes >= 1.29): a failed shard does "
                                                 "not stop the others. Off: backoffLimit 0, the first failed shard "
                                                 "fails the whole Job."),
-    configurations: Optional[List[str]] = typer.Option(None, "-c", help="nnU-Net configurations "
+    configurations: Optional[list[str]] = typer.Option(None, "-c", help="nnU-Net configurations "
                                                                         "[default: 2d 3d_fullres 3d_lowres]."),
-    np_: Optional[List[int]] = typer.Option(None, "-np", help="Preprocessing workers per pod: one value or one per "
+    np_: Optional[list[int]] = typer.Option(None, "-np", help="Preprocessing workers per pod: one value or one per "
                                                              "configuration [default: nnU-Net's]."),
     npfp: int = typer.Option(DEFAULT_NPFP, "-npfp", help="Fingerprint extraction workers (the plan Job)."),
     verify_dataset_integrity: bool = typer.Option(False, "--verify_dataset_integrity",
@@ -151,7 +151,7 @@ def manifest_command(
     fpe: str = cli_options.FINGERPRINT_EXTRACTOR,
     gpu_memory_target: Optional[float] = cli_options.GPU_MEMORY_TARGET,
     preprocessor_name: str = cli_options.PREPROCESSOR_NAME,
-    overwrite_target_spacing: Optional[List[float]] = cli_options.OVERWRITE_TARGET_SPACING,
+    overwrite_target_spacing: Optional[list[float]] = cli_options.OVERWRITE_TARGET_SPACING,
     overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
     verbose: bool = cli_options.VERBOSE,
     no_pbar: bool = cli_options.NO_PBAR,

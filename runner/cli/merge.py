@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -16,7 +16,7 @@ from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
 
 def merge_command(
     dataset: str = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name)."),
-    configurations: Optional[List[str]] = typer.Option(None, "-c", help="Configurations to check [default: those "
+    configurations: Optional[list[str]] = typer.Option(None, "-c", help="Configurations to check [default: those "
                                                                         "of 2d 3d_fullres 3d_lowres the plans have]."),
     overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
     raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
@@ -60,7 +60,7 @@ def merge_command(
         if as_json:
             sys.stdout.write(json.dumps({"outcome": err.outcome.value, "message": err.one_line(),
                                          "exit_code": exit_code_for(err.outcome)}) + "\n")
-        raise typer.Exit(exit_code_for(err.outcome))
+        raise typer.Exit(exit_code_for(err.outcome)) from None
     outcome = Outcome.OK if result.ok else Outcome.BAD_INPUT
     hint = rerun_command(result, ds.dataset_id, mem)
     _err(render_merge(result, hint))

@@ -1,7 +1,7 @@
 """``nnrun preprocess``: parse the options, run :class:`runner.run.preprocess.Preprocess`, print the report."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -39,12 +39,12 @@ def parse_npfp(value: str | None) -> tuple[int, bool]:
         raise BadInputError(f"-npfp takes a whole number or auto (got {value})") from None
 
 def preprocess_command(
-    dataset: List[str] = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name). One dataset per run."),
+    dataset: list[str] = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name). One dataset per run."),
     mem: str = typer.Option(..., "--mem", help="Hard memory cap of the container, docker syntax: 16g, 4096m, 2.5g. "
                                               "Swap is off (memory == memory+swap)."),
-    configurations: Optional[List[str]] = typer.Option(None, "-c", help="nnU-Net configurations "
+    configurations: Optional[list[str]] = typer.Option(None, "-c", help="nnU-Net configurations "
                                                                         "[default: 2d 3d_fullres 3d_lowres]."),
-    np_: Optional[List[str]] = typer.Option(None, "-np", help="Preprocessing workers: one value, or one per "
+    np_: Optional[list[str]] = typer.Option(None, "-np", help="Preprocessing workers: one value, or one per "
                                                              "configuration, or auto (the largest pool that fits the "
                                                              "cap, from the estimate). Without -np nnrun admits cases "
                                                              "by predicted memory (--schedule memory)."),
@@ -62,7 +62,7 @@ def preprocess_command(
     fpe: str = cli_options.FINGERPRINT_EXTRACTOR,
     gpu_memory_target: Optional[float] = cli_options.GPU_MEMORY_TARGET,
     preprocessor_name: str = cli_options.PREPROCESSOR_NAME,
-    overwrite_target_spacing: Optional[List[float]] = cli_options.OVERWRITE_TARGET_SPACING,
+    overwrite_target_spacing: Optional[list[float]] = cli_options.OVERWRITE_TARGET_SPACING,
     overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
     verbose: bool = cli_options.VERBOSE,
     no_pbar: bool = cli_options.NO_PBAR,

@@ -21,7 +21,7 @@ def report_command(
         data = load_report(run_dir)
     except NnrunError as err:
         _err(f"nnrun: {err.outcome.value}: {err.one_line()}")
-        raise typer.Exit(exit_code_for(err.outcome))
+        raise typer.Exit(exit_code_for(err.outcome)) from None
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
     else:

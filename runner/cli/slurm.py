@@ -18,7 +18,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -71,7 +71,7 @@ def _repo_root() -> str | None:
 
 @app.command("submit", context_settings=_CTX)
 def submit_command(
-    dataset: List[str] = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name). One dataset."),
+    dataset: list[str] = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name). One dataset."),
     mem: str = typer.Option(..., "--mem", help="Memory of each job (sbatch --mem) and nnrun's cap: 16g, 4096m."),
     shards: int = typer.Option(..., "--shards", min=1, help="N: the cases are split into N shards, one array task each."),
     partition: Optional[str] = typer.Option(None, "--partition", help="sbatch --partition."),
@@ -89,8 +89,8 @@ def submit_command(
     only_shards: Optional[str] = typer.Option(None, "--only-shards",
                                               help="Resubmit only these shards, e.g. 1,3 (no plan job: the plans "
                                                    "exist). `nnrun slurm status` prints this command for you."),
-    configurations: Optional[List[str]] = typer.Option(None, "-c", help="nnU-Net configurations to preprocess."),
-    np_: Optional[List[str]] = typer.Option(None, "-np", help="Preprocessing workers per task (as nnrun preprocess)."),
+    configurations: Optional[list[str]] = typer.Option(None, "-c", help="nnU-Net configurations to preprocess."),
+    np_: Optional[list[str]] = typer.Option(None, "-np", help="Preprocessing workers per task (as nnrun preprocess)."),
     npfp: Optional[str] = typer.Option(None, "-npfp", help="Fingerprint workers of the plan job."),
     overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
     retry: Optional[int] = typer.Option(None, "--retry", min=0, max=10, help="nnrun preprocess --retry in each job."),

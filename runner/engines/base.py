@@ -6,8 +6,9 @@ that imports the Docker SDK is :mod:`runner.engines.docker`.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)

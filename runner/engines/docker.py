@@ -7,8 +7,8 @@ a :class:`DockerEngine` connects on first use.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 import docker
 import docker.errors
@@ -84,7 +84,7 @@ def is_podman(version: Mapping) -> bool:
     return any("podman" in n.lower() for n in names)
 
 
-def engine_factory(name: str | None) -> Callable[[], "DockerEngine"]:
+def engine_factory(name: str | None) -> Callable[[], DockerEngine]:
     """The Engine factory for ``--engine``: docker (DOCKER_HOST or the default socket; a Podman
     service there is recognised as such) or podman ($NNRUN_PODMAN_HOST or the standard sockets)."""
     name = (name or "docker").lower()

@@ -31,8 +31,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from runner.cgroup import DEFAULT_ROOT, detect_cgroup_version, process_memory_cgroup, read_memory_counters
 from runner.engines.base import ContainerSpec, ContainerState, EngineInfo, ImageInfo

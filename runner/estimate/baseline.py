@@ -9,9 +9,9 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from runner.estimate.model import Baseline
 from runner.rundir import write_json_atomic

@@ -54,9 +54,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from runner.dataset import RawDataset
 from runner.formats.nifti import read_header

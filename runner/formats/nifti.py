@@ -25,10 +25,11 @@ import math
 import os
 import struct
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from runner.errors import DamagedFileError
 
@@ -423,7 +424,7 @@ def _check_collect(path) -> DamagedFileError | None:
 
 # --------------------------------------------------------------------------- writing
 
-def write_nifti(path, array: "numpy.ndarray", spacing: tuple[float, ...]) -> None:
+def write_nifti(path, array: numpy.ndarray, spacing: tuple[float, ...]) -> None:
     """Write ``array`` as a little-endian NIfTI-1 single file (gzip if the name ends in .gz).
 
     ``array`` is indexed (x, y, z, ...) as NIfTI stores it; the data is written

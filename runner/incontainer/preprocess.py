@@ -223,8 +223,8 @@ def preprocess_configuration(self, dataset_name_or_id, configuration_name: str, 
     dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
     assert isdir(join(nnUNet_raw, dataset_name)), "The requested dataset could not be found in nnUNet_raw"
     plans_file = join(nnUNet_preprocessed, dataset_name, plans_identifier + '.json')
-    assert isfile(plans_file), "Expected plans file (%s) not found. Run corresponding nnUNet_plan_experiment " \
-                               "first." % plans_file
+    assert isfile(plans_file), ("Expected plans file (%s) not found. Run corresponding "  # noqa: UP031 - nnU-Net's own text
+                                "nnUNet_plan_experiment first." % plans_file)
     plans = load_json(plans_file)
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration_name)

@@ -492,7 +492,7 @@ class Supervisor:
             print(f"{STATUS_ON_STDOUT.decode()}: {err}; status: {json.dumps(status)}", flush=True)
 
 
-def _safe_run(sup: "Supervisor") -> int:
+def _safe_run(sup: Supervisor) -> int:
     """Whatever goes wrong in the supervisor itself, pass on nnU-Net's exit status if it has one."""
     try:
         return sup.run()

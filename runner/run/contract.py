@@ -67,7 +67,7 @@ def hand_over(paths: list[Path], uid: int, gid: int) -> None:
         if not top.is_dir() or top.is_symlink():
             os.chown(top, uid, gid, follow_symlinks=False)
             continue
-        for dirpath, dirnames, filenames in os.walk(top):
+        for dirpath, _dirnames, filenames in os.walk(top):
             os.chown(dirpath, uid, gid)
             for name in filenames:
                 try:

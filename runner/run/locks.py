@@ -67,10 +67,10 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from runner.errors import BadInputError
 from runner.rundir import NNRUN_DIR
@@ -285,7 +285,7 @@ def _make_dir(locks_dir: Path, dataset: str) -> None:
         locks_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInputError(f"cannot create nnrun's lock folder {locks_dir}: {exc.strerror or exc}",
-                            hint=f"make {locks_dir.parent.parent} and its .nnrun folder writable by this user")
+                            hint=f"make {locks_dir.parent.parent} and its .nnrun folder writable by this user") from None
     if not locks_dir.is_dir():
         raise BadInputError(f"cannot create nnrun's lock folder {locks_dir}: not a folder",
                             hint=f"move away what is at that path in {dataset}")
@@ -297,7 +297,7 @@ def _open(path: Path, dataset: str) -> int:
     except OSError as exc:
         raise BadInputError(f"cannot open nnrun's lock file {path}: {exc.strerror or exc}",
                             hint=f"it may belong to another user: every user who runs nnrun on {dataset} "
-                                 "must be able to write nnrun's lock files")
+                                 "must be able to write nnrun's lock files") from None
 
 
 def _release_fd(fd: int) -> None:
@@ -326,7 +326,7 @@ def _take_mutex(locks_dir: Path, dataset: str, owner: dict) -> int:
                 os.close(fd)
                 raise BadInputError(
                     f"{dataset}: another nnrun run has been taking its locks for over {MUTEX_TIMEOUT_S:g} s "
-                    f"({_who(holder)}): is it stopped? wait for it to finish, or stop it")
+                    f"({_who(holder)}): is it stopped? wait for it to finish, or stop it") from None
             time.sleep(0.01)
     _write_owner(fd, {**owner, "holds": "the lock folder (briefly)"})
     return fd

@@ -15,9 +15,9 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from runner.cgroup import find_container_cgroup, list_cgroup_pids, read_memory_counters
 from runner.errors import CgroupReadError
@@ -183,7 +183,7 @@ class CgroupMonitor:
                 return
             self._stop.wait(self.interval_s)
 
-    def start(self) -> "CgroupMonitor":
+    def start(self) -> CgroupMonitor:
         self._thread = threading.Thread(target=self._loop, name="cgroup-monitor", daemon=True)
         self._thread.start()
         return self

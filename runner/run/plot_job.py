@@ -69,7 +69,7 @@ class PlotJob:
         self._closed = False        # result() was called: no render may start any more
 
     # -- while the container runs ---------------------------------------------------------------
-    def prewarm(self) -> "PlotJob":
+    def prewarm(self) -> PlotJob:
         def run() -> None:
             try:
                 _warm_up()

@@ -14,9 +14,9 @@ import shlex
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 from runner.dataset import RawDataset
 from runner.diagnosis import wording

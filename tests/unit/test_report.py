@@ -149,7 +149,7 @@ def test_render_human_for_a_worker_oom_names_everything_needed_to_act():
     assert "worker" in text and "69" in text                      # victim role and pid
     assert "preprocessing 3d_fullres" in text                     # phase
     assert "1.2 GiB" in text                                      # cap (1200 MiB)
-    assert "1.2 GiB" in [l for l in lines if "peak" in l.lower()][0]   # peak anon
+    assert "1.2 GiB" in [ln for ln in lines if "peak" in ln.lower()][0]   # peak anon
     assert "npfp 1" in text and "3d_fullres=4" in text             # workers
     assert report.recommendation in text                          # the next command
     assert "case000" in text                                      # cases in flight

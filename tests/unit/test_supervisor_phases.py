@@ -97,7 +97,7 @@ def test_shape_mismatch_log_picks_the_broadcast_error():
 
 def test_tqdm_redraws_in_one_physical_line_keep_the_latest_count():
     data = real_log("ok_3d_fullres")
-    bar_line = next(l for l in data.split(b"\n") if b"Preprocessing cases" in l)
+    bar_line = next(ln for ln in data.split(b"\n") if b"Preprocessing cases" in ln)
     assert bar_line.count(b"\r") > 1                 # the fixture really has redraws
     tracker, transitions = track(supervisor_lines(bar_line))
     assert transitions == []
@@ -242,5 +242,5 @@ def test_pump_output_tracks_phases_from_arbitrary_chunks(tmp_path, capsysbinary,
     assert got.last_exception_line == exception
     assert (tmp_path / NNUNET_LOG).read_bytes() == data           # the log is a byte-exact copy
     assert capsysbinary.readouterr().out == data                   # and so is the echo on stdout
-    events = [json.loads(l) for l in (tmp_path / EVENTS_FILE).read_text().splitlines()]
+    events = [json.loads(ln) for ln in (tmp_path / EVENTS_FILE).read_text().splitlines()]
     assert [(e["phase"], e["configuration"]) for e in events if e["event"] == "phase"] == transitions

@@ -38,7 +38,7 @@ from runner.errors import BadInputError, InfraError
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 
-def _default_runner(argv: Sequence[str]) -> "subprocess.CompletedProcess[str]":
+def _default_runner(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=60)
 
 
@@ -60,7 +60,7 @@ class SlurmClient:
     def __init__(self, runner: Runner | None = None) -> None:
         self.run = runner or _default_runner
 
-    def _call(self, argv: Sequence[str]) -> "subprocess.CompletedProcess[str]":
+    def _call(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         try:
             return self.run(argv)
         except FileNotFoundError:
