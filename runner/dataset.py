@@ -238,9 +238,14 @@ def _cases_from_folders(folder: Path, name: str, ending: str, num_channels: int)
     # nnU-Net: identifiers = np.unique([f[:-(len(ending) + 5)] for f in files]) (sorted).
     identifiers = sorted({f[:-(len(ending) + 5)] for f in files})
 
-    extra = [f for f in files if int(pattern.fullmatch(f).group(2)) >= num_channels]
+    def channel(file_name: str) -> int:
+        match = pattern.fullmatch(file_name)
+        assert match is not None        # files were filtered by this pattern
+        return int(match.group(2))
+
+    extra = [f for f in files if channel(f) >= num_channels]
     if extra:
-        raise BadInputError(f"{name}: imagesTr/{extra[0]} is channel {int(pattern.fullmatch(extra[0]).group(2))} "
+        raise BadInputError(f"{name}: imagesTr/{extra[0]} is channel {channel(extra[0])} "
                             f"but dataset.json declares {num_channels} channel(s) "
                             f"(0000..{num_channels - 1:04d})")
     missing: list[str] = []

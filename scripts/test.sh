@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh machine: set-up (idempotent; as root also
 # scripts/ensure-podman.sh and scripts/host-env.sh), then the fast pure suite and the integration
 # suite (real Docker, Podman and docker-compose, real nnU-Net, real OOM
-# kills).  Extra arguments go to pytest (e.g. -m "not docker" for the pure
+# kills), after ruff and mypy.  Extra arguments go to pytest (e.g. -m "not docker" for the pure
 # suite alone).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +18,11 @@ if [ -z "${NNRUN_HOST_PYTHON:-}" ]; then
     export NNRUN_HOST_PYTHON
 fi
 cd "$REPO"
+# Lint and types first (seconds): ruff over the whole tree, mypy over the pure core (pyproject.toml).
+if [ "${NNRUN_SKIP_LINT:-}" != 1 ]; then
+    python3 -m ruff check runner tests scripts bench || { echo "test: ruff check failed" >&2; exit 1; }
+    python3 -m mypy || { echo "test: mypy failed" >&2; exit 1; }
+fi
 set +e
 python3 -m pytest -p no:cacheprovider "$@"
 status=$?

@@ -52,7 +52,7 @@ class EarlyOom:
         self.exit_phase: dict[int, tuple[str | None, str | None]] = {}
         self.phase: str | None = None
         self.configuration: str | None = None
-        self.open_cases: dict[int, str] = {}        # worker pid -> the case it holds (agent's case_start)
+        self.open_cases: dict[int, str | None] = {}        # worker pid -> the case it holds (agent's case_start)
         self.said: str | None = None
 
     def feed(self, event: dict) -> str | None:
@@ -109,7 +109,7 @@ class EarlyOom:
         if first.role == "main" and self.returncode != -signal.SIGKILL:
             return None
         phase, configuration = self.phase, self.configuration
-        if first.role == "worker":
+        if first.role == "worker" and first.pid is not None:
             phase, configuration = self.exit_phase.get(first.pid, (phase, configuration))
             case = self.open_cases.get(first.pid)
             first = Victim("worker", first.pid, case, first.t)

@@ -80,7 +80,7 @@ def early_oom_line(first: Victim, phase: str | None, configuration: str | None) 
 def peak_clause(peak_anon_bytes: int | None, limit_bytes: int | None) -> str:
     if not peak_anon_bytes:
         return ""
-    return f"; anonymous memory peaked at {format_bytes(peak_anon_bytes)} of the {format_bytes(limit_bytes)} cap"
+    return f"; anonymous memory peaked at {format_bytes(peak_anon_bytes)} of the {format_bytes(limit_bytes or 0)} cap"
 
 
 def ok_message(dataset_name: str, configurations: list[str] | tuple[str, ...], duration_s: float, no_pp: bool,

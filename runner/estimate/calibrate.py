@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def measured_points(records: list[dict], baseline: Baseline) -> list[dict]:
     return points
 
 
-def _lstsq_relative(rows: list[tuple[float, float]], targets: list[float], floor: float) -> tuple[float, float, float]:
+def _lstsq_relative(rows: Sequence[tuple[float, float]], targets: list[float], floor: float) -> tuple[float, float, float]:
     """min sum(((c0 + c_in a + c_ws b) - y) / max(y, floor))^2 with numpy."""
     import numpy as np
     a = np.array([[1.0, r[0], r[1]] for r in rows])
@@ -65,7 +66,7 @@ def _errors(points: list[dict], model: dict, baseline: Baseline) -> dict:
         if not pts:
             continue
         rel_extra, rel_peak, signed_peak = [], [], []
-        worst = None
+        worst: tuple[float, dict] | None = None
         for p in pts:
             extra = predict_case_bytes(p["geom"], phase, p["target_spacing"], model)
             peak = baseline.worker_bytes + extra
@@ -75,6 +76,7 @@ def _errors(points: list[dict], model: dict, baseline: Baseline) -> dict:
                 rel_extra.append(abs(extra - p["extra"]) / p["extra"])
             if worst is None or rel_peak[-1] > worst[0]:
                 worst = (rel_peak[-1], p)
+        assert worst is not None        # pts is not empty
         out[phase] = {
             "cases": len(pts),
             "extra_median_abs_rel_error": round(statistics.median(rel_extra), 4) if rel_extra else None,

@@ -94,8 +94,8 @@ class CaseGeometry:
     """
 
     case_id: str
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
+    shape: tuple[int, ...]          # 3 values
+    spacing: tuple[float, ...]      # 3 values
     channels: int
     image_itemsize: int
     label_itemsize: int
@@ -174,7 +174,7 @@ def _transpose_forward(target_zyx: Sequence[float]) -> list[int]:
 
 
 def planned_target_spacing(plans: dict | None, configuration: str,
-                           geoms: Sequence[CaseGeometry]) -> tuple[float, float, float] | None:
+                           geoms: Sequence[CaseGeometry]) -> tuple[float, ...] | None:
     """The target spacing of ``configuration`` in the NIfTI header's (x, y, z) order.
 
     From the plans when given: ``plans["configurations"][c]["spacing"]`` is in
@@ -223,7 +223,7 @@ def configuration_note(plans: dict | None, configuration: str) -> str | None:
 
 # --------------------------------------------------------------------------- the physical model
 
-def _new_shape(shape, spacing, target) -> tuple[int, int, int]:
+def _new_shape(shape, spacing, target) -> tuple[int, ...]:
     """nnU-Net's compute_new_shape (round(old_spacing / new_spacing * old_shape)); nan keeps an axis."""
     out = []
     for n, s, t in zip(shape, spacing, target):
@@ -448,6 +448,8 @@ def estimate(dataset: RawDataset, plans: dict | None, configurations: Iterable[s
                 continue
         if plans is None and cfg == "3d_lowres":
             spacing = planned_target_spacing(None, "3d_fullres", geoms)
+        if spacing is None:          # no case at all: nothing to predict
+            continue
         est.target_spacings[cfg] = [None if math.isnan(s) else round(s, 6) for s in spacing]
         peaks = add("preprocessing", cfg, spacing)
         est.max_np[cfg] = max_workers_that_fit(peaks, baseline.main_bytes, cap_bytes, margin, cpus)
