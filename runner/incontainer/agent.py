@@ -114,9 +114,8 @@ def install() -> None:
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
-    from runner.incontainer import (
-        preprocess as agent_preprocess,  # Atomic writes, staging and scheduling first: the event wrappers below go around them.
-    )
+    # Atomic writes, staging and scheduling first: the event wrappers below go around them.
+    from runner.incontainer import preprocess as agent_preprocess
     agent_preprocess.install()
     if getattr(DefaultPreprocessor.run_case_save, "__nnrun_events__", False):
         return
