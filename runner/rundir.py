@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ MANIFEST_FILE = "manifest.json"      # what ran, where, with which versions
 PLOT_FILE = "memory.png"             # memory over time, cases and phases
 SCHEDULE_FILE = "schedule.json"      # the memory-aware admission plan for the agent
 WARM_FILE = "warm.json"              # workers the agent starts while nnU-Net's main process plans
+FAULTS_DIR = "faults"                # faulthandler's dump of each nnU-Net process that crashed: <pid>.log
 
 # -- in the preprocessed dataset folder ----------------------------------------------------
 NNRUN_DIR = ".nnrun"                 # nnrun's own folder beside nnU-Net's outputs
@@ -49,7 +51,8 @@ HOST_PYTHON_ENV = "NNRUN_HOST_PYTHON"            # --runtime host: a Python with
 # Test-only hooks, passed through from the host's environment (never in rendered manifests).
 TEST_KILL_AT_ENV = "NNRUN_TEST_KILL_AT"          # SIGKILL nnU-Net at a named point
 TEST_OOM_VICTIM_ENV = "NNRUN_TEST_OOM_VICTIM"    # make the kernel pick this process: worker | main
-TEST_HOOK_ENVS = (TEST_OOM_VICTIM_ENV, TEST_KILL_AT_ENV)
+TEST_SHM_FILL_ENV = "NNRUN_TEST_SHM_FILL"        # a worker maps this many bytes of /dev/shm before its case
+TEST_HOOK_ENVS = (TEST_OOM_VICTIM_ENV, TEST_KILL_AT_ENV, TEST_SHM_FILL_ENV)
 
 SUPERVISOR_SCHEMA = 1
 
@@ -65,6 +68,7 @@ EV_WATCHDOG = "watchdog"
 EV_CASE_START = "case_start"
 EV_CASE_END = "case_end"
 EV_CASE_ERROR = "case_error"
+EV_WORKER_DIED = "worker_died"       # nnrun's pool saw a worker die: worker_pid, exitcode (negative: signal)
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class SupervisorStatus:
     peak_anon_bytes: int | None = None
     peak_usage_bytes: int | None = None
     peak_shm_bytes: int | None = None
+    shm_size_bytes: int | None = None          # the size of /dev/shm (--shm-size)
     workers_seen: list[int] = field(default_factory=list)
     worker_exits: list[WorkerExitRecord] = field(default_factory=list)
     partial: bool = False
@@ -234,3 +239,92 @@ def try_write_json(path: Path, data: Any) -> bool:
         return True
     except OSError:
         return False
+
+
+# -- faulthandler dumps (FAULTS_DIR/<pid>.log) ------------------------------------------------------
+
+# faulthandler's first line names the fatal signal (CPython's faulthandler.c).
+FAULT_SIGNALS = {
+    "Segmentation fault": "SIGSEGV",
+    "Bus error": "SIGBUS",
+    "Aborted": "SIGABRT",
+    "Floating-point exception": "SIGFPE",
+    "Floating point exception": "SIGFPE",
+    "Illegal instruction": "SIGILL",
+}
+
+
+@dataclass(frozen=True)
+class FaultDump:
+    """What faulthandler wrote when a process of nnU-Net died of a fatal signal."""
+
+    pid: int
+    signal_name: str | None           # SIGSEGV, SIGBUS, ...
+    frame: str | None                 # the innermost Python frame: 'blosc2/ndarray.py:3245 in asarray'
+    library: str | None               # the package of that frame: blosc2, numpy, SimpleITK, ...
+
+
+_FRAME = re.compile(r'^\s*File "(?P<path>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
+
+
+def parse_fault_dump(pid: int, text: str) -> FaultDump | None:
+    """A dump as faulthandler writes it; None for an empty file (the process did not crash)."""
+    lines = text.splitlines()
+    if not lines:
+        return None
+    signal_name = None
+    for line in lines:
+        if line.startswith("Fatal Python error: "):
+            signal_name = FAULT_SIGNALS.get(line.removeprefix("Fatal Python error: ").strip())
+            break
+    frame = library = None
+    for line in lines:
+        m = _FRAME.match(line)
+        if m:          # most recent call first: the first frame is where it crashed
+            path = m.group("path")
+            library = _package_of(path)
+            short = path.split("site-packages/", 1)[1] if "site-packages/" in path else path
+            frame = f"{short}:{m.group('line')} in {m.group('func')}"
+            break
+    return FaultDump(pid=pid, signal_name=signal_name, frame=frame, library=library)
+
+
+def _package_of(path: str) -> str | None:
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1].split("/", 1)[0]
+    if "/runner/" in path:
+        return "nnrun"
+    return None
+
+
+def read_fault_dumps(run_dir: Path) -> list[FaultDump]:
+    """The non-empty dumps of a run folder (every nnU-Net process has a file; only a crash fills it)."""
+    folder = Path(run_dir) / FAULTS_DIR
+    dumps = []
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.endswith(".log") or not entry.name[:-4].isdigit():
+            continue
+        try:
+            text = entry.read_text(errors="replace")
+        except OSError:
+            continue
+        dump = parse_fault_dump(int(entry.name[:-4]), text)
+        if dump is not None:
+            dumps.append(dump)
+    return dumps
+
+
+def remove_empty_fault_files(run_dir: Path) -> None:
+    """Tidy the run folder: the files of processes that did not crash are empty."""
+    folder = Path(run_dir) / FAULTS_DIR
+    try:
+        for entry in folder.iterdir():
+            if entry.suffix == ".log" and entry.stat().st_size == 0:
+                entry.unlink()
+        folder.rmdir()          # only when nothing is left
+    except OSError:
+        pass

@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 from runner.diagnosis.facts import RunFacts, WorkerExit
 from runner.errors import Outcome
 
+# Signals a process dies of by itself (a native crash), as opposed to being killed.
+CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL})
+SHM_FULL_FRACTION = 0.9        # /dev/shm this full when a worker died of SIGBUS: shared memory ran out
+DEAD_WORKER_TEXT = "Some background worker is 6 feet under"     # nnU-Net's words for a missing pool worker
+
 
 @dataclass(frozen=True)
 class Victim:
@@ -28,11 +33,38 @@ class Victim:
 
 
 @dataclass(frozen=True)
+class Death:
+    """A process of nnU-Net that died of something other than the OOM killer, and what is known of why."""
+
+    role: str                         # "worker" or "main"
+    pid: int | None
+    signal: int | None = None         # the signal it died of
+    exit_status: int | None = None    # or the status it exited with
+    case: str | None = None           # the case it held
+    phase: str | None = None
+    configuration: str | None = None
+    frame: str | None = None          # faulthandler's innermost Python frame
+    library: str | None = None        # the package of that frame
+    error: str | None = None          # a Python exception's last line (role "worker": raised on ``case``)
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.signal is None:
+            return None
+        try:
+            return signal.Signals(self.signal).name
+        except ValueError:
+            return f"signal {self.signal}"
+
+
+@dataclass(frozen=True)
 class Verdict:
     outcome: Outcome
     oom_kills: int | None
     oom_source: str | None            # "cgroup", "engine" or None
     victims: tuple[Victim, ...] = field(default_factory=tuple)
+    reason: str | None = None         # not OOM: crash, shm, exception, killed, exit
+    death: Death | None = None
 
     @property
     def victim(self) -> str | None:
@@ -110,11 +142,86 @@ def classify(facts: RunFacts) -> Verdict:
     if facts.start_error:
         return Verdict(Outcome.INFRA, kills, source)
     if facts.nnunet_returncode is not None and facts.nnunet_returncode < 0:
-        return Verdict(Outcome.KILLED, kills, source)
+        death = _main_death(facts, -facts.nnunet_returncode)
+        if death.signal in CRASH_SIGNALS:
+            return Verdict(Outcome.ERROR, kills, source, reason="crash", death=death)
+        return Verdict(Outcome.KILLED, kills, source, reason="killed", death=death)
     if not facts.supervisor_ran:
         # The supervisor itself died: a signal from outside (docker kill, a
         # scheduler), or the container never got going.
         if facts.container_exit_code is not None and facts.container_exit_code > 128:
             return Verdict(Outcome.KILLED, kills, source)
         return Verdict(Outcome.INFRA, kills, source)
+    # nnU-Net's main process failed: first what a worker's death or exception says.
+    worker = find_worker_death(facts)
+    if worker is not None:
+        death = worker
+        if death.error is not None:
+            return Verdict(Outcome.ERROR, kills, source, reason="exception", death=death)
+        if death.signal in CRASH_SIGNALS:
+            reason = "shm" if death.signal == signal.SIGBUS and _shm_was_full(facts) else "crash"
+            return Verdict(Outcome.ERROR, kills, source, reason=reason, death=death)
+        if death.signal is not None or death.exit_status is None:
+            # SIGKILL (or a worker that vanished without a word) while the OOM counter stayed flat.
+            return Verdict(Outcome.KILLED, kills, source, reason="killed", death=death)
+        return Verdict(Outcome.ERROR, kills, source, reason="exit", death=death)
     return Verdict(Outcome.ERROR, kills, source)
+
+
+def _shm_was_full(facts: RunFacts) -> bool:
+    if facts.exception_line and "/dev/shm" in facts.exception_line:
+        return True
+    if not facts.peak_shm_bytes or not facts.shm_size_bytes:
+        return False
+    return facts.peak_shm_bytes >= SHM_FULL_FRACTION * facts.shm_size_bytes
+
+
+def _main_death(facts: RunFacts, signum: int) -> Death:
+    dump = next((d for d in facts.fault_dumps if d.pid == facts.main_pid), None)
+    return Death("main", facts.main_pid, signal=signum, phase=facts.phase, configuration=facts.configuration,
+                 frame=dump.frame if dump else None, library=dump.library if dump else None)
+
+
+def _signal_number(name: str | None) -> int | None:
+    try:
+        return int(signal.Signals[name]) if name else None
+    except KeyError:
+        return None
+
+
+def find_worker_death(facts: RunFacts) -> Death | None:
+    """The worker whose death (or exception) made nnU-Net fail, earliest first; None when none is known.
+
+    In order of evidence: nnrun's pool saw a worker die with an exit code; faulthandler wrote a dump
+    (a fatal signal: any pool, nnU-Net's own fingerprint pool included); a worker raised an exception on
+    a case; a worker vanished while the main process lived and nnU-Net then said a worker was missing.
+    """
+    dumps = {d.pid: d for d in facts.fault_dumps if d.pid != facts.main_pid}
+    for d in facts.worker_deaths:
+        dump = dumps.get(d.pid)
+        sig = -d.exitcode if d.exitcode is not None and d.exitcode < 0 else _signal_number(
+            dump.signal_name if dump else None)
+        status = d.exitcode if d.exitcode is not None and d.exitcode > 0 else None
+        if sig is None and status is None and dump is None:
+            continue         # exit code 0 or unknown: not the cause
+        return Death("worker", d.pid, signal=sig, exit_status=status, case=d.case or facts.case_of(d.pid),
+                     phase=d.phase or facts.phase, configuration=d.configuration or facts.configuration,
+                     frame=dump.frame if dump else None, library=dump.library if dump else None)
+    if dumps:
+        dump = next(iter(dumps.values()))
+        exits = {w.pid: w for w in facts.worker_exits}
+        if len(dumps) > 1:      # the earliest to vanish
+            dump = min(dumps.values(), key=lambda d: exits[d.pid].t if d.pid in exits else float("inf"))
+        return Death("worker", dump.pid, signal=_signal_number(dump.signal_name), case=facts.case_of(dump.pid),
+                     phase=facts.phase, configuration=facts.configuration, frame=dump.frame, library=dump.library)
+    if facts.case_errors:
+        e = facts.case_errors[0]
+        return Death("worker", e.pid, case=e.case, phase=e.phase or facts.phase,
+                     configuration=e.configuration or facts.configuration, error=e.error)
+    if facts.exception_line and DEAD_WORKER_TEXT in facts.exception_line:
+        alive_exits = sorted((w for w in facts.worker_exits if w.main_alive), key=lambda w: w.t)
+        if alive_exits:
+            w = alive_exits[0]
+            return Death("worker", w.pid, case=facts.case_of(w.pid), phase=facts.phase,
+                         configuration=facts.configuration)
+    return None

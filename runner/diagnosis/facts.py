@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runner.rundir import SupervisorStatus, WorkerExitRecord
+from runner.rundir import EV_WORKER_DIED, FaultDump, SupervisorStatus, WorkerExitRecord
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,28 @@ class WorkerExit:
     oom_kill_before: int | None
     oom_kill_after: int | None
     last_rss_bytes: int | None = None     # its RSS at the last poll before it vanished
+
+
+@dataclass(frozen=True)
+class WorkerDeath:
+    """nnrun's pool saw a worker die (its exit code: negative is the signal that killed it)."""
+
+    pid: int
+    exitcode: int | None
+    case: str | None = None
+    phase: str | None = None
+    configuration: str | None = None
+
+
+@dataclass(frozen=True)
+class CaseError:
+    """A Python exception a worker raised on one case (the agent's case_error event)."""
+
+    pid: int
+    case: str
+    phase: str | None
+    configuration: str | None
+    error: str                            # 'ValueError: ...', the exception's last line
 
 
 @dataclass(frozen=True)
@@ -44,6 +66,17 @@ class RunFacts:
     start_error: str | None = None
     watchdog_fired: bool = False
     open_case_pids: frozenset[int] = frozenset()   # workers holding an unfinished case (agent's log)
+    open_cases: tuple[tuple[int, str], ...] = ()   # (pid, case) of those unfinished cases
+    worker_deaths: tuple[WorkerDeath, ...] = ()    # nnrun's pools: dead workers and their exit codes
+    fault_dumps: tuple[FaultDump, ...] = ()        # faulthandler: processes that died of a fatal signal
+    case_errors: tuple[CaseError, ...] = ()        # exceptions raised by workers, per case
+    peak_shm_bytes: int | None = None
+    shm_size_bytes: int | None = None
+
+    def case_of(self, pid: int | None) -> str | None:
+        """The case worker ``pid`` held when it died (its last unfinished case)."""
+        held = [case for p, case in self.open_cases if p == pid]
+        return held[-1] if held else None
 
 
 def worker_exit(record: WorkerExitRecord) -> WorkerExit:
@@ -57,9 +90,17 @@ def highest(*values: int | None) -> int | None:
     return max(present) if present else None
 
 
+def worker_deaths_from_events(agent_events: list[dict]) -> tuple[WorkerDeath, ...]:
+    return tuple(WorkerDeath(pid=int(e["worker_pid"]), exitcode=e.get("exitcode"), case=e.get("case"),
+                             phase=e.get("phase"), configuration=e.get("configuration"))
+                 for e in agent_events if e.get("event") == EV_WORKER_DIED and e.get("worker_pid") is not None)
+
+
 def gather_facts(status: SupervisorStatus | None, *, host_oom_first: int | None, host_oom_last: int | None,
                  exit_code: int | None, engine_oom_killed: bool, engine_oom_events: int,
-                 interrupt_signal: int | None, open_case_pids: frozenset[int] = frozenset()) -> RunFacts:
+                 interrupt_signal: int | None, open_case_pids: frozenset[int] = frozenset(),
+                 open_cases: tuple[tuple[int, str], ...] = (), worker_deaths: tuple[WorkerDeath, ...] = (),
+                 fault_dumps: tuple[FaultDump, ...] = (), case_errors: tuple[CaseError, ...] = ()) -> RunFacts:
     """The facts of a run: the supervisor's status, the host's first and last reading of the cgroup's
     OOM-kill counter, the container's exit code and the engine's word."""
     status = status or SupervisorStatus(partial=True)
@@ -81,5 +122,11 @@ def gather_facts(status: SupervisorStatus | None, *, host_oom_first: int | None,
         exception_line=status.last_exception_line,
         start_error=status.start_error,
         watchdog_fired=bool(status.watchdog_fired),
-        open_case_pids=open_case_pids,
+        open_case_pids=open_case_pids or frozenset(pid for pid, _ in open_cases),
+        open_cases=open_cases,
+        worker_deaths=worker_deaths,
+        fault_dumps=fault_dumps,
+        case_errors=case_errors,
+        peak_shm_bytes=status.peak_shm_bytes,
+        shm_size_bytes=status.shm_size_bytes,
     )

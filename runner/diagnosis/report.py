@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 
 from runner import __version__
-from runner.diagnosis.wording import describe_phase
+from runner.diagnosis.wording import DEATH_REASONS, describe_phase, headline, signal_words
 from runner.errors import Outcome, exit_code_for
 from runner.units import format_bytes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2      # 2: signal, signal_name, crash_frame, crash_library, shm_size_bytes, crash_retry
 
 
 @dataclass
@@ -68,6 +68,13 @@ class RunReport:
     shard_cases: list[str] | None = None                 # the cases of that shard
     dataset_complete: bool | None = None                 # a shard run: every shard's cases are complete
     runtime: str | None = None                           # docker | podman | host
+    # A process that died of something else than the OOM killer (reason crash, shm, killed, exit, exception).
+    signal: int | None = None                            # the signal it died of
+    signal_name: str | None = None                       # SIGSEGV, SIGBUS, SIGABRT, SIGKILL, ...
+    crash_frame: str | None = None                       # faulthandler's innermost Python frame
+    crash_library: str | None = None                     # the package of that frame (blosc2, numpy, ...)
+    shm_size_bytes: int | None = None                    # the size of /dev/shm in the container
+    crash_retry: str | None = None                       # --retry after a crash: "flaky" or "data-dependent"
 
     @property
     def exit_code(self) -> int:
@@ -124,6 +131,18 @@ def _pct(part: int | None, whole: int | None) -> str:
     return f" ({100 * part / whole:.0f} % of the cap)"
 
 
+def _died_line(report: RunReport) -> str | None:
+    """'a worker (pid 73 in the container), case case003, SIGSEGV (segmentation fault)' for a non-OOM death."""
+    if report.outcome is Outcome.OOM or not report.victims or report.reason not in DEATH_REASONS:
+        return None
+    v = report.victims[0]
+    who = "nnU-Net's main process" if v["role"] == "main" else "a worker process"
+    pid = f" (pid {v['pid']} in the container)" if v.get("pid") else ""
+    case = f", case {v['case']}" if v.get("case") else ""
+    how = f", {signal_words(report.signal_name)}" if report.signal_name else ""
+    return f"{who}{pid}{case}{how}"
+
+
 def render_human(report: RunReport) -> str:
     """The report for stderr: a headline, then the facts behind it, then what to do."""
     o = report.outcome
@@ -131,7 +150,7 @@ def render_human(report: RunReport) -> str:
     if o in (Outcome.BAD_INPUT, Outcome.INFRA) and report.log_path is None:
         # Nothing ran: one line says it all.
         return f"nnrun: {o.value}: {report.message}"
-    head = "nnrun: oom (out of memory)" if o is Outcome.OOM else f"nnrun: {o.value}"
+    head = headline(o)
     lines.append(f"{head}: {report.message}")
     if o is not Outcome.OK:
         lines.append(f"  phase:        {describe_phase(report.phase, report.configuration)}")
@@ -157,8 +176,17 @@ def render_human(report: RunReport) -> str:
     if report.workers:
         np_text = " ".join(f"{c}={n}" for c, n in (report.workers.get("np") or {}).items())
         lines.append(f"  workers:      -npfp {report.workers.get('npfp')}; -np {np_text}")
+    died = _died_line(report)
+    if died:
+        lines.append(f"  died:         {died}")
+    if report.crash_frame:
+        lines.append(f"  frame:        {report.crash_frame}")
+    if report.reason == "shm" and report.shm_size_bytes:
+        used, size = format_bytes(report.peak_shm_bytes or 0), format_bytes(report.shm_size_bytes)
+        lines.append(f"  /dev/shm:     {used} of {size} in use")
     if report.error_detail and o is not Outcome.OOM:
-        lines.append(f"  detail:       {report.error_detail}")
+        # nnU-Net's own last words, quoted: never the headline ("6 feet under" says nothing of the cause).
+        lines.append(f"  nnU-Net said: \"{report.error_detail}\"")
     if report.removed_outputs:
         lines.append(f"  removed:      {len(report.removed_outputs)} half-written output(s) of the failed phase")
     if report.duration_s is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 
-from runner.diagnosis.classify import Victim
+from runner.diagnosis.classify import Death, Victim
 from runner.errors import Outcome
 from runner.units import format_bytes
 
@@ -125,3 +125,91 @@ def interrupted_message(signum: int, phase: str | None, configuration: str | Non
 def infra_message(container_exit_code: int | None, start_error: str | None) -> str:
     return (f"the container exited with code {container_exit_code} before nnU-Net ran"
             + (f": {start_error}" if start_error else ""))
+
+
+# -- deaths that are not OOM kills ------------------------------------------------------------------
+
+DEATH_REASONS = ("crash", "shm", "killed", "exit", "exception")
+SIGNAL_WORDS = {
+    "SIGSEGV": "segmentation fault",
+    "SIGBUS": "bus error",
+    "SIGABRT": "abort",
+    "SIGFPE": "floating-point exception",
+    "SIGILL": "illegal instruction",
+    "SIGKILL": "kill",
+    "SIGTERM": "termination request",
+    "SIGINT": "interrupt",
+    "SIGHUP": "hang-up",
+}
+
+
+def signal_words(name: str | None) -> str:
+    """'SIGSEGV (segmentation fault)'."""
+    if not name:
+        return "an unknown signal"
+    words = SIGNAL_WORDS.get(name)
+    return f"{name} ({words})" if words else name
+
+
+def _who(death: Death) -> str:
+    pid = f" (pid {death.pid})" if death.pid else ""
+    return f"nnU-Net's main process{pid}" if death.role == "main" else f"a worker{pid}"
+
+
+def _where(death: Death) -> str:
+    """'while preprocessing case003 (3d_fullres)' or 'during fingerprint extraction'."""
+    if death.case:
+        config = f" ({death.configuration})" if death.phase == "preprocessing" and death.configuration else ""
+        return f"while {CASE_VERBS.get(death.phase or '', 'processing')} {death.case}{config}"
+    return during_phase(death.phase, death.configuration)
+
+
+def death_message(death: Death, reason: str | None, peak_shm_bytes: int | None = None,
+                  shm_size_bytes: int | None = None) -> str:
+    """One sentence: who died of what, holding which case, and the likeliest cause with its evidence."""
+    who, where = _who(death), _where(death)
+    if reason == "exception":
+        return f"{who} raised {death.error} {where}"
+    if reason == "killed":
+        how = f"was killed by {signal_words(death.signal_name)}" if death.signal_name else "vanished"
+        return (f"{who} {how} {where}, from outside: the cgroup's OOM-kill counter did not move, so not "
+                f"the kernel's OOM killer (a scheduler, an admin, docker kill?)")
+    if reason == "exit":
+        return f"{who} exited with status {death.exit_status} {where}"
+    text = f"{who} died of {signal_words(death.signal_name)} {where}"
+    if reason == "shm":
+        used = (f" ({format_bytes(peak_shm_bytes)} of {format_bytes(shm_size_bytes)} in use)"
+                if peak_shm_bytes and shm_size_bytes else "")
+        return f"{text}: shared memory (/dev/shm) was full{used}"
+    if death.library and death.library != "nnrun":
+        text += f": a native crash in {death.library}"
+    elif death.frame:
+        text += ": a native crash"
+    if death.frame:
+        text += f" ({death.frame})"
+    return text
+
+
+def early_death_line(death: Death, reason: str) -> str:
+    """The line printed as soon as a crash is known, before the full report."""
+    return f"{headline(Outcome.ERROR)}: {death_message(death, reason)} {EARLY_SUFFIX}"
+
+
+def crash_advice(death: Death) -> str:
+    case = f"{death.case} " if death.case else "the unfinished cases "
+    return (f"rerun with one worker (complete cases are kept): if {case}crashes again alone, the crash is in "
+            f"its data; if not, it was flaky (--retry 1 does this for you)")
+
+
+def crash_retry_sentence(first: Death, verdict: str) -> str:
+    """What rerunning a crash with one worker showed: verdict 'flaky' or 'data-dependent'."""
+    case = first.case or "a case"
+    if verdict == "data-dependent":
+        return (f"it crashed again on {case} with one worker: the crash depends on {case}'s data "
+                f"(check that file, or report it with the frame above)")
+    return (f"a worker had died of {signal_words(first.signal_name)} on {case}; the rerun with one worker "
+            f"completed: the crash was flaky, not in {case}'s data")
+
+
+KILLED_WORKER_HINT = "run the same command again; if workers keep being killed, look for what kills them on this host"
+EXCEPTION_HINT = "fix the cause above in that case's files; the full traceback is in the nnU-Net log"

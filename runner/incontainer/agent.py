@@ -32,7 +32,14 @@ import os
 import sys
 import time
 
-from runner.incontainer.events import current_phase, emit, peak_rss_bytes, reset_peak_rss
+from runner.incontainer.events import (
+    current_phase,
+    emit,
+    enable_faulthandler,
+    peak_rss_bytes,
+    reset_peak_rss,
+    shm_fill_hook,
+)
 from runner.rundir import AGENT_EVENTS_ENV, CONFIGURATION_ENV, FILE_ENDING_ENV, PHASE_ENV
 
 NNUNET_COMMAND = "nnUNetv2_plan_and_preprocess"
@@ -66,6 +73,7 @@ def per_case(case_of):
             reset_peak_rss()
             started = time.time()
             emit("case_start", case=case, phase=phase, configuration=configuration)
+            shm_fill_hook()
             try:
                 result = fn(*args, **kwargs)
             except BaseException as err:
@@ -157,6 +165,7 @@ if __name__ == "__main__" and os.environ.get(AGENT_EVENTS_ENV):
 # Runs on import too: spawned workers import this module as __mp_main__ before
 # they unpickle a task, which is what puts the wrappers in place there.
 if os.environ.get(AGENT_EVENTS_ENV):
+    enable_faulthandler()
     try:
         install()
     except ImportError:   # not inside the nnU-Net image (e.g. unit tests on the host)

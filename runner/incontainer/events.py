@@ -11,7 +11,14 @@ import os
 import signal
 import time
 
-from runner.rundir import AGENT_EVENTS_ENV, CONFIGURATION_ENV, PHASE_ENV, TEST_KILL_AT_ENV
+from runner.rundir import (
+    AGENT_EVENTS_ENV,
+    CONFIGURATION_ENV,
+    FAULTS_DIR,
+    PHASE_ENV,
+    TEST_KILL_AT_ENV,
+    TEST_SHM_FILL_ENV,
+)
 
 # nnU-Net's own words when a pool worker is gone (its DefaultPreprocessor raises this RuntimeError):
 # the pools nnrun runs raise the same RuntimeError, so that nnU-Net's callers behave as they do natively.
@@ -70,3 +77,45 @@ def kill_hook(point: str) -> None:
     if os.environ.get(TEST_KILL_AT_ENV) == point:
         emit("test_kill", point=point)
         os.killpg(0, signal.SIGKILL)
+
+
+_fault_file = None
+
+
+def enable_faulthandler() -> None:
+    """Dump this process's Python stack to ``faults/<pid>.log`` in the run folder on SIGSEGV, SIGBUS,
+    SIGABRT, SIGFPE or SIGILL: the host then names the signal and the frame that crashed (a native
+    crash in blosc2, numpy or SimpleITK shows the Python call that entered the library)."""
+    global _fault_file
+    import faulthandler
+    events = os.environ.get(AGENT_EVENTS_ENV)
+    if not events or _fault_file is not None:
+        return
+    folder = os.path.join(os.path.dirname(events), FAULTS_DIR)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        _fault_file = open(os.path.join(folder, f"{os.getpid()}.log"), "w")   # kept open: the handler writes to its fd
+        faulthandler.enable(file=_fault_file, all_threads=False)
+    except OSError:
+        _fault_file = None          # no dump, no harm: the run goes on
+
+
+def shm_fill_hook() -> None:
+    """Test-only: map and touch NNRUN_TEST_SHM_FILL bytes of /dev/shm, as shared-memory tensors do.
+
+    Past the size of /dev/shm the kernel cannot back a page and the process dies of SIGBUS, the real
+    failure of a too small ``--shm-size``.  The file stays, as a crashed process's segment does.
+    """
+    size = os.environ.get(TEST_SHM_FILL_ENV)
+    if not size:
+        return
+    import mmap
+    path = f"/dev/shm/nnrun-test-fill-{os.getpid()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, int(size))
+        area = mmap.mmap(fd, int(size))
+        for offset in range(0, int(size), mmap.PAGESIZE):
+            area[offset] = 1
+    finally:
+        os.close(fd)

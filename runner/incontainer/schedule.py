@@ -40,7 +40,7 @@ import time
 from multiprocessing import get_context
 
 from runner.incontainer.events import DEAD_WORKER_MESSAGE, current_phase, emit, kill_hook
-from runner.rundir import AGENT_EVENTS_ENV, CONFIGURATION_ENV, PHASE_ENV, WARM_FILE
+from runner.rundir import AGENT_EVENTS_ENV, CONFIGURATION_ENV, EV_WORKER_DIED, PHASE_ENV, WARM_FILE
 
 _WARM: dict | None = None        # {"configuration", "kind", "pools": [Pool], "procs": [Process]}
 
@@ -126,7 +126,11 @@ def run_fixed(preprocessor, args: dict, num_processes: int) -> None:
         remaining = set(results)
         finished = 0
         while remaining:
-            if not all(w.is_alive() for w in workers):
+            dead = [w for w in workers if not w.is_alive()]
+            if dead:
+                for w in dead:
+                    emit(EV_WORKER_DIED, worker_pid=w.pid, exitcode=w.exitcode, phase=phase,
+                         configuration=configuration)
                 raise _dead_worker_error()
             for c in [c for c in remaining if results[c].ready()]:
                 results[c].get()
@@ -228,7 +232,11 @@ def run_memory_aware(preprocessor, args: dict, plan: dict) -> None:
     finished = 0
     try:
         while pending or any(s.case for s in slots):
-            if not all(s.proc.is_alive() for s in slots):
+            dead = [s for s in slots if not s.proc.is_alive()]
+            if dead:
+                for s in dead:
+                    emit(EV_WORKER_DIED, worker_pid=s.proc.pid, exitcode=s.proc.exitcode, case=s.case, phase=phase,
+                         configuration=configuration)
                 raise _dead_worker_error()
             for s in slots:
                 if s.case is not None and s.result.ready():

@@ -187,6 +187,14 @@ def _shm_used_bytes() -> int:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
+def _shm_size_bytes() -> int | None:
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_blocks * st.f_frsize
+
+
 def _set_oom_score_adj(pid: int, value: int) -> bool:
     try:
         with open(f"/proc/{pid}/oom_score_adj", "w") as fh:
@@ -482,6 +490,7 @@ class Supervisor:
             peak_anon_bytes=self.peak_anon or None,
             peak_usage_bytes=self.peak_usage or None,
             peak_shm_bytes=self.peak_shm,
+            shm_size_bytes=_shm_size_bytes(),
             workers_seen=sorted(self.workers_seen),
             worker_exits=list(self.worker_exits),
         ).to_json()

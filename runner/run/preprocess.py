@@ -21,8 +21,8 @@ from pathlib import Path
 from runner.dataset import RawDataset
 from runner.diagnosis import wording
 from runner.diagnosis.advice import recommend
-from runner.diagnosis.classify import Verdict, classify
-from runner.diagnosis.facts import RunFacts, gather_facts, highest
+from runner.diagnosis.classify import Death, Verdict, classify
+from runner.diagnosis.facts import CaseError, RunFacts, gather_facts, highest, worker_deaths_from_events
 from runner.diagnosis.report import RunReport, to_json
 from runner.engines.base import Engine
 from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted
@@ -58,8 +58,10 @@ from runner.rundir import (
     TIMELINE_FILE,
     WARM_FILE,
     SupervisorStatus,
+    read_fault_dumps,
     read_jsonl,
     read_status,
+    remove_empty_fault_files,
     try_write_json,
 )
 from runner.units import format_bytes, format_mem_arg, parse_mem
@@ -85,6 +87,8 @@ class Preprocess:
         self.estimate = None
         self.schedule_note: str | None = None
         self.shard_cases: list[str] = []        # --shard: this shard's cases (from the shared map)
+        self.last_death: Death | None = None     # the last attempt's non-OOM death
+        self.first_crash: Death | None = None    # the crash that --retry reran with one worker
         # --retry: 2 when nnrun chose the worker counts, else only what the user asked for.
         self.retries = settings.retries if settings.retries is not None else (0 if settings.workers_pinned else 2)
 
@@ -167,6 +171,20 @@ class Preprocess:
                 out[row["case"]] = max(out.get(row["case"], 0), int(row.get("extra_bytes") or 0))
         return out or None
 
+    def _judge_crash_retry(self, report: RunReport) -> None:
+        """After the crash rerun: the same case crashing again alone is data-dependent, anything else flaky."""
+        first = self.first_crash
+        assert first is not None
+        again = report.reason == "crash" and self.last_death is not None and (
+            self.last_death.case == first.case or first.case is None)
+        if report.outcome is Outcome.OK or (report.reason == "crash" and not again):
+            report.crash_retry = "flaky"
+        elif again:
+            report.crash_retry = "data-dependent"
+        else:
+            return
+        report.message += "; " + wording.crash_retry_sentence(first, report.crash_retry)
+
     def _new_attempt(self) -> None:
         self._log_tail = b""
         self.container_id = None
@@ -175,7 +193,14 @@ class Preprocess:
         self.last_recommendation = None
 
     def _retry_options(self, report: RunReport) -> PreprocessOptions | None:
-        """The options of the next attempt after an OOM: fewer workers, never more memory."""
+        """The options of the next attempt: after an OOM fewer workers, never more memory; after a crash,
+        once, every pool at one worker (does the same case crash again alone?)."""
+        if report.reason == "crash" and self.first_crash is None and self.last_death is not None:
+            self.first_crash = self.last_death
+            one = self.opts.with_workers(npfp=1)
+            for configuration in self.opts.workers_per_configuration():
+                one = one.with_workers(configuration=configuration, np=1)
+            return one
         rec = self.last_recommendation
         if report.outcome is not Outcome.OOM or rec is None or rec.options is None or rec.mem_bytes is not None:
             return None
@@ -237,12 +262,18 @@ class Preprocess:
                 if next_opts is None:
                     break
                 # Only the unfinished cases run again: the agent resumes from the complete ones.
-                sink.stage(f"retrying after the OOM kill ({len(attempts)} of {self.retries}): "
-                           f"{self.last_recommendation.text}")
+                if report.reason == "crash":
+                    sink.stage(f"retrying after the crash ({len(attempts)} of {self.retries}): the unfinished "
+                               f"cases with one worker, to tell a data-dependent crash from a flaky one")
+                else:
+                    sink.stage(f"retrying after the OOM kill ({len(attempts)} of {self.retries}): "
+                               f"{self.last_recommendation.text}")
                 self.opts = next_opts
                 self._new_attempt()
                 run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
             report.attempts = attempts
+            if self.first_crash is not None:
+                self._judge_crash_retry(report)
             if report.run_dir:
                 self._write_report(Path(report.run_dir), report)
             return report
@@ -367,10 +398,15 @@ class Preprocess:
         agent_events = read_jsonl(run_dir / AGENT_EVENTS_FILE)
         records = case_records(agent_events)
         self.agent_ran = bool(agent_events)
+        fault_dumps = tuple(read_fault_dumps(run_dir))
+        remove_empty_fault_files(run_dir)
         facts = gather_facts(status, host_oom_first=summary.oom_kill_first, host_oom_last=summary.oom_kill_last,
                              exit_code=exit_code, engine_oom_killed=engine_oom_killed,
                              engine_oom_events=engine_events, interrupt_signal=interrupt,
-                             open_case_pids=frozenset(r.pid for r in records if r.status == "unfinished"))
+                             open_cases=tuple((r.pid, r.case) for r in records if r.status == "unfinished"),
+                             worker_deaths=worker_deaths_from_events(agent_events), fault_dumps=fault_dumps,
+                             case_errors=tuple(CaseError(r.pid, r.case, r.phase, r.configuration, r.error or "")
+                                               for r in records if r.status == "error"))
         verdict = classify(facts)
         self._fill(report, facts, verdict, status, summary, dataset, preprocessed_dataset, mem_bytes,
                    info.mem_total_bytes, log_path, started, ended, records)
@@ -496,6 +532,8 @@ class Preprocess:
                     argv = nnrun_argv(rec.options, mem_arg, self.settings.passthrough_argv)
                     report.recommendation_argv = argv
                     report.recommendation = shlex.join(argv)
+        elif verdict.death is not None and not self._output_disk_full(facts, log_path, preprocessed_dataset):
+            self._fill_death(report, facts, verdict, verdict.death)
         elif o is Outcome.ERROR:
             line = facts.exception_line or _last_log_line(log_path) or f"exit status {facts.nnunet_returncode}"
             detail = ""
@@ -518,6 +556,53 @@ class Preprocess:
         elif o is Outcome.INFRA:
             report.message = wording.infra_message(facts.container_exit_code, facts.start_error)
             report.phase = "startup"
+
+    @staticmethod
+    def _output_disk_full(facts: RunFacts, log_path: Path, preprocessed_dataset: Path) -> bool:
+        """A worker's exception that is a full output disk is reported as ENOSPC, not as the worker's death."""
+        line = facts.exception_line or _last_log_line(log_path) or ""
+        if any(e.error and ("No space left on device" in e.error or "Errno 28" in e.error) for e in facts.case_errors):
+            line += " No space left on device"
+        if "/dev/shm" in line:
+            return False
+        return "No space left on device" in line or "Errno 28" in line or _disk_full(preprocessed_dataset)
+
+    def _fill_death(self, report: RunReport, facts: RunFacts, verdict: Verdict, death: Death) -> None:
+        """A process died of something other than the OOM killer: who, of what, holding which case, why."""
+        self.last_death = death
+        reason = verdict.reason
+        report.reason = reason
+        report.phase = death.phase if death.phase in wording.PHASES else report.phase
+        report.configuration = death.configuration if report.phase == "preprocessing" else None
+        report.victims = [{"role": death.role, "pid": death.pid, "case": death.case}]
+        report.victim, report.victim_case = death.role, death.case
+        report.signal, report.signal_name = death.signal, death.signal_name
+        report.crash_frame, report.crash_library = death.frame, death.library
+        report.shm_size_bytes = facts.shm_size_bytes
+        report.message = wording.death_message(death, reason, facts.peak_shm_bytes, facts.shm_size_bytes)
+        report.error_detail = facts.exception_line        # nnU-Net's words, quoted in the report
+        if reason == "shm":
+            current = parse_mem(self.settings.shm_size)
+            needed = max(2 * (facts.peak_shm_bytes or 0), 2 * current)
+            size = format_mem_arg(needed)
+            passthrough = _with_option(self.settings.passthrough_argv, "--shm-size", size)
+            argv = nnrun_argv(self.opts, self.settings.mem, passthrough)
+            report.recommendation_text = (f"give /dev/shm more room: --shm-size {size} (was {self.settings.shm_size}); "
+                                          f"it counts against the --mem cap")
+            report.recommendation_argv, report.recommendation = argv, shlex.join(argv)
+        elif reason == "crash":
+            one = self.opts.with_workers(npfp=1)
+            for configuration in self.opts.workers_per_configuration():
+                one = one.with_workers(configuration=configuration, np=1)
+            argv = nnrun_argv(one, self.settings.mem, self.settings.passthrough_argv)
+            report.recommendation_text = wording.crash_advice(death)
+            report.recommendation_argv, report.recommendation = argv, shlex.join(argv)
+        elif reason == "killed":
+            report.hint = wording.KILLED_WORKER_HINT
+        elif reason == "exception":
+            report.hint = wording.EXCEPTION_HINT
+        else:
+            report.hint = wording.ERROR_HINT
 
     def _plot(self, run_dir: Path, report: RunReport, dataset: RawDataset) -> str | None:
         """memory.png, rendered once at the end; a plotting failure never changes the outcome."""
@@ -576,3 +661,15 @@ def _last_log_line(log_path: Path) -> str | None:
         return None
     lines = [ln.strip() for ln in tail.replace("\r", "\n").splitlines() if ln.strip()]
     return lines[-1] if lines else None
+
+
+def _with_option(argv: list[str], flag: str, value: str) -> list[str]:
+    """``argv`` with ``flag value`` set (replaced where it is, else added)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == flag and i + 1 < len(argv):
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out + [flag, value]

@@ -529,7 +529,7 @@ def test_sigkill_without_counter_rise_is_killed_even_with_dockers_oomkilled_flag
     assert report.outcome is Outcome.KILLED and report.exit_code == 5
     assert report.oom_kills == 0 and report.engine_oom_killed is True
     assert report.recommendation is None
-    assert "9" in report.message
+    assert "SIGKILL" in report.message and report.signal == 9 and report.signal_name == "SIGKILL"
     assert_report_json_matches(report)
 
 
