@@ -1,4 +1,4 @@
-"""The OOM diagnosis line as soon as it is certain, while nnU-Net is still winding down.
+"""The diagnosis line as soon as it is certain (an OOM kill, a worker's crash), while nnU-Net is still winding down.
 
 The full report can only be written once nnU-Net has ended and the container
 is gone (final cgroup readings, the supervisor's status, removal of
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import signal
 
-from runner.diagnosis.classify import Victim, find_victims
+from runner.diagnosis.classify import CRASH_SIGNALS, Death, Victim, find_victims
 from runner.diagnosis.facts import RunFacts, WorkerExit, worker_exit
-from runner.diagnosis.wording import early_oom_line
+from runner.diagnosis.wording import early_death_line, early_oom_line
 from runner.rundir import (
     EV_CASE_END,
     EV_CASE_ERROR,
@@ -34,6 +34,7 @@ from runner.rundir import (
     EV_PHASE,
     EV_SUPERVISOR_START,
     EV_WATCHDOG,
+    EV_WORKER_DIED,
     EV_WORKER_EXIT,
     WorkerExitRecord,
 )
@@ -87,9 +88,26 @@ class EarlyOom:
                 self.oom_last = max(self.oom_last or 0, int(after))
         elif kind == EV_CHILD_EXIT:
             self.returncode = event.get("returncode")
+        elif kind == EV_WORKER_DIED and event.get("worker_pid") is not None:
+            return self._crash(event)
         else:
             return None
         return self._decide()
+
+    def _crash(self, event: dict) -> str | None:
+        """nnrun's pool saw a worker die of a crash signal: that is certain at once (no OOM kill dies of
+        SIGSEGV, SIGBUS, SIGABRT...); a SIGKILL waits for the final report, which reads the OOM counter."""
+        code = event.get("exitcode")
+        if code is None or code >= 0 or -code not in CRASH_SIGNALS:
+            return None
+        if self.oom_last is not None and self.oom_last > (self.oom_start or 0):
+            return None
+        pid = int(event["worker_pid"])
+        death = Death("worker", pid, signal=-code, case=event.get("case") or self.open_cases.get(pid),
+                      phase=event.get("phase") or self.phase,
+                      configuration=event.get("configuration") or self.configuration)
+        self.said = early_death_line(death, "crash")
+        return self.said
 
     def _decide(self) -> str | None:
         if self.oom_last is None or self.oom_last <= (self.oom_start or 0):
