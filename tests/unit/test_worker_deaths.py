@@ -25,7 +25,7 @@ BLOSC2_DUMP = """Fatal Python error: Segmentation fault
 
 Current thread 0x00007f3a1c5fe740 (most recent call first):
   File "/opt/venv/lib/python3.11/site-packages/blosc2/ndarray.py", line 3245 in asarray
-  File "/opt/venv/lib/python3.11/site-packages/nnunetv2/preprocessing/preprocessors/default_preprocessor.py", line 240 in run_case_save
+  File "/opt/venv/lib/python3.11/site-packages/nnunetv2/preprocessing/default_preprocessor.py", line 240 in run_case_save
   File "/opt/nnrun/runner/incontainer/agent.py", line 70 in wrapped
 
 Extension modules: numpy.core._multiarray_umath, blosc2.blosc2_ext (total: 52)
