@@ -243,6 +243,12 @@ def diagnose_command(
     shard_map: Optional[Path] = typer.Option(None, "--shard-map",
                                              help="The case->shard map (.nnrun/shards.<plans>.json in the "
                                                   "preprocessed dataset folder): lists each failed shard's cases."),
+    run_folders: Optional[Path] = typer.Option(None, "--run-folders", metavar="DIR",
+                                               help="The preprocessed dataset folder of the pods (their volume, "
+                                                    "mounted here): each failed pod's run folder "
+                                                    "(.nnrun/runs/<pod name>) then says why a worker died "
+                                                    "(a crash and its signal, a full /dev/shm, a kill from "
+                                                    "outside, an exception on a case)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Say which completion indexes (shards) were OOM-killed, under which memory limit, and what to resubmit.
@@ -289,7 +295,7 @@ def diagnose_command(
                 raise BadInputError(f"no shard map at {shard_map}")
             if not isinstance(mapping, dict) or not isinstance(mapping.get("assignment"), dict):
                 raise BadInputError(f"{shard_map} is not an nnrun shard map")
-        result = diagnose(pods, mapping, ignored)
+        result = diagnose(pods, mapping, ignored, _run_folder_words(run_folders, pods) if run_folders else None)
     except NnrunError as err:
         _fail(err, as_json)
         return
@@ -297,3 +303,16 @@ def diagnose_command(
     if as_json:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
     raise typer.Exit(result.exit_code)
+
+
+def _run_folder_words(folder: Path, pods) -> dict[str, tuple[str, str]]:
+    """pod name -> (state, detail) from the pods' run folders: the same words as a local report."""
+    from runner.run.postmortem import death_in_run_folder
+
+    words = {}
+    for pod in pods:
+        found = death_in_run_folder(folder / ".nnrun" / "runs" / pod.name)
+        if found is not None:
+            verdict, message = found
+            words[pod.name] = (verdict.outcome.value, message)
+    return words

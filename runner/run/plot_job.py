@@ -130,16 +130,13 @@ def guess_title(run_dir: Path, monitor, fallback_limit_bytes: int | None) -> tup
     counter could be read; then the guess may differ and :meth:`PlotJob.result` renders again).
     """
     from runner.diagnosis.classify import classify
-    from runner.diagnosis.facts import gather_facts
-    from runner.run.telemetry import case_records
-    from runner.rundir import STATUS_FILE, SupervisorStatus, read_jsonl
+    from runner.run.postmortem import facts_from_run_folder
+    from runner.rundir import STATUS_FILE, SupervisorStatus
 
     try:
         status = SupervisorStatus.from_json(json.loads((Path(run_dir) / STATUS_FILE).read_text()))
-        records = case_records(read_jsonl(Path(run_dir) / AGENT_EVENTS_FILE))
-        facts = gather_facts(status, host_oom_first=monitor.oom_first, host_oom_last=monitor.oom_last, exit_code=None,
-                             engine_oom_killed=False, engine_oom_events=0, interrupt_signal=None,
-                             open_case_pids=frozenset(r.pid for r in records if r.status == "unfinished"))
+        facts, _, _ = facts_from_run_folder(Path(run_dir), status, host_oom_first=monitor.oom_first,
+                                            host_oom_last=monitor.oom_last)
         outcome = classify(facts).outcome.value
         limit = monitor.limit or status.limit_bytes or fallback_limit_bytes
         return plot_title(Path(run_dir).parents[2].name, outcome, limit), limit

@@ -22,7 +22,7 @@ from runner.dataset import RawDataset
 from runner.diagnosis import wording
 from runner.diagnosis.advice import recommend
 from runner.diagnosis.classify import Death, Verdict, classify
-from runner.diagnosis.facts import CaseError, RunFacts, gather_facts, highest, worker_deaths_from_events
+from runner.diagnosis.facts import RunFacts, highest
 from runner.diagnosis.report import RunReport, to_json
 from runner.engines.base import Engine
 from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted
@@ -34,6 +34,7 @@ from runner.run.locks import owner_info, scope_for_run
 from runner.run.manifest import attempt_summary, build_manifest, iso_time
 from runner.run.monitor import CgroupMonitor, MonitorSummary
 from runner.run.outputs import cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
+from runner.run.postmortem import facts_from_run_folder
 from runner.run.preflight import (
     check_dataset_files,
     check_output_writable,
@@ -43,7 +44,7 @@ from runner.run.preflight import (
     shard_dataset,
 )
 from runner.run.settings import NullSink, ProgressSink, RunSettings
-from runner.run.telemetry import JsonlTail, case_held_by, case_records
+from runner.run.telemetry import JsonlTail, case_held_by
 from runner.rundir import (
     ACTIVE_FILE,
     AGENT_EVENTS_FILE,
@@ -58,8 +59,6 @@ from runner.rundir import (
     TIMELINE_FILE,
     WARM_FILE,
     SupervisorStatus,
-    read_fault_dumps,
-    read_jsonl,
     read_status,
     remove_empty_fault_files,
     try_write_json,
@@ -395,18 +394,11 @@ class Preprocess:
                     engine.remove(self.container_id)      # never left behind, whatever failed above
         ended = time.time()
 
-        agent_events = read_jsonl(run_dir / AGENT_EVENTS_FILE)
-        records = case_records(agent_events)
-        self.agent_ran = bool(agent_events)
-        fault_dumps = tuple(read_fault_dumps(run_dir))
+        facts, records, self.agent_ran = facts_from_run_folder(
+            run_dir, status, host_oom_first=summary.oom_kill_first, host_oom_last=summary.oom_kill_last,
+            exit_code=exit_code, engine_oom_killed=engine_oom_killed, engine_oom_events=engine_events,
+            interrupt_signal=interrupt)
         remove_empty_fault_files(run_dir)
-        facts = gather_facts(status, host_oom_first=summary.oom_kill_first, host_oom_last=summary.oom_kill_last,
-                             exit_code=exit_code, engine_oom_killed=engine_oom_killed,
-                             engine_oom_events=engine_events, interrupt_signal=interrupt,
-                             open_cases=tuple((r.pid, r.case) for r in records if r.status == "unfinished"),
-                             worker_deaths=worker_deaths_from_events(agent_events), fault_dumps=fault_dumps,
-                             case_errors=tuple(CaseError(r.pid, r.case, r.phase, r.configuration, r.error or "")
-                                               for r in records if r.status == "error"))
         verdict = classify(facts)
         self._fill(report, facts, verdict, status, summary, dataset, preprocessed_dataset, mem_bytes,
                    info.mem_total_bytes, log_path, started, ended, records)

@@ -251,3 +251,27 @@ def test_retry_after_a_crash_on_the_same_case_is_data_dependent(tiny_raw, tmp_pa
     assert report.outcome is Outcome.ERROR and report.crash_retry == "data-dependent"
     assert "crashed again on case001 with one worker: the crash depends on case001's data" in report.message
     assert len(report.attempts) == 2
+
+
+# -- the same words in nnrun k8s diagnose, from the pod's run folder ----------------------------------------
+
+def test_k8s_diagnose_reads_a_failed_pods_run_folder(tmp_path, capsys):
+    from runner.cli import app as cli
+    from tests.unit.test_k8s import FIXTURES
+
+    pod = json.loads((FIXTURES / "pod-error.json").read_text())
+    run_dir = tmp_path / ".nnrun" / "runs" / pod["metadata"]["name"]
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps(status(returncode=1, phase="preprocessing",
+                                                           configuration="3d_fullres", last_exception_line=SIX_FEET)))
+    events = [{"t": 1.0, "event": "case_start", "pid": 73, "case": "case007", "phase": "preprocessing",
+               "configuration": "3d_fullres"},
+              {"t": 2.0, "event": "worker_died", "pid": 7, "worker_pid": 73, "exitcode": -6}]
+    (run_dir / AGENT_EVENTS_FILE).write_text("".join(json.dumps(e) + "\n" for e in events))
+    code = cli.main(["k8s", "diagnose", str(FIXTURES / "pod-error.json"), "--run-folders", str(tmp_path), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 4
+    assert "a worker (pid 73) died of SIGABRT (abort) while preprocessing case007 (3d_fullres)" in err + out
+    # without the run folder: what the exit code alone says
+    assert cli.main(["k8s", "diagnose", str(FIXTURES / "pod-error.json")]) == 4
+    assert "SIGABRT" not in capsys.readouterr().err

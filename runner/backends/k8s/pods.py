@@ -418,8 +418,13 @@ def resubmit_argv(base: list[str], role: str, shards: list[int], mem: str) -> li
     return out + ["--mem", mem, *extra] + tail
 
 
-def diagnose(pods: list[PodRecord], shard_map: dict | None = None, ignored_pods: int = 0) -> Diagnosis:
-    """The diagnosis of a set of pods: per completion index, then the worst outcome and what to resubmit."""
+def diagnose(pods: list[PodRecord], shard_map: dict | None = None, ignored_pods: int = 0,
+             run_folder_words: dict[str, tuple[str, str]] | None = None) -> Diagnosis:
+    """The diagnosis of a set of pods: per completion index, then the worst outcome and what to resubmit.
+
+    ``run_folder_words``: pod name -> (state, detail) read from that pod's run folder on the shared volume
+    (a worker's crash, a full /dev/shm, a kill from outside): it replaces what the exit code alone says.
+    """
     from runner.shards import cases_of
 
     latest: dict[tuple, list[PodRecord]] = {}
@@ -428,7 +433,11 @@ def diagnose(pods: list[PodRecord], shard_map: dict | None = None, ignored_pods:
     entries: list[IndexEntry] = []
     for group in latest.values():
         group.sort(key=_created_key)
-        entry = IndexEntry(pod=group[-1], verdict=classify_pod(group[-1]), earlier_pods=len(group) - 1)
+        verdict = classify_pod(group[-1])
+        words = (run_folder_words or {}).get(group[-1].name)
+        if words is not None and verdict.state in (STATE_ERROR, STATE_KILLED):
+            verdict = PodVerdict(words[0], words[1])
+        entry = IndexEntry(pod=group[-1], verdict=verdict, earlier_pods=len(group) - 1)
         if shard_map is not None and entry.pod.shard is not None:
             if _as_int(shard_map.get("shards")) != entry.pod.shard_count:
                 raise BadInputError(f"the shard map splits the cases into {shard_map.get('shards')} shards, but the "
