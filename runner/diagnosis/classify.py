@@ -157,9 +157,11 @@ def classify(facts: RunFacts) -> Verdict:
     if worker is not None:
         death = worker
         if death.error is not None:
-            return Verdict(Outcome.ERROR, kills, source, reason="exception", death=death)
+            no_space = "No space left on device" in death.error or "Errno 28" in death.error
+            reason = "shm" if no_space and shm_was_full(facts) else "exception"
+            return Verdict(Outcome.ERROR, kills, source, reason=reason, death=death)
         if death.signal in CRASH_SIGNALS:
-            reason = "shm" if death.signal == signal.SIGBUS and _shm_was_full(facts) else "crash"
+            reason = "shm" if death.signal == signal.SIGBUS and shm_was_full(facts) else "crash"
             return Verdict(Outcome.ERROR, kills, source, reason=reason, death=death)
         if death.signal is not None or death.exit_status is None:
             # SIGKILL (or a worker that vanished without a word) while the OOM counter stayed flat.
@@ -168,7 +170,8 @@ def classify(facts: RunFacts) -> Verdict:
     return Verdict(Outcome.ERROR, kills, source)
 
 
-def _shm_was_full(facts: RunFacts) -> bool:
+def shm_was_full(facts: RunFacts) -> bool:
+    """/dev/shm was (nearly) full: nnU-Net named it, or the supervisor's peak reached 90 % of its size."""
     if facts.exception_line and "/dev/shm" in facts.exception_line:
         return True
     if not facts.peak_shm_bytes or not facts.shm_size_bytes:

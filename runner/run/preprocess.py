@@ -21,7 +21,7 @@ from pathlib import Path
 from runner.dataset import RawDataset
 from runner.diagnosis import wording
 from runner.diagnosis.advice import recommend
-from runner.diagnosis.classify import Death, Verdict, classify
+from runner.diagnosis.classify import Death, Verdict, classify, shm_was_full
 from runner.diagnosis.facts import RunFacts, highest
 from runner.diagnosis.report import RunReport, to_json
 from runner.engines.base import Engine
@@ -555,7 +555,7 @@ class Preprocess:
         line = facts.exception_line or _last_log_line(log_path) or ""
         if any(e.error and ("No space left on device" in e.error or "Errno 28" in e.error) for e in facts.case_errors):
             line += " No space left on device"
-        if "/dev/shm" in line:
+        if "/dev/shm" in line or shm_was_full(facts):
             return False
         return "No space left on device" in line or "Errno 28" in line or _disk_full(preprocessed_dataset)
 

@@ -275,3 +275,11 @@ def test_k8s_diagnose_reads_a_failed_pods_run_folder(tmp_path, capsys):
     # without the run folder: what the exit code alone says
     assert cli.main(["k8s", "diagnose", str(FIXTURES / "pod-error.json")]) == 4
     assert "SIGABRT" not in capsys.readouterr().err
+
+
+def test_no_space_left_with_dev_shm_full_is_shared_memory_not_the_output_disk():
+    err = "OSError: [Errno 28] No space left on device"
+    f = facts(exception_line=err, case_errors=(CaseError(55, "case004", "preprocessing", "3d_fullres", err),),
+              peak_shm_bytes=63 << 20, shm_size_bytes=64 << 20)
+    v = classify(f)
+    assert v.outcome is Outcome.ERROR and v.reason == "shm" and v.death.case == "case004"
