@@ -1,8 +1,9 @@
 """The ``nnrun`` command line: the typer app, its commands, and :func:`main`, which maps every ending to an exit code.
 
 Each command lives in its own module of this package; this one registers
-them.  The CLI is the only package that prints: a human report on stderr and,
-with ``--json``, exactly one JSON object on stdout; the exit code comes from
+them.  The CLI is the only package that prints: a command's result on stdout
+(with ``--json`` exactly one JSON object there, and the human text on stderr),
+progress and errors on stderr; the exit code comes from
 :func:`runner.errors.exit_code_for`, the one place that maps outcomes to codes.
 """
 from __future__ import annotations

@@ -9,6 +9,7 @@ import typer
 
 from runner.cli import options as cli_options
 from runner.cli.common import err as _err
+from runner.cli.common import result
 from runner.errors import NnrunError, exit_code_for
 from runner.run.settings import DEFAULT_IMAGE
 
@@ -32,7 +33,7 @@ def doctor_command(
         _err(f"nnrun: {err.outcome.value}: {err.one_line()}")
         raise typer.Exit(exit_code_for(err.outcome)) from None
     report = run_checks(factory, image, raw, preprocessed, probe=not no_probe)
-    _err(render_doctor(report))
+    result(render_doctor(report), as_json)
     if as_json:
         sys.stdout.write(json.dumps(doctor_json(report)) + "\n")
     raise typer.Exit(report.exit_code)

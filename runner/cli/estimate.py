@@ -11,7 +11,7 @@ import typer
 
 from runner.cli import options as cli_options
 from runner.cli.common import err as _err
-from runner.cli.common import finish, report_for_error
+from runner.cli.common import finish, report_for_error, result
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
 from runner.estimate.baseline import default_cache_dir, measure_baseline
@@ -65,11 +65,11 @@ def estimate_command(
         est = run_estimate(dataset, mem, tuple(configurations) if configurations else None, raw, preprocessed, image,
                            engine_factory(engine))
     except NnrunError as err:
-        finish(report_for_error(err), as_json, False)
+        finish(report_for_error(err), as_json, False, is_result=False)
         return
     from runner.estimate.model import estimate_json, render_estimate
     from runner.run.admission import check_fits
-    _err(render_estimate(est))
+    result(render_estimate(est), as_json)
     if as_json:
         sys.stdout.write(json.dumps(estimate_json(est)) + "\n")
     try:

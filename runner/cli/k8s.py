@@ -16,6 +16,7 @@ import typer
 
 from runner.cli import options as cli_options
 from runner.cli.common import NNUNET_EXTRA
+from runner.cli.common import result as show
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, exit_code_for
 from runner.options import DEFAULT_NPFP, PreprocessOptions
@@ -293,7 +294,7 @@ def diagnose_command(
     except NnrunError as err:
         _fail(err, as_json)
         return
-    _err(render_diagnosis(result))
+    show(render_diagnosis(result), as_json)
     if as_json:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
     raise typer.Exit(result.exit_code)

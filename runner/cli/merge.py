@@ -10,6 +10,7 @@ import typer
 
 from runner.cli import options as cli_options
 from runner.cli.common import err as _err
+from runner.cli.common import result as show
 from runner.dataset import parse_dataset_id
 from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
 
@@ -63,7 +64,7 @@ def merge_command(
         raise typer.Exit(exit_code_for(err.outcome)) from None
     outcome = Outcome.OK if result.ok else Outcome.BAD_INPUT
     hint = rerun_command(result, ds.dataset_id, mem)
-    _err(render_merge(result, hint))
+    show(render_merge(result, hint), as_json)
     if as_json:
         sys.stdout.write(json.dumps({**result.to_json(), "exit_code": exit_code_for(outcome),
                                      "next": None if result.ok else hint}) + "\n")

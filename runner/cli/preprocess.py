@@ -157,8 +157,8 @@ def preprocess_command(
         finally:
             progress.close()
     except NnrunError as err:
-        report = report_for_error(err)
-    finish(report, as_json, quiet)
+        finish(report_for_error(err), as_json, quiet, is_result=False)     # no run, no result: stderr
+    finish(report, as_json, quiet)                                          # the run's report: stdout
 
 def engine_factory_for(runtime: str, host_python: str | None = None):
     """The engine behind --runtime (imported only when a run needs it: no Docker SDK at start-up)."""

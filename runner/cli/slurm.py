@@ -1,7 +1,8 @@
 """``nnrun slurm submit`` and ``nnrun slurm status``: the CLI layer of the Slurm backend.
 
-The only module of the Slurm backend that prints: human text on stderr, with
-``--json`` one JSON object on stdout.  Exit codes come from
+The only module of the Slurm backend that prints: the human result on stdout
+(with ``--json`` one JSON object there instead, and the human text on stderr),
+progress and errors on stderr.  Exit codes come from
 :func:`runner.errors.exit_code_for` (``status``: the most serious outcome of
 the submission's tasks).  The batch scripts and the submission folder are in
 :mod:`runner.backends.slurm.scripts`, the parsers of Slurm's output in
@@ -23,6 +24,7 @@ from typing import Optional
 import typer
 
 from runner.cli import options as cli_options
+from runner.cli.common import result
 from runner.errors import BadInputError, InfraError, NnrunError, exit_code_for
 
 app = typer.Typer(
@@ -227,11 +229,11 @@ def submit_command(
     shards_text = array_spec(opts.array_shards)
     what = f"plan job {plan_id} and " if plan_id else ""
     count = len(opts.array_shards)
-    _err(f"nnrun slurm: submitted {what}array job {array_id} ({'shard' if count == 1 else 'shards'} {shards_text} "
-         f"of 0-{shards - 1}) for {ds.name}, "
-         f"--mem {slurm_mem(opts.mem_bytes)} each\n"
-         f"  submission:   {sub_dir}\n"
-         f"  status:       nnrun slurm status {array_id}   (--wait to wait for the end)")
+    result(f"nnrun slurm: submitted {what}array job {array_id} ({'shard' if count == 1 else 'shards'} {shards_text} "
+           f"of 0-{shards - 1}) for {ds.name}, "
+           f"--mem {slurm_mem(opts.mem_bytes)} each\n"
+           f"  submission:   {sub_dir}\n"
+           f"  status:       nnrun slurm status {array_id}   (--wait to wait for the end)", as_json)
     if as_json:
         _out({"outcome": "ok", "exit_code": 0, "dry_run": False, "submission_id": sub_id,
               "submission_dir": str(sub_dir), "plan_job_id": plan_id, "array_job_id": array_id,
@@ -307,7 +309,7 @@ def status_command(
     except NnrunError as err:
         _fail(err, as_json)
         return
-    _err(render_status(diagnosis))
+    result(render_status(diagnosis), as_json)
     if as_json:
         _out(diagnosis.to_json())
     raise typer.Exit(diagnosis.exit_code)

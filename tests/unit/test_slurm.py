@@ -790,8 +790,9 @@ def test_status_through_the_cli_with_stand_in_scontrol(slurm_env, capsys, tmp_pa
     assert "shard 1" in err and "OUT_OF_MEMORY" in err
     code2, out2, _ = run(["slurm", "status", "17_1", "--json"], capsys)      # an array task id finds it too
     assert code2 == 3 and json.loads(out2)["submission_dir"] == rec["_dir"]
-    code3, _, _ = run(["slurm", "status", rec["_dir"]], capsys)               # and the folder itself
+    code3, out3, err3 = run(["slurm", "status", rec["_dir"]], capsys)         # and the folder itself
     assert code3 == 3
+    assert "shard 1" in out3 and "OUT_OF_MEMORY" in out3 and err3 == ""     # without --json the result is on stdout
 
 
 def test_status_unknown_job_is_bad_input(slurm_env, capsys):

@@ -1,0 +1,110 @@
+"""The command line's conventions, command by command: results on stdout, progress and errors on stderr,
+-h everywhere, --version, readable help placeholders, --runtime, names that must match; no Docker.
+
+Driven through runner.cli.app.main as tests/unit/test_cli.py does.
+"""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from runner.cli import app as cli
+from runner.diagnosis.report import RunReport, dumps
+from runner.errors import Outcome
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+class FakeEngine:
+    """Enough of an engine for `nnrun estimate`: the host's memory (the baseline is faked separately)."""
+
+    def info(self):
+        return SimpleNamespace(name="docker", mem_total_bytes=64 * GIB)
+
+
+@pytest.fixture
+def fake_estimate_engine(monkeypatch):
+    from runner.estimate.baseline import Baseline
+    seen: list[str] = []
+
+    def factory(name):
+        seen.append(name)
+        return FakeEngine
+
+    monkeypatch.setattr("runner.engines.docker.engine_factory", factory)
+    monkeypatch.setattr("runner.cli.estimate.measure_baseline",
+                        lambda engine_factory, image, cache_dir: Baseline(400 * MIB, 400 * MIB, "x", True))
+    return seen
+
+
+# -- 1. results on stdout, progress and diagnostics on stderr --------------------------------
+
+def write_run_folder(tmp_path, report: RunReport):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "report.json").write_text(dumps(report))
+    (run_dir / "manifest.json").write_text("{}")
+    return run_dir
+
+
+def test_report_prints_the_report_on_stdout(tmp_path, capsys):
+    run_dir = write_run_folder(tmp_path, RunReport(outcome=Outcome.OOM, message="fake oom", log_path="/x/nnunet.log"))
+    code, out, err = run(["report", str(run_dir)], capsys)
+    assert code == 0 and err == ""
+    assert out.startswith("nnrun: oom (out of memory): fake oom\n")
+    assert f"manifest.json: {run_dir / 'manifest.json'}" in out
+
+
+def test_report_json_is_one_object_on_stdout(tmp_path, capsys):
+    run_dir = write_run_folder(tmp_path, RunReport(outcome=Outcome.OK, message="fake ok"))
+    code, out, err = run(["report", str(run_dir), "--json"], capsys)
+    assert code == 0 and json.loads(out)["outcome"] == "ok" and out.count("\n") == 1
+
+
+def test_report_of_a_missing_folder_is_one_line_on_stderr(tmp_path, capsys):
+    code, out, err = run(["report", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and out == "" and err.startswith("nnrun: bad_input: no report.json") and err.count("\n") == 1
+
+
+def test_estimate_prints_the_estimate_on_stdout(tiny_raw, fake_estimate_engine, capsys):
+    code, out, err = run(["estimate", "-d", "501", "--mem", "4g", "--raw", str(tiny_raw)], capsys)
+    assert code == 0, err
+    assert out.startswith("memory cap ") and "largest -np that fits" in out
+    assert err == ""
+
+
+def test_estimate_json_keeps_the_human_text_on_stderr(tiny_raw, fake_estimate_engine, capsys):
+    code, out, err = run(["estimate", "-d", "501", "--mem", "4g", "--raw", str(tiny_raw), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["cap_bytes"] == 4 * GIB and out.count("\n") == 1
+    assert err.startswith("memory cap ")
+
+
+@pytest.fixture
+def no_docker(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+
+
+def test_doctor_prints_its_checks_on_stdout(no_docker, capsys):
+    code, out, err = run(["doctor", "--no-probe"], capsys)
+    assert code != 0                                     # no daemon
+    assert "docker daemon" in out and "nonexistent.sock" in out
+    assert err == ""
+
+
+def test_doctor_json_keeps_the_checks_on_stderr(no_docker, capsys):
+    code, out, err = run(["doctor", "--no-probe", "--json"], capsys)
+    data = json.loads(out)
+    assert out.count("\n") == 1 and data["exit_code"] == code
+    assert "docker daemon" in err
