@@ -30,6 +30,7 @@ k8s_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 _HELP = {"help_option_names": ["-h", "--help"]}

@@ -17,7 +17,7 @@ def report_command(
     run_dir: Path = typer.Argument(..., help="A run folder: <preprocessed>/DatasetXXX_Name/.nnrun/runs/<run id>."),
     as_json: bool = typer.Option(False, "--json", help="Print the run's JSON report instead."),
 ) -> None:
-    """Print the report of an earlier run again, from its run folder (on stdout)."""
+    """Print the report of an earlier run again, from its run folder."""
     try:
         data = load_report(run_dir)
     except NnrunError as err:

@@ -108,3 +108,49 @@ def test_doctor_json_keeps_the_checks_on_stderr(no_docker, capsys):
     data = json.loads(out)
     assert out.count("\n") == 1 and data["exit_code"] == code
     assert "docker daemon" in err
+
+
+# -- 2. --version, -h everywhere, shell completion -------------------------------------------
+
+COMMANDS = [[], ["preprocess"], ["merge"], ["estimate"], ["report"], ["doctor"], ["make-demo"], ["version"],
+            ["slurm"], ["slurm", "submit"], ["slurm", "status"], ["k8s"], ["k8s", "manifest"], ["k8s", "diagnose"]]
+
+
+def test_version_option_prints_the_version(capsys):
+    from runner import __version__
+    code, out, err = run(["--version"], capsys)
+    assert code == 0 and out == f"{__version__}\n" and err == ""
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "nnrun")
+def test_every_command_takes_h_like_help(command, capsys):
+    code, out, err = run([*command, "-h"], capsys)
+    assert code == 0, err
+    assert out.startswith(f"Usage: {' '.join(['nnrun', *command])} ")
+    assert "-h, --help" in out
+    assert (code, out) == run([*command, "--help"], capsys)[:2]
+
+
+def test_a_usage_error_points_at_the_help_of_its_own_command(capsys):
+    code, out, err = run(["estimate", "--bogus", "--json"], capsys)
+    assert code == 2
+    assert json.loads(out)["hint"] == "see nnrun estimate --help"
+    assert err.strip().endswith("(see nnrun estimate --help)")
+
+
+def test_show_completion_prints_the_script_for_the_detected_shell(monkeypatch, capsys):
+    import shellingham
+    monkeypatch.setenv("SHELL", "/bin/bash")
+    monkeypatch.setattr(shellingham, "detect_shell", lambda *a, **k: ("bash", "/bin/bash"))
+    code, out, err = run(["--show-completion"], capsys)
+    assert code == 0, err
+    assert "_nnrun_completion" in out and "_NNRUN_COMPLETE" in out      # the bash completion function for nnrun
+
+
+def test_the_shell_completer_itself_answers_through_main(monkeypatch, capsys):
+    # What the installed completion script runs on <TAB>: the completion exits early, main() returns its code.
+    monkeypatch.setenv("_NNRUN_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", "nnrun preprocess --ru")
+    monkeypatch.setenv("COMP_CWORD", "2")
+    code, out, _ = run([], capsys)
+    assert code == 0 and out.split() == ["--runtime"]
