@@ -12,7 +12,7 @@ from runner.errors import Outcome, exit_code_for
 
 
 def make_demo_command(
-    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
+    raw: Optional[str] = typer.Option(None, "--raw", metavar="DIR", help="nnU-Net raw folder [default: $nnUNet_raw]."),
 ) -> None:
     """Write the synthetic demo dataset Dataset501_Demo (idempotent, a few seconds)."""
     from runner.demo import make_demo

@@ -48,22 +48,26 @@ def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | N
 
 
 def estimate_command(
-    dataset: str = typer.Option(..., "-d", help="Dataset id (e.g. 501)."),
-    mem: str = typer.Option(..., "--mem", help="The cap to plan for (docker syntax: 16g, 4096m)."),
-    configurations: Optional[list[str]] = typer.Option(None, "-c", help="Configurations [default: 2d 3d_fullres 3d_lowres]."),
-    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
-    preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
+    dataset: str = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name)."),
+    mem: str = typer.Option(..., "--mem", metavar="SIZE", help="The cap to plan for (docker syntax: 16g, 4096m)."),
+    configurations: Optional[list[str]] = typer.Option(None, "-c", metavar="CONFIG...",
+                                                       help="Configurations [default: 2d 3d_fullres 3d_lowres]."),
+    raw: Optional[str] = typer.Option(None, "--raw", metavar="DIR", help="nnU-Net raw folder [default: $nnUNet_raw]."),
+    preprocessed: Optional[str] = typer.Option(None, "--preprocessed", metavar="DIR",
                                                help="Preprocessed folder; its plans give the target spacing when present."),
-    image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The image whose worker baseline is measured (once, cached)."),
-    engine: str = cli_options.CONTAINER_ENGINE,
+    image: str = typer.Option(DEFAULT_IMAGE, "--image", metavar="IMAGE",
+                              help="The image whose worker baseline is measured (once, cached)."),
+    runtime: Optional[str] = cli_options.CONTAINER_RUNTIME,
+    engine: Optional[str] = cli_options.ENGINE_ALIAS,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Predict each case's peak memory per phase from image headers, and the -np/-npfp that fit the cap."""
     from runner.engines.docker import engine_factory
 
     try:
+        runtime = cli_options.container_runtime(runtime, engine, "nnrun estimate measures its worker baseline in a container")
         est = run_estimate(dataset, mem, tuple(configurations) if configurations else None, raw, preprocessed, image,
-                           engine_factory(engine))
+                           engine_factory(runtime))
     except NnrunError as err:
         finish(report_for_error(err), as_json, False, is_result=False)
         return

@@ -14,7 +14,8 @@ from runner.errors import NnrunError, exit_code_for
 
 
 def report_command(
-    run_dir: Path = typer.Argument(..., help="A run folder: <preprocessed>/DatasetXXX_Name/.nnrun/runs/<run id>."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR",
+                                   help="A run folder: <preprocessed>/DatasetXXX_Name/.nnrun/runs/<run id>."),
     as_json: bool = typer.Option(False, "--json", help="Print the run's JSON report instead."),
 ) -> None:
     """Print the report of an earlier run again, from its run folder."""

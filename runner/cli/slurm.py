@@ -74,29 +74,33 @@ def _repo_root() -> str | None:
 
 @app.command("submit", context_settings=_CTX)
 def submit_command(
-    dataset: list[str] = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name). One dataset."),
-    mem: str = typer.Option(..., "--mem", help="Memory of each job (sbatch --mem) and nnrun's cap: 16g, 4096m."),
-    shards: int = typer.Option(..., "--shards", min=1, help="N: the cases are split into N shards, one array task each."),
-    partition: Optional[str] = typer.Option(None, "--partition", help="sbatch --partition."),
-    time_limit: Optional[str] = typer.Option(None, "--time", help="sbatch --time of each job (e.g. 2:00:00)."),
-    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", min=1, help="sbatch --cpus-per-task."),
-    runtime: str = typer.Option("host", "--runtime",
+    dataset: list[str] = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name). One dataset."),
+    mem: str = typer.Option(..., "--mem", metavar="SIZE", help="Memory of each job (sbatch --mem) and nnrun's cap: 16g, 4096m."),
+    shards: int = typer.Option(..., "--shards", min=1, metavar="N",
+                               help="N: the cases are split into N shards, one array task each."),
+    partition: Optional[str] = typer.Option(None, "--partition", metavar="NAME", help="sbatch --partition."),
+    time_limit: Optional[str] = typer.Option(None, "--time", metavar="TIME", help="sbatch --time of each job (e.g. 2:00:00)."),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", min=1, metavar="N", help="sbatch --cpus-per-task."),
+    runtime: str = typer.Option("host", "--runtime", metavar="host|podman",
                                 help="host: nnU-Net as processes in the job, under the job's memory limit "
                                      "(default; no Docker needed); podman: in a Podman container."),
-    host_python: Optional[str] = typer.Option(None, "--host-python",
+    host_python: Optional[str] = typer.Option(None, "--host-python", metavar="PATH",
                                               help="--runtime host: a Python with nnunetv2 on the nodes "
                                                    "[default: $NNRUN_HOST_PYTHON; scripts/host-env.sh makes one]."),
-    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
-    preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
+    raw: Optional[str] = typer.Option(None, "--raw", metavar="DIR", help="nnU-Net raw folder [default: $nnUNet_raw]."),
+    preprocessed: Optional[str] = typer.Option(None, "--preprocessed", metavar="DIR",
                                                help="nnU-Net preprocessed folder [default: $nnUNet_preprocessed]."),
-    only_shards: Optional[str] = typer.Option(None, "--only-shards",
+    only_shards: Optional[str] = typer.Option(None, "--only-shards", metavar="K,K...",
                                               help="Resubmit only these shards, e.g. 1,3 (no plan job: the plans "
                                                    "exist). `nnrun slurm status` prints this command for you."),
-    configurations: Optional[list[str]] = typer.Option(None, "-c", help="nnU-Net configurations to preprocess."),
-    np_: Optional[list[str]] = typer.Option(None, "-np", help="Preprocessing workers per task (as nnrun preprocess)."),
-    npfp: Optional[str] = typer.Option(None, "-npfp", help="Fingerprint workers of the plan job."),
+    configurations: Optional[list[str]] = typer.Option(None, "-c", metavar="CONFIG...",
+                                                       help="nnU-Net configurations to preprocess."),
+    np_: Optional[list[str]] = typer.Option(None, "-np", metavar="N...",
+                                            help="Preprocessing workers per task (as nnrun preprocess)."),
+    npfp: Optional[str] = typer.Option(None, "-npfp", metavar="N", help="Fingerprint workers of the plan job."),
     overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
-    retry: Optional[int] = typer.Option(None, "--retry", min=0, max=10, help="nnrun preprocess --retry in each job."),
+    retry: Optional[int] = typer.Option(None, "--retry", min=0, max=10, metavar="N",
+                                        help="nnrun preprocess --retry in each job."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the batch scripts; submit nothing, write nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
@@ -267,12 +271,14 @@ def _find_submission(target: str) -> str:
 
 @app.command("status", context_settings=_CTX)
 def status_command(
-    target: str = typer.Argument(..., help="A job id of the submission (plan or array job, or ARRAY_TASK) "
-                                           "or its submission folder."),
+    target: str = typer.Argument(..., metavar="JOBID|DIR",
+                                 help="A job id of the submission (plan or array job, or ARRAY_TASK) "
+                                      "or its submission folder."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     wait: bool = typer.Option(False, "--wait", help="Wait until no job of the submission is queued any more."),
-    interval: float = typer.Option(5.0, "--interval", min=0.2, help="--wait: seconds between looks at the queue."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0,
+    interval: float = typer.Option(5.0, "--interval", min=0.2, metavar="SECONDS",
+                                   help="--wait: seconds between looks at the queue."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0, metavar="SECONDS",
                                             help="--wait: give up after this many seconds (then the status so far)."),
 ) -> None:
     """One diagnosis for a whole submission: the state of each shard, which task was OOM-killed on which

@@ -85,14 +85,14 @@ def is_podman(version: Mapping) -> bool:
 
 
 def engine_factory(name: str | None) -> Callable[[], DockerEngine]:
-    """The Engine factory for ``--engine``: docker (DOCKER_HOST or the default socket; a Podman
+    """The Engine factory for ``--runtime``: docker (DOCKER_HOST or the default socket; a Podman
     service there is recognised as such) or podman ($NNRUN_PODMAN_HOST or the standard sockets)."""
     name = (name or "docker").lower()
     if name == "docker":
         return DockerEngine
     if name == "podman":
         return lambda: DockerEngine(base_url=podman_base_url(), expect="podman")
-    raise BadInputError(f"--engine must be one of {', '.join(ENGINES)} (got {name!r})")
+    raise BadInputError(f"--runtime must be one of {', '.join(ENGINES)} (got {name!r})")
 
 
 class DockerEngine:

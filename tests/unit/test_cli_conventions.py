@@ -154,3 +154,94 @@ def test_the_shell_completer_itself_answers_through_main(monkeypatch, capsys):
     monkeypatch.setenv("COMP_CWORD", "2")
     code, out, _ = run([], capsys)
     assert code == 0 and out.split() == ["--runtime"]
+
+
+# -- 3. help placeholders that read well ---------------------------------------------------------
+
+def options_section(help_text: str) -> str:
+    return help_text.split("\nOptions:\n", 1)[1]
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c not in ([], ["slurm"], ["k8s"])],
+                         ids=lambda c: " ".join(c))
+def test_help_has_no_type_placeholders(command, capsys):
+    code, out, _ = run([*command, "--help"], capsys)
+    assert code == 0
+    options = options_section(out)
+    for bad in ("<list[", "range>", "<str>", "<int>", "<float>", "<path>", "[default: SIZE]"):
+        assert bad not in options, (bad, options)
+
+
+@pytest.mark.parametrize("command,expected", [
+    (["preprocess"], ["-d ID ", "--mem SIZE ", "--retry N ", "--shm-size SIZE ", "--shard K/N ", "-c CONFIG...",
+                      "--runtime docker|podman|host "]),
+    (["estimate"], ["-d ID ", "--mem SIZE ", "--runtime docker|podman "]),
+    (["doctor"], ["--runtime docker|podman ", "--image IMAGE "]),
+    (["merge"], ["-d ID ", "--mem SIZE "]),
+    (["report"], ["RUN_DIR"]),
+    (["slurm", "submit"], ["-d ID ", "--mem SIZE ", "--shards N ", "--retry N "]),
+    (["slurm", "status"], ["--interval SECONDS ", "JOBID|DIR"]),
+    (["k8s", "manifest"], ["-d ID ", "--mem SIZE ", "--shards N ", "--run-as UID:GID "]),
+], ids=lambda v: " ".join(v) if isinstance(v, list) and v and not v[0].startswith("-") else None)
+def test_help_names_what_each_option_takes(command, expected, capsys):
+    _, out, _ = run([*command, "--help"], capsys)
+    for text in expected:
+        assert text in out, (text, out)
+
+
+def test_merge_mem_has_no_fake_default_and_the_command_says_size(tmp_path, capsys):
+    _, out, _ = run(["merge", "--help"], capsys)
+    mem_help = options_section(out).split("--mem SIZE", 1)[1].split("\n  -", 1)[0]
+    assert "[default: SIZE]" not in mem_help and "--mem SIZE" in " ".join(mem_help.split())
+
+
+def test_merge_refuses_a_mem_that_mem_would_refuse(tiny_raw, tmp_path, capsys):
+    code, out, err = run(["merge", "-d", "501", "--raw", str(tiny_raw), "--preprocessed", str(tmp_path),
+                          "--mem", "lots"], capsys)
+    assert code == 2 and "--mem" in err and err.count("\n") == 1
+
+
+# -- 4. --runtime everywhere (--engine: its old name) -------------------------------------------
+
+@pytest.mark.parametrize("flag", ["--runtime", "--engine"])
+def test_estimate_takes_runtime_and_its_old_name(flag, tiny_raw, fake_estimate_engine, capsys):
+    code, out, err = run(["estimate", "-d", "501", "--mem", "4g", "--raw", str(tiny_raw), flag, "podman"], capsys)
+    assert code == 0, err
+    assert fake_estimate_engine == ["podman"]
+
+
+@pytest.mark.parametrize("value", ["bogus", "host"])
+def test_estimate_bad_runtime_names_runtime_and_not_image(value, tiny_raw, fake_estimate_engine, capsys):
+    code, out, err = run(["estimate", "-d", "501", "--mem", "4g", "--raw", str(tiny_raw), "--runtime", value,
+                          "--json"], capsys)
+    assert code == 2
+    data = json.loads(out)
+    assert data["outcome"] == "bad_input" and "--runtime" in data["message"] and f"'{value}'" in data["message"]
+    assert "--image" not in out + err
+    assert err.count("\n") == 1 and fake_estimate_engine == []
+
+
+def test_doctor_takes_runtime(no_docker, monkeypatch, capsys):
+    seen = []
+
+    def factory(name):
+        seen.append(name)
+        raise SystemError("stop here")
+
+    monkeypatch.setattr("runner.engines.docker.engine_factory", factory)
+    code, _, err = run(["doctor", "--runtime", "podman"], capsys)
+    assert seen == ["podman"] and code == 1 and "stop here" in err
+    code, _, err = run(["doctor", "--runtime", "lxc"], capsys)
+    assert code == 2 and "--runtime" in err and "'lxc'" in err
+
+
+def test_runtime_and_engine_that_disagree_are_bad_input(fake_preprocess, capsys):
+    code, _, err = run(["preprocess", "-d", "501", "--mem", "4g", "--runtime", "docker", "--engine", "podman"],
+                       capsys)
+    assert code == 2 and "--engine is the old name of --runtime" in err and fake_preprocess.calls == []
+
+
+def test_engine_is_hidden_from_the_help(capsys):
+    for command in (["preprocess"], ["estimate"], ["doctor"]):
+        _, out, _ = run([*command, "--help"], capsys)
+        assert "--engine" not in out and "--runtime" in out

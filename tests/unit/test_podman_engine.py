@@ -170,7 +170,7 @@ def test_engine_factory(monkeypatch):
     monkeypatch.setenv(PODMAN_HOST_ENV, "unix:///somewhere/podman.sock")
     engine = engine_factory("podman")()
     assert engine.base_url == "unix:///somewhere/podman.sock" and engine.expect == "podman"
-    with pytest.raises(BadInputError, match="--engine must be one of docker, podman"):
+    with pytest.raises(BadInputError, match="--runtime must be one of docker, podman"):
         engine_factory("lxc")
 
 
