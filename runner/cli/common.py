@@ -20,7 +20,7 @@ from typing import NoReturn
 import typer
 
 from runner.diagnosis.report import RunReport, dumps, render_human
-from runner.errors import NnrunError, Outcome, RunInterrupted, exit_code_for
+from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted, exit_code_for
 
 HELP = {"help_option_names": ["-h", "--help"]}
 
@@ -105,6 +105,13 @@ def finish(report: RunReport, as_json: bool, quiet: bool, is_result: bool = True
         sys.stdout.write(dumps(report) + "\n")
         sys.stdout.flush()
     raise typer.Exit(report.exit_code)
+
+
+def one_dataset(values: list[str], per: str) -> str:
+    """The one -d value of a command that takes one dataset (``-d 501 502`` is spread to ``-d 501 -d 502``)."""
+    if len(values) != 1:
+        raise BadInputError(f"one dataset per {per} (got -d {' '.join(values)}): run nnrun once per dataset")
+    return values[0]
 
 
 def report_for_error(error: NnrunError) -> RunReport:

@@ -11,7 +11,7 @@ import typer
 
 from runner.cli import options as cli_options
 from runner.cli.common import err as _err
-from runner.cli.common import finish, report_for_error, result
+from runner.cli.common import finish, one_dataset, report_for_error, result
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
 from runner.estimate.baseline import default_cache_dir, measure_baseline
@@ -32,7 +32,7 @@ def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | N
     raw_root = raw or os.environ.get("nnUNet_raw")
     if not raw_root:
         raise BadInputError("no nnUNet_raw folder: pass --raw DIR or set the nnUNet_raw environment variable")
-    dataset = load_raw_dataset(Path(raw_root), opts.dataset_id)
+    dataset = load_raw_dataset(Path(raw_root), dataset_arg)      # a DatasetXXX_Name must match the folder
     plans = None
     pre_root = preprocessed or os.environ.get("nnUNet_preprocessed")
     if pre_root:
@@ -48,7 +48,7 @@ def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | N
 
 
 def estimate_command(
-    dataset: str = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name)."),
+    dataset: list[str] = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name)."),
     mem: str = typer.Option(..., "--mem", metavar="SIZE", help="The cap to plan for (docker syntax: 16g, 4096m)."),
     configurations: Optional[list[str]] = typer.Option(None, "-c", metavar="CONFIG...",
                                                        help="Configurations [default: 2d 3d_fullres 3d_lowres]."),
@@ -66,8 +66,8 @@ def estimate_command(
 
     try:
         runtime = cli_options.container_runtime(runtime, engine, "nnrun estimate measures its worker baseline in a container")
-        est = run_estimate(dataset, mem, tuple(configurations) if configurations else None, raw, preprocessed, image,
-                           engine_factory(runtime))
+        est = run_estimate(one_dataset(dataset, "estimate"), mem, tuple(configurations) if configurations else None,
+                           raw, preprocessed, image, engine_factory(runtime))
     except NnrunError as err:
         finish(report_for_error(err), as_json, False, is_result=False)
         return

@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from runner.cli import options as cli_options
-from runner.cli.common import NNUNET_EXTRA
+from runner.cli.common import NNUNET_EXTRA, one_dataset
 from runner.cli.common import result as show
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, exit_code_for
@@ -72,9 +72,10 @@ def _dataset_name_and_ending(dataset: str, dataset_id: int, raw: str | None, dat
         raise BadInputError("the dataset's folder name and file ending are needed: pass --raw DIR (the nnU-Net raw "
                             "folder, when it is readable here) or --dataset-name and --file-ending")
     try:
-        ds = load_raw_dataset(Path(root).expanduser(), dataset_id)
+        ds = load_raw_dataset(Path(root).expanduser(), dataset)        # a DatasetXXX_Name must match the folder
     except BadInputError as err:
-        raise BadInputError(err.message, hint="or pass --dataset-name and --file-ending") from None
+        hint = f"{err.hint}; " if err.hint else ""
+        raise BadInputError(err.message, hint=hint + "or pass --dataset-name and --file-ending") from None
     return dataset_name or ds.name, file_ending or ds.file_ending
 
 
@@ -88,7 +89,7 @@ def _parse_run_as(text: str) -> tuple[int, int]:
 
 @k8s_app.command("manifest", context_settings=_HELP)
 def manifest_command(
-    dataset: str = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name)."),
+    dataset: list[str] = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name)."),
     mem: str = typer.Option(..., "--mem", metavar="SIZE",
                             help="Memory request == limit of every pod, docker syntax: 16g, 4096m "
                                  "(no swap: Kubernetes runs without by default)."),
@@ -198,7 +199,8 @@ def manifest_command(
     from runner.backends.k8s.jobs import ManifestRequest, build_jobs, render_json, render_yaml
 
     try:
-        dataset_id = parse_dataset_id(dataset)
+        dataset_arg = one_dataset(dataset, "manifest")
+        dataset_id = parse_dataset_id(dataset_arg)
         extra_args = tuple(NNUNET_EXTRA)      # after `--`, split off by runner.cli.app.main
         if no_pbar:
             extra_args = ("--no_pbar", *extra_args)
@@ -220,7 +222,7 @@ def manifest_command(
         )
         raw_volume = _volume("raw", raw_claim, raw_host_path)
         preprocessed_volume = _volume("preprocessed", preprocessed_claim, preprocessed_host_path)
-        name_, ending = _dataset_name_and_ending(dataset, dataset_id, raw, dataset_name, file_ending)
+        name_, ending = _dataset_name_and_ending(dataset_arg, dataset_id, raw, dataset_name, file_ending)
         shard_list = None
         if only_shards is not None:
             from runner.shards import ShardError, parse_shard_list

@@ -10,13 +10,13 @@ import typer
 
 from runner.cli import options as cli_options
 from runner.cli.common import err as _err
+from runner.cli.common import one_dataset
 from runner.cli.common import result as show
-from runner.dataset import parse_dataset_id
 from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
 
 
 def merge_command(
-    dataset: str = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name)."),
+    dataset: list[str] = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name)."),
     configurations: Optional[list[str]] = typer.Option(None, "-c", metavar="CONFIG...",
                                                        help="Configurations to check [default: those "
                                                             "of 2d 3d_fullres 3d_lowres the plans have]."),
@@ -48,7 +48,7 @@ def merge_command(
         if mem is not None:
             parse_mem(mem)                  # it goes into the printed commands: refuse what --mem would refuse
         raw_root = resolve_root(raw, "nnUNet_raw", "--raw")
-        ds = load_raw_dataset(raw_root, parse_dataset_id(dataset))
+        ds = load_raw_dataset(raw_root, one_dataset(dataset, "merge"))
         pre = resolve_root(preprocessed, "nnUNet_preprocessed", "--preprocessed") / ds.name
         if not pre.is_dir():
             raise BadInputError(f"{pre} does not exist: nothing preprocessed yet")

@@ -158,7 +158,7 @@ def preprocess_command(
                                plot=not no_plot, retries=retry, schedule=schedule, np_auto=np_auto,
                                npfp_auto=npfp_auto,
                                workers_pinned=np_values is not None or (npfp is not None and not npfp_auto),
-                               shard=shard_spec, runtime=runtime)
+                               shard=shard_spec, runtime=runtime, dataset_arg=dataset[0])
         engine_factory = engine_factory_for(runtime, host_python)
         progress = make_progress(quiet, nnunet_output)
         try:

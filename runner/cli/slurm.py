@@ -129,7 +129,7 @@ def submit_command(
         slurm_mem,
         submission_record,
     )
-    from runner.dataset import load_raw_dataset, parse_dataset_id
+    from runner.dataset import load_raw_dataset
     from runner.run.preflight import resolve_root
     from runner.rundir import HOST_PYTHON_ENV, write_json_atomic
     from runner.shards import ShardError, map_path, parse_shard_list, read_map
@@ -158,7 +158,7 @@ def submit_command(
         elif host_python:
             raise BadInputError("--host-python goes with --runtime host")
         raw_root = resolve_root(raw, "nnUNet_raw", "--raw")
-        ds = load_raw_dataset(raw_root, parse_dataset_id(dataset[0]))
+        ds = load_raw_dataset(raw_root, dataset[0])        # a DatasetXXX_Name must match the folder
         pre_root = resolve_root(preprocessed, "nnUNet_preprocessed", "--preprocessed")
         pre_ds = pre_root / ds.name
         plans_name = overwrite_plans_name or "nnUNetPlans"

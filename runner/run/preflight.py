@@ -30,8 +30,10 @@ def preflight(opts: PreprocessOptions, settings: RunSettings, sink: ProgressSink
     """Everything that can be checked without Docker.  Raises BadInputError."""
     validate(opts)
     mem_bytes = parse_mem(settings.mem)
+    parse_mem(settings.shm_size, "--shm-size")
     raw_root = resolve_root(settings.raw_root, "nnUNet_raw", "--raw")
-    dataset = load_raw_dataset(raw_root, opts.dataset_id)
+    # -d DatasetXXX_Name as given: the folder found for XXX must have that name.
+    dataset = load_raw_dataset(raw_root, settings.dataset_arg or opts.dataset_id)
     preprocessed_root = resolve_root(settings.preprocessed_root, "nnUNet_preprocessed", "--preprocessed")
     existing = preprocessed_root
     while not existing.exists() and existing != existing.parent:

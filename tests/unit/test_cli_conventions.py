@@ -245,3 +245,108 @@ def test_engine_is_hidden_from_the_help(capsys):
     for command in (["preprocess"], ["estimate"], ["doctor"]):
         _, out, _ = run([*command, "--help"], capsys)
         assert "--engine" not in out and "--runtime" in out
+
+
+# -- 5. names and values that used to be silently wrong ----------------------------------------
+
+def never_called_engine():
+    pytest.fail("the container engine was touched although the input is bad")
+
+
+@pytest.fixture
+def no_engine(monkeypatch):
+    """The real Preprocess (pre-flight included), with an engine factory that must not be used."""
+    from runner.run.preprocess import Preprocess as RealPreprocess
+
+    def build(opts, settings, engine_factory, sink=None):
+        return RealPreprocess(opts, settings, never_called_engine, sink)
+    monkeypatch.setattr("runner.cli.preprocess.Preprocess", build)
+
+
+def test_a_dataset_name_that_is_not_the_folder_is_bad_input(tiny_raw, tmp_path, no_engine, capsys):
+    code, out, err = run(["preprocess", "-d", "Dataset501_Wrong", "--mem", "4g", "--raw", str(tiny_raw),
+                          "--preprocessed", str(tmp_path / "pre"), "--json"], capsys)
+    assert code == 2
+    data = json.loads(out)
+    assert data["outcome"] == "bad_input"
+    assert "Dataset501_Wrong" in data["message"] and "Dataset501_Tiny" in data["message"]    # the folder that exists
+    assert err.count("\n") == 1 and "Dataset501_Tiny" in err
+    assert not (tmp_path / "pre").exists()
+
+
+def test_the_right_dataset_name_or_a_bare_id_still_run(tiny_raw, tmp_path, no_engine, capsys, monkeypatch):
+    # Past the dataset, the run reaches the engine: that it does shows the name was accepted.
+    reached = []
+
+    def stop(*a, **k):
+        reached.append(True)
+        raise SystemError("engine reached")
+    monkeypatch.setattr(__name__ + ".never_called_engine", stop)
+    for name in ("Dataset501_Tiny", "501", "Dataset501"):
+        code, _, err = run(["preprocess", "-d", name, "--mem", "4g", "--raw", str(tiny_raw),
+                            "--preprocessed", str(tmp_path / "pre"), "--skip-file-check", "-q"], capsys)
+        assert code == 1 and "engine reached" in err, (name, err)
+    assert len(reached) == 3
+
+
+@pytest.mark.parametrize("command", [["estimate", "--mem", "4g"], ["merge"],
+                                     ["slurm", "submit", "--mem", "4g", "--shards", "2"]])
+def test_other_commands_check_the_dataset_name_too(command, tiny_raw, tmp_path, fake_estimate_engine, monkeypatch,
+                                                   capsys):
+    monkeypatch.setenv("NNRUN_SLURM_PYTHON", "/usr/bin/python3")
+    (tmp_path / "pre" / "Dataset501_Tiny").mkdir(parents=True)
+    code, out, err = run([*command, "-d", "Dataset501_Wrong", "--raw", str(tiny_raw),
+                          "--preprocessed", str(tmp_path / "pre"), "--dry-run" if "slurm" in command else "--json"],
+                         capsys)
+    assert code == 2
+    assert "Dataset501_Wrong" in err and "Dataset501_Tiny" in err
+
+
+def test_k8s_manifest_checks_the_dataset_name_against_the_raw_folder(tiny_raw, capsys):
+    code, out, err = run(["k8s", "manifest", "-d", "Dataset501_Wrong", "--mem", "4g", "--shards", "2",
+                          "--raw", str(tiny_raw), "--raw-claim", "r", "--preprocessed-claim", "p"], capsys)
+    assert code == 2 and out == ""
+    assert "Dataset501_Wrong" in err and "Dataset501_Tiny" in err
+
+
+@pytest.mark.parametrize("command", [["estimate", "--mem", "4g", "--preprocessed", "."],
+                                     ["merge", "--preprocessed", "."],
+                                     ["k8s", "manifest", "--mem", "4g", "--shards", "2", "--raw-claim", "r",
+                                      "--preprocessed-claim", "p"]])
+def test_two_datasets_are_bad_input_everywhere(command, tiny_raw, tmp_path, fake_estimate_engine, capsys):
+    code, out, err = run([*command, "-d", "501", "502", "--raw", str(tiny_raw)], capsys)
+    assert code == 2 and out == ""
+    assert "one dataset" in err and "501 502" in err and err.count("\n") == 1
+    assert fake_estimate_engine == []
+
+
+@pytest.mark.parametrize("shm", ["lots", "0", "1k", ""])
+def test_bad_shm_size_is_refused_up_front(shm, tiny_raw, tmp_path, no_engine, capsys):
+    code, out, err = run(["preprocess", "-d", "501", "--mem", "4g", "--shm-size", shm, "--raw", str(tiny_raw),
+                          "--preprocessed", str(tmp_path / "pre"), "--json"], capsys)
+    assert code == 2
+    data = json.loads(out)
+    assert data["outcome"] == "bad_input" and "--shm-size" in data["message"] and "--mem" not in data["message"]
+    assert err.count("\n") == 1
+
+
+def test_bad_shm_size_is_checked_before_the_dataset(tmp_path, no_engine, capsys):
+    code, out, _ = run(["preprocess", "-d", "501", "--mem", "4g", "--shm-size", "lots",
+                        "--raw", str(tmp_path / "missing"), "--json"], capsys)
+    assert code == 2 and "--shm-size" in json.loads(out)["message"]
+
+
+def test_make_demo_into_a_file_is_one_line_bad_input(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    code, out, err = run(["make-demo", "--raw", str(target)], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("nnrun: bad_input: ") and str(target) in err and err.count("\n") == 1
+    code, _, err = run(["make-demo", "--raw", str(target / "below")], capsys)
+    assert code == 2 and err.startswith("nnrun: bad_input: ") and err.count("\n") == 1
+
+
+def test_make_demo_refusing_a_foreign_folder_is_bad_input(tmp_path, capsys):
+    (tmp_path / "Dataset501_Demo").mkdir()                 # not made by nnrun
+    code, out, err = run(["make-demo", "--raw", str(tmp_path)], capsys)
+    assert code == 2 and out == "" and "refusing to overwrite" in err and err.count("\n") == 1
