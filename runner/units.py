@@ -99,6 +99,21 @@ _WHOLE_GIB_FROM = 4 * GIB
 _MIB_STEP = 64 * MIB
 
 
+def format_mem_arg_at_most(n: int) -> str:
+    """A ``--mem`` value of at most ``n`` bytes (the counterpart of :func:`format_mem_arg`, rounded DOWN).
+
+    Whole gigabytes from 4 GiB on (23.5 GiB gives ``23g``), else a multiple of
+    64 MiB written in megabytes, else whole megabytes; never below Docker's
+    6 MiB minimum: ``parse_mem(format_mem_arg_at_most(n)) <= n`` for every
+    ``n`` of at least 6 MiB.
+    """
+    if n >= _WHOLE_GIB_FROM:
+        return f"{n // GIB}g"
+    if n >= _MIB_STEP:
+        return f"{n // _MIB_STEP * 64}m"
+    return f"{max(n // MIB, DOCKER_MIN_MEMORY_BYTES // MIB)}m"
+
+
 def format_mem_arg(n: int) -> str:
     """A ``--mem`` value of at least ``n`` bytes, rounded UP to read well.
 

@@ -18,7 +18,7 @@ from runner.estimate.baseline import default_cache_dir, measure_baseline
 from runner.estimate.model import Estimate, estimate, load_model
 from runner.options import DEFAULT_CONFIGURATIONS, PreprocessOptions, validate
 from runner.run.settings import DEFAULT_IMAGE
-from runner.units import parse_mem
+from runner.units import format_bytes, format_mem_arg_at_most, parse_mem
 
 
 def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | None, raw: str | None,
@@ -42,7 +42,9 @@ def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | N
     engine = engine_factory()
     info = engine.info()
     if info.mem_total_bytes and cap > info.mem_total_bytes:
-        raise BadInputError(f"--mem {mem} is more than the Docker host's memory")
+        where = "the Podman host's memory" if info.name == "podman" else "the Docker host's memory"
+        raise BadInputError(f"--mem {mem} is more than {where} ({format_bytes(info.mem_total_bytes)})",
+                            hint=f"give --mem {format_mem_arg_at_most(info.mem_total_bytes)} or less")
     baseline = measure_baseline(lambda: engine, image, default_cache_dir())
     return estimate(dataset, plans, opts.configurations, cap, baseline, load_model(), cpus=os.cpu_count() or 1)
 

@@ -86,7 +86,7 @@ def submit_command(
                                      "(default; no Docker needed); podman: in a Podman container."),
     host_python: Optional[str] = typer.Option(None, "--host-python", metavar="PATH",
                                               help="--runtime host: a Python with nnunetv2 on the nodes "
-                                                   "[default: $NNRUN_HOST_PYTHON; scripts/host-env.sh makes one]."),
+                                                   "[default: $NNRUN_HOST_PYTHON, else the Python of nnrun in the job]."),
     raw: Optional[str] = typer.Option(None, "--raw", metavar="DIR", help="nnU-Net raw folder [default: $nnUNet_raw]."),
     preprocessed: Optional[str] = typer.Option(None, "--preprocessed", metavar="DIR",
                                                help="nnU-Net preprocessed folder [default: $nnUNet_preprocessed]."),
@@ -130,6 +130,7 @@ def submit_command(
         submission_record,
     )
     from runner.dataset import load_raw_dataset
+    from runner.engines.host import HOST_ENV_HINT
     from runner.run.preflight import resolve_root
     from runner.rundir import HOST_PYTHON_ENV, write_json_atomic
     from runner.shards import ShardError, map_path, parse_shard_list, read_map
@@ -149,12 +150,10 @@ def submit_command(
         if runtime == "host":
             host_python = host_python or os.environ.get(HOST_PYTHON_ENV) or None
             if host_python and not os.path.exists(host_python):
-                raise BadInputError(f"--host-python {host_python} does not exist "
-                                    f"(scripts/host-env.sh makes a Python with nnunetv2)")
+                raise BadInputError(f"--host-python {host_python} does not exist", hint=HOST_ENV_HINT)
             if not host_python and not os.environ.get(PYTHON_ENV) and importlib.util.find_spec("nnunetv2") is None:
                 raise BadInputError("--runtime host needs a Python with nnunetv2 on the nodes, and this one has "
-                                    "none: pass --host-python PATH or set NNRUN_HOST_PYTHON "
-                                    "(scripts/host-env.sh makes one)")
+                                    "none", hint=HOST_ENV_HINT)
         elif host_python:
             raise BadInputError("--host-python goes with --runtime host")
         raw_root = resolve_root(raw, "nnUNet_raw", "--raw")

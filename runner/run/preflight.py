@@ -58,7 +58,8 @@ def check_dataset_files(dataset: RawDataset, settings: RunSettings, sink: Progre
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more damaged file(s))" if len(problems) > 1 else ""
-        raise BadInputError(first.message + more, hint=first.hint)
+        # This check is what nnrun preprocess --skip-file-check skips (the file headers are read either way).
+        raise BadInputError(first.message + more, hint=f"{first.hint}; --skip-file-check skips this check")
 
 
 def check_shard_run(opts: PreprocessOptions, preprocessed_dataset: Path, mem: str) -> None:

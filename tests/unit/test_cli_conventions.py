@@ -350,3 +350,104 @@ def test_make_demo_refusing_a_foreign_folder_is_bad_input(tmp_path, capsys):
     (tmp_path / "Dataset501_Demo").mkdir()                 # not made by nnrun
     code, out, err = run(["make-demo", "--raw", str(tmp_path)], capsys)
     assert code == 2 and out == "" and "refusing to overwrite" in err and err.count("\n") == 1
+
+
+# -- 6. hints that work for an installed nnrun and name only what exists ---------------------------
+
+def test_an_unreachable_docker_daemon_gets_advice_that_works_without_a_checkout(tiny_raw, tmp_path, monkeypatch,
+                                                                                capsys):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    code, out, err = run(["preprocess", "-d", "501", "--mem", "1g", "--raw", str(tiny_raw),
+                          "--preprocessed", str(tmp_path / "pre"), "--json", "-q"], capsys)
+    assert code == 6
+    message = json.loads(out)["message"]
+    assert "systemctl start docker" in message and "DOCKER_HOST" in message
+    assert "scripts/" not in message and "scripts/" not in err
+
+
+def test_no_user_facing_text_sends_users_to_the_scripts_of_a_checkout():
+    import io
+    import tokenize
+    from pathlib import Path
+
+    import runner
+    forbidden = ("run scripts/", "scripts/setup.sh", "ensure-podman.sh", "ensure-docker.sh", "ensure-slurm.sh",
+                 "host-env.sh")
+    found = []
+    for path in Path(runner.__file__).parent.rglob("*.py"):
+        for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+            if tok.type == tokenize.STRING and any(f in tok.string for f in forbidden):
+                found.append(f"{path.name}:{tok.start[0]}: {tok.string[:80]}")
+    assert found == []
+
+
+def test_the_image_hint_names_a_way_that_exists():
+    from runner.doctor import IMAGE_ADVICE
+    from runner.engines.docker import IMAGE_HINT, _image_hint
+    for text in (IMAGE_HINT, IMAGE_ADVICE, _image_hint("docker", "nnrun:x")):
+        assert "--image" in text and "build-image.sh in nnrun's source repository" in text
+
+
+def damage(raw, case="case000"):
+    image = next((raw / "Dataset501_Tiny" / "imagesTr").glob(f"{case}_0000.*"))
+    image.write_bytes(image.read_bytes()[:20])                     # too short for a header
+    return image
+
+
+def test_estimate_hint_for_a_damaged_file_names_no_option_estimate_lacks(tiny_raw, fake_estimate_engine, capsys):
+    image = damage(tiny_raw)
+    code, out, err = run(["estimate", "-d", "501", "--mem", "4g", "--raw", str(tiny_raw), "--json"], capsys)
+    assert code == 2
+    data = json.loads(out)
+    assert str(image) in data["message"] and "--skip-file-check" not in data["message"] + (data["hint"] or "")
+    assert "--skip-file-check" not in err
+
+
+def test_preprocess_still_names_skip_file_check_for_its_file_check(tiny_raw, tmp_path, no_engine, capsys):
+    image = damage(tiny_raw)
+    code, out, _ = run(["preprocess", "-d", "501", "--mem", "4g", "--raw", str(tiny_raw),
+                        "--preprocessed", str(tmp_path / "pre"), "--json"], capsys)
+    data = json.loads(out)
+    assert code == 2 and str(image) in data["message"] and "--skip-file-check" in data["hint"]
+
+
+class SmallHost:
+    """An engine on a host with 23.5 GiB of memory: a larger --mem is refused before anything runs."""
+
+    name = "docker"
+
+    def info(self):
+        return SimpleNamespace(name="docker", mem_total_bytes=int(23.5 * GIB))
+
+
+def test_a_mem_above_the_host_is_answered_with_a_mem_value_that_parses(tiny_raw, tmp_path, monkeypatch, capsys):
+    from runner.run.preprocess import Preprocess as RealPreprocess
+    from runner.units import parse_mem
+    monkeypatch.setattr("runner.cli.preprocess.Preprocess",
+                        lambda opts, settings, engine_factory, sink=None: RealPreprocess(opts, settings, SmallHost, sink))
+    code, out, _ = run(["preprocess", "-d", "501", "--mem", "32g", "--raw", str(tiny_raw),
+                        "--preprocessed", str(tmp_path / "pre"), "--skip-file-check", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 2 and "23.5 GiB" in data["message"]
+    assert data["hint"] == "give --mem 23g or less"
+    assert parse_mem("23g") <= 23.5 * GIB
+
+
+def test_estimate_mem_above_the_host_gets_the_same_hint(tiny_raw, fake_estimate_engine, capsys):
+    code, out, _ = run(["estimate", "-d", "501", "--mem", "100g", "--raw", str(tiny_raw), "--json"], capsys)
+    data = json.loads(out)
+    assert code == 2 and "64 GiB" in data["message"] and data["hint"] == "give --mem 64g or less"
+
+
+def test_estimate_prints_the_cap_as_every_other_report_does(tiny_raw, fake_estimate_engine, capsys):
+    from runner.units import format_bytes, parse_mem
+    code, out, err = run(["estimate", "-d", "501", "--mem", "1200m", "--raw", str(tiny_raw)], capsys)
+    cap = format_bytes(parse_mem("1200m"))
+    assert cap == "1.2 GiB"
+    assert out.startswith(f"memory cap {cap};")                  # as the run's report and the refusal below say it
+    assert "1.17" not in out + err
+    assert "per-worker baseline 400 MiB" in out
+    if code == 2:                                                # what preprocess would refuse: the same cap
+        assert f"{cap} cap" in err
+    else:
+        assert code == 0
