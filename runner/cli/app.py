@@ -14,7 +14,7 @@ import sys
 import typer
 
 from runner import __version__
-from runner.cli.common import HELP, NNUNET_EXTRA, crash_log, parser_exception_types
+from runner.cli.common import HELP, INVOCATION, NNUNET_EXTRA, crash_log, parser_exception_types
 from runner.cli.common import err as _err
 from runner.cli.demo import make_demo_command
 from runner.cli.doctor import doctor_command
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if not head:
         head = ["--help"]        # a bare `nnrun` shows the help, as it is
     NNUNET_EXTRA[:] = tail
+    INVOCATION[:] = argv
     try:
         code = command.main(args=spread_multi_value_options(head), prog_name="nnrun", standalone_mode=False)
         return code if isinstance(code, int) else 0

@@ -26,6 +26,13 @@ HELP = {"help_option_names": ["-h", "--help"]}
 
 # nnU-Net arguments after `--`, split off by runner.cli.app.main before click parses the rest.
 NNUNET_EXTRA: list[str] = []
+# The arguments nnrun was given (after the program name), set by runner.cli.app.main: the command as typed.
+INVOCATION: list[str] = []
+
+
+def command_as_typed() -> list[str]:
+    """``nnrun`` and the arguments as the user typed them (not the path of the module that runs)."""
+    return ["nnrun", *INVOCATION]
 
 
 def parser_exception_types(name: str) -> tuple[type, ...]:

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from runner.cli import options as cli_options
-from runner.cli.common import NNUNET_EXTRA, Interrupts, finish, report_for_error
+from runner.cli.common import NNUNET_EXTRA, Interrupts, command_as_typed, finish, report_for_error
 from runner.cli.progress import make_progress
 from runner.dataset import parse_dataset_id
 from runner.errors import BadInputError, NnrunError
@@ -158,7 +158,8 @@ def preprocess_command(
                                plot=not no_plot, retries=retry, schedule=schedule, np_auto=np_auto,
                                npfp_auto=npfp_auto,
                                workers_pinned=np_values is not None or (npfp is not None and not npfp_auto),
-                               shard=shard_spec, runtime=runtime, dataset_arg=dataset[0])
+                               shard=shard_spec, runtime=runtime, dataset_arg=dataset[0],
+                               command=command_as_typed())
         engine_factory = engine_factory_for(runtime, host_python)
         progress = make_progress(quiet, nnunet_output)
         try:
