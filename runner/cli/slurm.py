@@ -72,6 +72,33 @@ def _repo_root() -> str | None:
     return None if root.name in ("site-packages", "dist-packages") else str(root)
 
 
+def _installed_in_editable_mode(root: str) -> bool:
+    """Whether this Python has the checkout at ``root`` installed in editable mode (pip install -e)."""
+    from importlib import metadata
+    try:
+        direct_url = json.loads(metadata.distribution("nnrun").read_text("direct_url.json") or "{}")
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    url = str(direct_url.get("url") or "")
+    return bool((direct_url.get("dir_info") or {}).get("editable")) and url.startswith("file://") \
+        and Path(url[len("file://"):]).resolve() == Path(root).resolve()
+
+
+def _nnrun_executable() -> str | None:
+    """The installed ``nnrun`` command the batch jobs run, or None to run this checkout with ``python -m``.
+
+    Installed (site-packages): the ``nnrun`` next to the Python that runs, else the one on PATH.  A checkout:
+    only when this Python has it installed in editable mode (its ``nnrun`` runs this very code); a checkout
+    that is not installed keeps PYTHONPATH and ``-m runner.cli``.
+    """
+    beside = Path(sys.executable).parent / "nnrun"
+    beside_ok = beside.is_file() and os.access(beside, os.X_OK)
+    root = _repo_root()
+    if root is not None:
+        return str(beside) if beside_ok and _installed_in_editable_mode(root) else None
+    return str(beside) if beside_ok else shutil.which("nnrun")
+
+
 @app.command("submit", context_settings=_CTX)
 def submit_command(
     dataset: list[str] = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name). One dataset."),
@@ -149,11 +176,17 @@ def submit_command(
             raise BadInputError(f"--only-shards: {err}") from None
         if runtime == "host":
             host_python = host_python or os.environ.get(HOST_PYTHON_ENV) or None
+            problem = None
             if host_python and not os.path.exists(host_python):
-                raise BadInputError(f"--host-python {host_python} does not exist", hint=HOST_ENV_HINT)
-            if not host_python and not os.environ.get(PYTHON_ENV) and importlib.util.find_spec("nnunetv2") is None:
-                raise BadInputError("--runtime host needs a Python with nnunetv2 on the nodes, and this one has "
-                                    "none", hint=HOST_ENV_HINT)
+                problem = BadInputError(f"--host-python {host_python} does not exist", hint=HOST_ENV_HINT)
+            elif not host_python and not os.environ.get(PYTHON_ENV) and importlib.util.find_spec("nnunetv2") is None:
+                problem = BadInputError("--runtime host needs a Python with nnunetv2 on the nodes, and this one has "
+                                        "none", hint=HOST_ENV_HINT)
+            if problem is not None:
+                if not dry_run:
+                    raise problem
+                # A dry run shows the scripts anyway (they may be meant for nodes that have what this host lacks).
+                _err(f"nnrun slurm: warning: {problem.one_line()}")
         elif host_python:
             raise BadInputError("--host-python goes with --runtime host")
         raw_root = resolve_root(raw, "nnUNet_raw", "--raw")
@@ -177,6 +210,8 @@ def submit_command(
         opts = SubmitOptions(
             dataset=str(dataset[0]), dataset_name=ds.name, mem=mem, shards=shards, submission_dir=str(sub_dir),
             python=os.environ.get(PYTHON_ENV) or sys.executable, pythonpath=_repo_root(),
+            # $NNRUN_SLURM_PYTHON names the Python of the jobs: then `-m runner.cli`, else an installed nnrun.
+            nnrun=None if os.environ.get(PYTHON_ENV) else _nnrun_executable(),
             only_shards=only, partition=partition, time=time_limit, cpus_per_task=cpus_per_task, runtime=runtime,
             host_python=host_python if runtime == "host" else None, raw=str(raw_root), preprocessed=str(pre_root),
             configurations=list(configurations) if configurations else None, np=list(np_) if np_ else None,
