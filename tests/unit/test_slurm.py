@@ -866,6 +866,16 @@ def test_submit_with_a_stand_in_sbatch_writes_the_submission(slurm_env, capsys):
     assert [line.split()[0] for line in log.read_text().splitlines()] == ["--parsable", "--parsable"]
 
 
+def test_submit_prints_what_it_submitted_on_stdout(slurm_env, capsys):
+    log = slurm_env["bin"] / "sbatch.log"
+    fake_command(slurm_env["bin"], "sbatch",
+                 f'echo "$@" >> {log}\nn=$(( $(/usr/bin/wc -l < {log}) + 40 ))\necho $n\n')
+    code, out, err = run(submit_args(slurm_env), capsys)
+    assert code == 0, err
+    assert out.startswith("nnrun slurm: submitted plan job 41 and array job 42") and "nnrun slurm status 42" in out
+    assert err == ""
+
+
 def test_submit_cancels_the_plan_when_the_array_is_refused(slurm_env, capsys):
     log = slurm_env["bin"] / "calls.log"
     fake_command(slurm_env["bin"], "sbatch",
