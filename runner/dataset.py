@@ -126,6 +126,21 @@ def find_dataset_folder(raw_root, dataset_id: int) -> Path:
     return candidates[0]
 
 
+def check_dataset_name(text, folder: Path) -> None:
+    """``-d DatasetXXX_Name`` must name the folder found for id XXX (the folder is found by its id).
+
+    A plain id (``501``) or ``DatasetXXX`` without a name matches any folder of that id.
+    """
+    if not isinstance(text, str):
+        return
+    given = text.strip()
+    m = _DATASET_NAME_RE.fullmatch(given)
+    if m and m.group(2) and given != folder.name:
+        raise BadInputError(f"-d {given}: there is no folder {given} under {folder.parent}; the folder of dataset "
+                            f"{m.group(1)} there is {folder.name}",
+                            hint=f"give -d {folder.name} or -d {int(m.group(1))}")
+
+
 # --------------------------------------------------------------------------- dataset.json
 
 def _load_dataset_json(folder: Path, name: str) -> dict:
@@ -296,9 +311,15 @@ def _cases_from_json(folder: Path, name: str, entries, num_channels: int) -> lis
 
 
 def load_raw_dataset(raw_root, dataset_id) -> RawDataset:
-    """Find, read and validate raw dataset ``dataset_id`` under ``raw_root``."""
+    """Find, read and validate raw dataset ``dataset_id`` under ``raw_root``.
+
+    ``dataset_id`` is an id or ``-d`` as the user gave it: a ``DatasetXXX_Name``
+    must then be the name of the folder found for XXX (:func:`check_dataset_name`).
+    """
+    given = dataset_id
     dataset_id = parse_dataset_id(dataset_id)
     folder = Path(os.path.abspath(find_dataset_folder(raw_root, dataset_id)))
+    check_dataset_name(given, folder)
     name = folder.name
     dj = _load_dataset_json(folder, name)
     num_channels, ending = _validate_keys(dj, name)

@@ -200,7 +200,12 @@ def make_dataset(raw_root, dataset_id: int, name: str, cases, channels: int = 1,
     cases = [CaseSpec(tuple(c.shape), tuple(float(s) for s in c.spacing),
                       tuple(c.label_shape) if c.label_shape else None) for c in cases]
     root = Path(raw_root)
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise BadInputError(f"the raw folder {root} exists and is not a folder", hint="give --raw a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInputError(f"cannot create the raw folder {root}: {err.strerror}") from None
     folder_name = f"Dataset{dataset_id:03d}_{name}"
     folder = root / folder_name
     others = [e.name for e in root.iterdir()

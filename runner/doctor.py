@@ -29,7 +29,10 @@ STATUSES = (OK, WARN, FAIL)
 
 PROBE_MEM_BYTES = 64 * MIB
 PROBE_TIMEOUT_S = 60.0
-SETUP_ADVICE = "run scripts/setup.sh"
+# Advice that holds for an installed nnrun (the engine's own hints say the same).
+DAEMON_ADVICE = "start the Docker daemon (e.g. `sudo systemctl start docker`) or set DOCKER_HOST to where one listens"
+IMAGE_ADVICE = ("build the image with scripts/build-image.sh in nnrun's source repository, "
+                "or pass --image with an nnrun image")
 SWAP_ADVICE = ("swap is on: nnrun sets memory == memory+swap for its containers, "
                "but other processes may swap")
 LABEL_NNRUN = "io.nnrun.version"
@@ -208,7 +211,7 @@ def _check_daemon(ctx: _Context) -> Check:
     except NnrunError as err:
         base_url = getattr(ctx.engine, "base_url", None)
         return Check(NAME_DAEMON, FAIL, _one_line(err.message),
-                     err.hint or "start the Docker daemon, or " + SETUP_ADVICE,
+                     err.hint or DAEMON_ADVICE,
                      {"reachable": False, "base_url": base_url})
     ctx.info = info
     data = {"reachable": True, "engine": info.name, "server_version": info.server_version,
@@ -296,7 +299,7 @@ def _check_image(ctx: _Context) -> Check:
         img = ctx.engine.image(ctx.image)
     except NnrunError as err:
         # Podman has its own image store: the engine's hint says how to fill it.
-        advice = err.hint if ctx.info.name == "podman" and err.hint else SETUP_ADVICE
+        advice = err.hint if ctx.info.name == "podman" and err.hint else IMAGE_ADVICE
         return Check(NAME_IMAGE, FAIL, _one_line(err.message), advice, {"image": ctx.image, "present": False})
     ctx.image_info = img
     labels = dict(img.labels or {})
@@ -308,11 +311,12 @@ def _check_image(ctx: _Context) -> Check:
     detail = f"{ctx.image} ({_short_id(img.image_id)}): {shown or 'no io.nnrun.* version labels'}"
     if versions["nnrun"] is None:
         return Check(NAME_IMAGE, WARN, detail + "; not labelled as an nnrun image",
-                     f"use the image scripts/build-image.sh builds (nnrun:{__version__}), or {SETUP_ADVICE}", data)
+                     f"use the nnrun image (nnrun:{__version__}, built by scripts/build-image.sh in nnrun's source "
+                     f"repository) with --image", data)
     if versions["nnrun"] != __version__:
         return Check(NAME_IMAGE, WARN, detail + f"; this nnrun is {__version__}",
-                     f"rebuild the image (scripts/build-image.sh, or {SETUP_ADVICE}): its supervisor may not "
-                     "match this nnrun", data)
+                     f"rebuild the image with scripts/build-image.sh of nnrun {__version__}'s source repository: "
+                     "its supervisor may not match this nnrun", data)
     return Check(NAME_IMAGE, OK, detail, None, data)
 
 
@@ -360,7 +364,7 @@ def evaluate_probe(result: ProbeResult) -> Check:
                      "report OOM kills as `killed`", data)
     if result.child_exit_status == 127:
         return Check(NAME_PROBE, FAIL, f"{what}: python3 not found in the image ({facts})",
-                     f"the probe needs python3 in the image; use the nnrun image or {SETUP_ADVICE}", data)
+                     "the probe needs python3 in the image: pass --image with the nnrun image", data)
     if result.child_exit_status == 0:
         return Check(NAME_PROBE, FAIL, f"{what}: succeeded, the cap is not enforced ({facts})",
                      _NOT_ENFORCED_ADVICE, data)

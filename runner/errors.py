@@ -76,7 +76,7 @@ class DamagedFileError(BadInputError):
 
     def __init__(self, path, reason: str) -> None:
         super().__init__(f"damaged input file {path}: {reason}",
-                         hint="replace or re-export the file; --skip-file-check skips this check")
+                         hint="replace or re-export the file")
         self.path = str(path)
         self.reason = reason
 

@@ -41,31 +41,32 @@ _MEM_RE = re.compile(
 _EXAMPLES = "give a size like 16g, 4096m or 2.5g"
 
 
-def parse_mem(text: str) -> int:
+def parse_mem(text: str, option: str = "--mem") -> int:
     """The number of bytes in a ``--mem`` value such as ``16g`` or ``1.5GiB``.
 
     Raises BadInputError, with a one-line message that says what to give
     instead, for empty, unparsable, negative, zero and too-small values.
     Host memory is not checked here: that needs the daemon, the caller does it.
+    ``option`` is the option the messages name (``--shm-size`` parses the same way).
     """
     stripped = text.strip()
     if not stripped:
-        raise BadInputError(f"--mem is empty: {_EXAMPLES}")
+        raise BadInputError(f"{option} is empty: {_EXAMPLES}")
     if stripped.startswith("-") and _MEM_RE.fullmatch(stripped[1:].strip()):
-        raise BadInputError(f"invalid --mem '{stripped}': a memory size cannot be negative; {_EXAMPLES}")
+        raise BadInputError(f"invalid {option} '{stripped}': a memory size cannot be negative; {_EXAMPLES}")
     match = _MEM_RE.fullmatch(stripped)
     if match is None:
-        raise BadInputError(f"invalid --mem '{stripped}': {_EXAMPLES}")
+        raise BadInputError(f"invalid {option} '{stripped}': {_EXAMPLES}")
     unit = (match.group("unit") or "b").lower()
     try:
         n_bytes = int(float(match.group("number")) * _UNIT_BYTES[unit])
     except OverflowError:  # hundreds of digits: float() gives inf
-        raise BadInputError(f"invalid --mem '{stripped}': far too large; {_EXAMPLES}") from None
+        raise BadInputError(f"invalid {option} '{stripped}': far too large; {_EXAMPLES}") from None
     if n_bytes <= 0:
-        raise BadInputError(f"invalid --mem '{stripped}': the size must be more than zero; {_EXAMPLES}")
+        raise BadInputError(f"invalid {option} '{stripped}': the size must be more than zero; {_EXAMPLES}")
     if n_bytes < DOCKER_MIN_MEMORY_BYTES:
         raise BadInputError(
-            f"invalid --mem '{stripped}': below Docker's minimum of 6 MiB; give at least 6m, e.g. 4096m"
+            f"invalid {option} '{stripped}': below Docker's minimum of 6 MiB; give at least 6m, e.g. 4096m"
         )
     return n_bytes
 
@@ -96,6 +97,21 @@ def format_bytes(n: int) -> str:
 # big difference); above it a whole gigabyte is the natural granularity.
 _WHOLE_GIB_FROM = 4 * GIB
 _MIB_STEP = 64 * MIB
+
+
+def format_mem_arg_at_most(n: int) -> str:
+    """A ``--mem`` value of at most ``n`` bytes (the counterpart of :func:`format_mem_arg`, rounded DOWN).
+
+    Whole gigabytes from 4 GiB on (23.5 GiB gives ``23g``), else a multiple of
+    64 MiB written in megabytes, else whole megabytes; never below Docker's
+    6 MiB minimum: ``parse_mem(format_mem_arg_at_most(n)) <= n`` for every
+    ``n`` of at least 6 MiB.
+    """
+    if n >= _WHOLE_GIB_FROM:
+        return f"{n // GIB}g"
+    if n >= _MIB_STEP:
+        return f"{n // _MIB_STEP * 64}m"
+    return f"{max(n // MIB, DOCKER_MIN_MEMORY_BYTES // MIB)}m"
 
 
 def format_mem_arg(n: int) -> str:

@@ -1,8 +1,9 @@
 """The ``nnrun`` command line: the typer app, its commands, and :func:`main`, which maps every ending to an exit code.
 
 Each command lives in its own module of this package; this one registers
-them.  The CLI is the only package that prints: a human report on stderr and,
-with ``--json``, exactly one JSON object on stdout; the exit code comes from
+them.  The CLI is the only package that prints: a command's result on stdout
+(with ``--json`` exactly one JSON object there, and the human text on stderr),
+progress and errors on stderr; the exit code comes from
 :func:`runner.errors.exit_code_for`, the one place that maps outcomes to codes.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import typer
 
 from runner import __version__
-from runner.cli.common import HELP, NNUNET_EXTRA, crash_log, parser_exception_types
+from runner.cli.common import HELP, INVOCATION, NNUNET_EXTRA, crash_log, parser_exception_types
 from runner.cli.common import err as _err
 from runner.cli.demo import make_demo_command
 from runner.cli.doctor import doctor_command
@@ -30,17 +31,32 @@ from runner.options import spread_multi_value_options
 app = typer.Typer(
     name="nnrun",
     help="Run nnU-Net v2 preprocessing under a hard memory cap in Docker, and say exactly what went wrong.",
-    add_completion=False,
+    add_completion=True,            # --install-completion, --show-completion (the shell is detected)
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings=HELP,          # -h as well as --help, inherited by every command and sub-app
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _nnrun(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                        help="Print nnrun's version and exit.")) -> None:
+    pass
+
+
 app.command("preprocess", context_settings=HELP)(preprocess_command)
 app.command("merge", context_settings=HELP)(merge_command)
 app.command("estimate", context_settings=HELP)(estimate_command)
-app.command("report")(report_command)
-app.command("doctor")(doctor_command)
-app.command("make-demo")(make_demo_command)
+app.command("report", context_settings=HELP)(report_command)
+app.command("doctor", context_settings=HELP)(doctor_command)
+app.command("make-demo", context_settings=HELP)(make_demo_command)
 app.add_typer(k8s_app, name="k8s")
 
 _USAGE_ERRORS = parser_exception_types("UsageError")
@@ -48,7 +64,7 @@ _EXITS = parser_exception_types("Exit")
 _ABORTS = parser_exception_types("Abort")
 
 
-@app.command("version")
+@app.command("version", context_settings=HELP)
 def version_command() -> None:
     """Print nnrun's version."""
     print(__version__)
@@ -68,15 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     if not head:
         head = ["--help"]        # a bare `nnrun` shows the help, as it is
     NNUNET_EXTRA[:] = tail
+    INVOCATION[:] = argv
     try:
         code = command.main(args=spread_multi_value_options(head), prog_name="nnrun", standalone_mode=False)
         return code if isinstance(code, int) else 0
     except _EXITS as done:
         return done.exit_code
+    except SystemExit as done:      # shell completion (--show-completion, --install-completion, the completer itself)
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except _USAGE_ERRORS as err:
+        ctx = getattr(err, "ctx", None)
+        where = f"{ctx.command_path if ctx is not None else 'nnrun'} --help"      # the command that was misused
         report = RunReport(outcome=Outcome.BAD_INPUT, message=" ".join(err.format_message().split()),
-                           hint="see nnrun preprocess --help")
-        _err(render_human(report) + " (see nnrun --help)")
+                           hint=f"see {where}")
+        _err(render_human(report) + f" (see {where})")
         if _wants_json(argv):
             sys.stdout.write(dumps(report) + "\n")
         return report.exit_code

@@ -1,7 +1,10 @@
 """What every command shares: printing, the exit-code path, interrupts, crash logs, nnU-Net's extra arguments.
 
-Results go through :func:`finish` (human report and, with ``--json``, one JSON
-object on stdout); the exit code comes from :func:`runner.errors.exit_code_for`.
+Results go to stdout, progress and diagnostics to stderr: a command's human
+result (a run's report, an estimate, a diagnosis) is written with :func:`result`,
+on stdout; with ``--json`` stdout carries exactly one JSON object instead and
+the human text goes to stderr.  Errors that end a command before it has a result
+are one line on stderr.  The exit code comes from :func:`runner.errors.exit_code_for`.
 """
 from __future__ import annotations
 
@@ -12,16 +15,24 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
 from runner.diagnosis.report import RunReport, dumps, render_human
-from runner.errors import NnrunError, Outcome, RunInterrupted, exit_code_for
+from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted, exit_code_for
 
 HELP = {"help_option_names": ["-h", "--help"]}
 
 # nnU-Net arguments after `--`, split off by runner.cli.app.main before click parses the rest.
 NNUNET_EXTRA: list[str] = []
+# The arguments nnrun was given (after the program name), set by runner.cli.app.main: the command as typed.
+INVOCATION: list[str] = []
+
+
+def command_as_typed() -> list[str]:
+    """``nnrun`` and the arguments as the user typed them (not the path of the module that runs)."""
+    return ["nnrun", *INVOCATION]
 
 
 def parser_exception_types(name: str) -> tuple[type, ...]:
@@ -40,6 +51,16 @@ def parser_exception_types(name: str) -> tuple[type, ...]:
 def err(text: str) -> None:
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def result(text: str, as_json: bool) -> None:
+    """A command's human result: on stdout, or on stderr when ``--json`` keeps stdout for the JSON object."""
+    (err if as_json else out)(text)
 
 
 class Interrupts:
@@ -74,13 +95,30 @@ def crash_log(exc: BaseException) -> str:
     return str(path)
 
 
-def finish(report: RunReport, as_json: bool, quiet: bool) -> None:
+def finish(report: RunReport, as_json: bool, quiet: bool, is_result: bool = True) -> NoReturn:
+    """Print a run's report and exit with its code.
+
+    The report of a run (``is_result``, whatever its outcome) is the command's
+    result: stdout, or stderr with ``--json``.  An error that ended the command
+    before it had a result (``is_result=False``) is a diagnostic: stderr.
+    """
     if not quiet or report.outcome is not Outcome.OK:
-        err(render_human(report))
+        text = render_human(report)
+        if is_result:
+            result(text, as_json)
+        else:
+            err(text)
     if as_json:
         sys.stdout.write(dumps(report) + "\n")
         sys.stdout.flush()
     raise typer.Exit(report.exit_code)
+
+
+def one_dataset(values: list[str], per: str) -> str:
+    """The one -d value of a command that takes one dataset (``-d 501 502`` is spread to ``-d 501 -d 502``)."""
+    if len(values) != 1:
+        raise BadInputError(f"one dataset per {per} (got -d {' '.join(values)}): run nnrun once per dataset")
+    return values[0]
 
 
 def report_for_error(error: NnrunError) -> RunReport:
@@ -90,7 +128,7 @@ def report_for_error(error: NnrunError) -> RunReport:
     return report
 
 
-def fail(error: NnrunError) -> None:
+def fail(error: NnrunError) -> NoReturn:
     """One line for an error before any result, and its exit code."""
     err(f"nnrun: {error.outcome.value}: {error.one_line()}")
     raise typer.Exit(exit_code_for(error.outcome))

@@ -11,14 +11,14 @@ import typer
 
 from runner.cli import options as cli_options
 from runner.cli.common import err as _err
-from runner.cli.common import finish, report_for_error
+from runner.cli.common import finish, one_dataset, report_for_error, result
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
 from runner.estimate.baseline import default_cache_dir, measure_baseline
 from runner.estimate.model import Estimate, estimate, load_model
 from runner.options import DEFAULT_CONFIGURATIONS, PreprocessOptions, validate
 from runner.run.settings import DEFAULT_IMAGE
-from runner.units import parse_mem
+from runner.units import format_bytes, format_mem_arg_at_most, parse_mem
 
 
 def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | None, raw: str | None,
@@ -32,7 +32,7 @@ def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | N
     raw_root = raw or os.environ.get("nnUNet_raw")
     if not raw_root:
         raise BadInputError("no nnUNet_raw folder: pass --raw DIR or set the nnUNet_raw environment variable")
-    dataset = load_raw_dataset(Path(raw_root), opts.dataset_id)
+    dataset = load_raw_dataset(Path(raw_root), dataset_arg)      # a DatasetXXX_Name must match the folder
     plans = None
     pre_root = preprocessed or os.environ.get("nnUNet_preprocessed")
     if pre_root:
@@ -42,34 +42,40 @@ def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | N
     engine = engine_factory()
     info = engine.info()
     if info.mem_total_bytes and cap > info.mem_total_bytes:
-        raise BadInputError(f"--mem {mem} is more than the Docker host's memory")
+        where = "the Podman host's memory" if info.name == "podman" else "the Docker host's memory"
+        raise BadInputError(f"--mem {mem} is more than {where} ({format_bytes(info.mem_total_bytes)})",
+                            hint=f"give --mem {format_mem_arg_at_most(info.mem_total_bytes)} or less")
     baseline = measure_baseline(lambda: engine, image, default_cache_dir())
     return estimate(dataset, plans, opts.configurations, cap, baseline, load_model(), cpus=os.cpu_count() or 1)
 
 
 def estimate_command(
-    dataset: str = typer.Option(..., "-d", help="Dataset id (e.g. 501)."),
-    mem: str = typer.Option(..., "--mem", help="The cap to plan for (docker syntax: 16g, 4096m)."),
-    configurations: Optional[list[str]] = typer.Option(None, "-c", help="Configurations [default: 2d 3d_fullres 3d_lowres]."),
-    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
-    preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
+    dataset: list[str] = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name)."),
+    mem: str = typer.Option(..., "--mem", metavar="SIZE", help="The cap to plan for (docker syntax: 16g, 4096m)."),
+    configurations: Optional[list[str]] = typer.Option(None, "-c", metavar="CONFIG...",
+                                                       help="Configurations [default: 2d 3d_fullres 3d_lowres]."),
+    raw: Optional[str] = typer.Option(None, "--raw", metavar="DIR", help="nnU-Net raw folder [default: $nnUNet_raw]."),
+    preprocessed: Optional[str] = typer.Option(None, "--preprocessed", metavar="DIR",
                                                help="Preprocessed folder; its plans give the target spacing when present."),
-    image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The image whose worker baseline is measured (once, cached)."),
-    engine: str = cli_options.CONTAINER_ENGINE,
+    image: str = typer.Option(DEFAULT_IMAGE, "--image", metavar="IMAGE",
+                              help="The image whose worker baseline is measured (once, cached)."),
+    runtime: Optional[str] = cli_options.CONTAINER_RUNTIME,
+    engine: Optional[str] = cli_options.ENGINE_ALIAS,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Predict each case's peak memory per phase from image headers, and the -np/-npfp that fit the cap."""
     from runner.engines.docker import engine_factory
 
     try:
-        est = run_estimate(dataset, mem, tuple(configurations) if configurations else None, raw, preprocessed, image,
-                           engine_factory(engine))
+        runtime = cli_options.container_runtime(runtime, engine, "nnrun estimate measures its worker baseline in a container")
+        est = run_estimate(one_dataset(dataset, "estimate"), mem, tuple(configurations) if configurations else None,
+                           raw, preprocessed, image, engine_factory(runtime))
     except NnrunError as err:
-        finish(report_for_error(err), as_json, False)
+        finish(report_for_error(err), as_json, False, is_result=False)
         return
     from runner.estimate.model import estimate_json, render_estimate
     from runner.run.admission import check_fits
-    _err(render_estimate(est))
+    result(render_estimate(est), as_json)
     if as_json:
         sys.stdout.write(json.dumps(estimate_json(est)) + "\n")
     try:

@@ -15,7 +15,8 @@ from typing import Optional
 import typer
 
 from runner.cli import options as cli_options
-from runner.cli.common import NNUNET_EXTRA
+from runner.cli.common import NNUNET_EXTRA, one_dataset
+from runner.cli.common import result as show
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, exit_code_for
 from runner.options import DEFAULT_NPFP, PreprocessOptions
@@ -29,6 +30,7 @@ k8s_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 _HELP = {"help_option_names": ["-h", "--help"]}
@@ -70,9 +72,10 @@ def _dataset_name_and_ending(dataset: str, dataset_id: int, raw: str | None, dat
         raise BadInputError("the dataset's folder name and file ending are needed: pass --raw DIR (the nnU-Net raw "
                             "folder, when it is readable here) or --dataset-name and --file-ending")
     try:
-        ds = load_raw_dataset(Path(root).expanduser(), dataset_id)
+        ds = load_raw_dataset(Path(root).expanduser(), dataset)        # a DatasetXXX_Name must match the folder
     except BadInputError as err:
-        raise BadInputError(err.message, hint="or pass --dataset-name and --file-ending") from None
+        hint = f"{err.hint}; " if err.hint else ""
+        raise BadInputError(err.message, hint=hint + "or pass --dataset-name and --file-ending") from None
     return dataset_name or ds.name, file_ending or ds.file_ending
 
 
@@ -86,64 +89,77 @@ def _parse_run_as(text: str) -> tuple[int, int]:
 
 @k8s_app.command("manifest", context_settings=_HELP)
 def manifest_command(
-    dataset: str = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name)."),
-    mem: str = typer.Option(..., "--mem", help="Memory request == limit of every pod, docker syntax: 16g, 4096m "
-                                              "(no swap: Kubernetes runs without by default)."),
-    shards: int = typer.Option(..., "--shards", help="N: the Indexed Job's pod K preprocesses shard K of N of "
-                                                     "the cases (1: one pod does all)."),
-    raw_claim: Optional[str] = typer.Option(None, "--raw-claim",
+    dataset: list[str] = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name)."),
+    mem: str = typer.Option(..., "--mem", metavar="SIZE",
+                            help="Memory request == limit of every pod, docker syntax: 16g, 4096m "
+                                 "(no swap: Kubernetes runs without by default)."),
+    shards: int = typer.Option(..., "--shards", metavar="N",
+                               help="N: the Indexed Job's pod K preprocesses shard K of N of "
+                                    "the cases (1: one pod does all)."),
+    raw_claim: Optional[str] = typer.Option(None, "--raw-claim", metavar="CLAIM",
                                             help="PersistentVolumeClaim holding the nnU-Net raw folder; its "
                                                  "DatasetXXX_Name folder is mounted read-only."),
-    raw_host_path: Optional[str] = typer.Option(None, "--raw-host-path",
+    raw_host_path: Optional[str] = typer.Option(None, "--raw-host-path", metavar="DIR",
                                                 help="Or: the nnU-Net raw folder on every node (hostPath); "
                                                      "DIR/DatasetXXX_Name must exist."),
-    preprocessed_claim: Optional[str] = typer.Option(None, "--preprocessed-claim",
+    preprocessed_claim: Optional[str] = typer.Option(None, "--preprocessed-claim", metavar="CLAIM",
                                                      help="PersistentVolumeClaim holding the nnU-Net preprocessed "
                                                           "folder (ReadWriteMany when the pods run on several "
                                                           "nodes); its DatasetXXX_Name folder is mounted."),
-    preprocessed_host_path: Optional[str] = typer.Option(None, "--preprocessed-host-path",
+    preprocessed_host_path: Optional[str] = typer.Option(None, "--preprocessed-host-path", metavar="DIR",
                                                          help="Or: the preprocessed folder on every node "
                                                               "(hostPath); DIR/DatasetXXX_Name must exist and be "
                                                               "writable by --run-as."),
-    raw: Optional[str] = typer.Option(None, "--raw", help="The raw folder as seen here [default: $nnUNet_raw], "
-                                                          "read for the dataset's name and file ending only."),
-    dataset_name: Optional[str] = typer.Option(None, "--dataset-name",
+    raw: Optional[str] = typer.Option(None, "--raw", metavar="DIR",
+                                      help="The raw folder as seen here [default: $nnUNet_raw], "
+                                           "read for the dataset's name and file ending only."),
+    dataset_name: Optional[str] = typer.Option(None, "--dataset-name", metavar="NAME",
                                                help="DatasetXXX_Name, when the raw folder is not readable here."),
-    file_ending: Optional[str] = typer.Option(None, "--file-ending",
+    file_ending: Optional[str] = typer.Option(None, "--file-ending", metavar="ENDING",
                                               help="dataset.json's file_ending (e.g. .nii.gz), with --dataset-name."),
-    job: str = typer.Option("all", "--job", help="all: the plan Job then the shard Job (two YAML documents); "
-                                                 "plan or shards: only that one (e.g. -o plan.yaml, -o shards.yaml)."),
-    only_shards: Optional[str] = typer.Option(None, "--only-shards",
+    job: str = typer.Option("all", "--job", metavar="all|plan|shards",
+                            help="all: the plan Job then the shard Job (two YAML documents); "
+                                 "plan or shards: only that one (e.g. -o plan.yaml, -o shards.yaml)."),
+    only_shards: Optional[str] = typer.Option(None, "--only-shards", metavar="K,K...",
                                               help="Resubmit these shards only, e.g. 1,3 (what nnrun k8s diagnose "
                                                    "prints): a shard Job of its own, no plan Job."),
-    parallelism: Optional[int] = typer.Option(None, "--parallelism", help="At most this many shard pods at once "
-                                                                          "[default: all]."),
-    image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The nnrun image, in a registry the cluster pulls from."),
-    name: Optional[str] = typer.Option(None, "--name", help="Job name prefix [default: nnrun-dXXX]: Jobs "
-                                                            "PREFIX-plan, PREFIX-shards."),
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="The Jobs' namespace."),
-    shm_size: str = typer.Option("256m", "--shm-size", help="/dev/shm: an emptyDir of medium Memory of this "
-                                                            "size (pages in use count against --mem)."),
-    tmp_medium: str = typer.Option("disk", "--tmp-medium", help="/tmp (the root file system is read-only): an "
-                                                                "emptyDir on the node's disk, or memory: a tmpfs "
-                                                                "whose contents count against --mem."),
-    tmp_size: str = typer.Option("1g", "--tmp-size", help="Size limit of /tmp."),
-    run_as: str = typer.Option(f"{IMAGE_USER[0]}:{IMAGE_USER[1]}", "--run-as",
+    parallelism: Optional[int] = typer.Option(None, "--parallelism", metavar="N",
+                                              help="At most this many shard pods at once "
+                                                   "[default: all]."),
+    image: str = typer.Option(DEFAULT_IMAGE, "--image", metavar="IMAGE",
+                              help="The nnrun image, in a registry the cluster pulls from."),
+    name: Optional[str] = typer.Option(None, "--name", metavar="PREFIX",
+                                       help="Job name prefix [default: nnrun-dXXX]: Jobs "
+                                            "PREFIX-plan, PREFIX-shards."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", metavar="NAMESPACE", help="The Jobs' namespace."),
+    shm_size: str = typer.Option("256m", "--shm-size", metavar="SIZE",
+                                 help="/dev/shm: an emptyDir of medium Memory of this "
+                                      "size (pages in use count against --mem)."),
+    tmp_medium: str = typer.Option("disk", "--tmp-medium", metavar="disk|memory",
+                                   help="/tmp (the root file system is read-only): an "
+                                        "emptyDir on the node's disk, or memory: a tmpfs "
+                                        "whose contents count against --mem."),
+    tmp_size: str = typer.Option("1g", "--tmp-size", metavar="SIZE", help="Size limit of /tmp."),
+    run_as: str = typer.Option(f"{IMAGE_USER[0]}:{IMAGE_USER[1]}", "--run-as", metavar="UID:GID",
                                help="UID:GID of the pods (never root); the GID is also the fsGroup."),
-    cpus: Optional[str] = typer.Option(None, "--cpus", help="CPU request == limit (e.g. 4 or 500m): the pods "
-                                                            "become Guaranteed QoS, evicted last under node "
-                                                            "memory pressure [default: none]."),
-    ttl: Optional[int] = typer.Option(None, "--ttl", help="Delete finished Jobs (and their pods, so nothing is "
-                                                          "left to diagnose) after this many seconds."),
+    cpus: Optional[str] = typer.Option(None, "--cpus", metavar="CPUS",
+                                       help="CPU request == limit (e.g. 4 or 500m): the pods "
+                                            "become Guaranteed QoS, evicted last under node "
+                                            "memory pressure [default: none]."),
+    ttl: Optional[int] = typer.Option(None, "--ttl", metavar="SECONDS",
+                                      help="Delete finished Jobs (and their pods, so nothing is "
+                                           "left to diagnose) after this many seconds."),
     per_index_backoff: bool = typer.Option(True, "--per-index-backoff/--no-per-index-backoff",
                                            help="backoffLimitPerIndex 0 (Kubernetes >= 1.29): a failed shard does "
                                                 "not stop the others. Off: backoffLimit 0, the first failed shard "
                                                 "fails the whole Job."),
-    configurations: Optional[list[str]] = typer.Option(None, "-c", help="nnU-Net configurations "
-                                                                        "[default: 2d 3d_fullres 3d_lowres]."),
-    np_: Optional[list[int]] = typer.Option(None, "-np", help="Preprocessing workers per pod: one value or one per "
-                                                             "configuration [default: nnU-Net's]."),
-    npfp: int = typer.Option(DEFAULT_NPFP, "-npfp", help="Fingerprint extraction workers (the plan Job)."),
+    configurations: Optional[list[str]] = typer.Option(None, "-c", metavar="CONFIG...",
+                                                       help="nnU-Net configurations "
+                                                            "[default: 2d 3d_fullres 3d_lowres]."),
+    np_: Optional[list[int]] = typer.Option(None, "-np", metavar="N...",
+                                            help="Preprocessing workers per pod: one value or one per "
+                                                 "configuration [default: nnU-Net's]."),
+    npfp: int = typer.Option(DEFAULT_NPFP, "-npfp", metavar="N", help="Fingerprint extraction workers (the plan Job)."),
     verify_dataset_integrity: bool = typer.Option(False, "--verify_dataset_integrity",
                                                   help="nnU-Net's integrity check, in the plan Job."),
     clean: bool = typer.Option(False, "--clean", help="Recompute the fingerprint (the plan Job)."),
@@ -155,7 +171,8 @@ def manifest_command(
     overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
     verbose: bool = cli_options.VERBOSE,
     no_pbar: bool = cli_options.NO_PBAR,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the manifest to FILE [default: stdout]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE",
+                                          help="Write the manifest to FILE [default: stdout]."),
     as_json: bool = typer.Option(False, "--json", help="A JSON v1 List instead of YAML documents."),
 ) -> None:
     """Render the Jobs that run `nnrun preprocess` in Kubernetes, sharded over pods.
@@ -182,7 +199,8 @@ def manifest_command(
     from runner.backends.k8s.jobs import ManifestRequest, build_jobs, render_json, render_yaml
 
     try:
-        dataset_id = parse_dataset_id(dataset)
+        dataset_arg = one_dataset(dataset, "manifest")
+        dataset_id = parse_dataset_id(dataset_arg)
         extra_args = tuple(NNUNET_EXTRA)      # after `--`, split off by runner.cli.app.main
         if no_pbar:
             extra_args = ("--no_pbar", *extra_args)
@@ -204,7 +222,7 @@ def manifest_command(
         )
         raw_volume = _volume("raw", raw_claim, raw_host_path)
         preprocessed_volume = _volume("preprocessed", preprocessed_claim, preprocessed_host_path)
-        name_, ending = _dataset_name_and_ending(dataset, dataset_id, raw, dataset_name, file_ending)
+        name_, ending = _dataset_name_and_ending(dataset_arg, dataset_id, raw, dataset_name, file_ending)
         shard_list = None
         if only_shards is not None:
             from runner.shards import ShardError, parse_shard_list
@@ -238,9 +256,10 @@ def manifest_command(
 
 @k8s_app.command("diagnose", context_settings=_HELP)
 def diagnose_command(
-    pods_file: str = typer.Argument(..., metavar="FILE|-", help="The output of kubectl get pods -o json (a List of "
-                                                                "pods, or one Pod); - reads stdin."),
-    shard_map: Optional[Path] = typer.Option(None, "--shard-map",
+    pods_file: str = typer.Argument(..., metavar="FILE|-",
+                                    help="The output of kubectl get pods -o json (a List of "
+                                         "pods, or one Pod); - reads stdin."),
+    shard_map: Optional[Path] = typer.Option(None, "--shard-map", metavar="FILE",
                                              help="The case->shard map (.nnrun/shards.<plans>.json in the "
                                                   "preprocessed dataset folder): lists each failed shard's cases."),
     run_folders: Optional[Path] = typer.Option(None, "--run-folders", metavar="DIR",
@@ -299,7 +318,7 @@ def diagnose_command(
     except NnrunError as err:
         _fail(err, as_json)
         return
-    _err(render_diagnosis(result))
+    show(render_diagnosis(result), as_json)
     if as_json:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
     raise typer.Exit(result.exit_code)

@@ -10,19 +10,23 @@ import typer
 
 from runner.cli import options as cli_options
 from runner.cli.common import err as _err
-from runner.dataset import parse_dataset_id
+from runner.cli.common import one_dataset
+from runner.cli.common import result as show
 from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
 
 
 def merge_command(
-    dataset: str = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name)."),
-    configurations: Optional[list[str]] = typer.Option(None, "-c", help="Configurations to check [default: those "
-                                                                        "of 2d 3d_fullres 3d_lowres the plans have]."),
+    dataset: list[str] = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name)."),
+    configurations: Optional[list[str]] = typer.Option(None, "-c", metavar="CONFIG...",
+                                                       help="Configurations to check [default: those "
+                                                            "of 2d 3d_fullres 3d_lowres the plans have]."),
     overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
-    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
-    preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
+    raw: Optional[str] = typer.Option(None, "--raw", metavar="DIR", help="nnU-Net raw folder [default: $nnUNet_raw]."),
+    preprocessed: Optional[str] = typer.Option(None, "--preprocessed", metavar="DIR",
                                                help="nnU-Net preprocessed folder [default: $nnUNet_preprocessed]."),
-    mem: str = typer.Option("SIZE", "--mem", help="The --mem to put in the commands that redo missing shards."),
+    mem: Optional[str] = typer.Option(None, "--mem", metavar="SIZE",
+                                      help="The --mem to put in the commands that redo missing shards "
+                                           "[default: they say --mem SIZE, for you to fill in]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Check that the shards of a dataset add up to a complete preprocessed dataset, and finish it.
@@ -38,10 +42,13 @@ def merge_command(
     from runner.run.locks import acquire as acquire_locks
     from runner.run.locks import owner_info, scope_for_run
     from runner.run.preflight import resolve_root
+    from runner.units import parse_mem
 
     try:
+        if mem is not None:
+            parse_mem(mem)                  # it goes into the printed commands: refuse what --mem would refuse
         raw_root = resolve_root(raw, "nnUNet_raw", "--raw")
-        ds = load_raw_dataset(raw_root, parse_dataset_id(dataset))
+        ds = load_raw_dataset(raw_root, one_dataset(dataset, "merge"))
         pre = resolve_root(preprocessed, "nnUNet_preprocessed", "--preprocessed") / ds.name
         if not pre.is_dir():
             raise BadInputError(f"{pre} does not exist: nothing preprocessed yet")
@@ -62,8 +69,8 @@ def merge_command(
                                          "exit_code": exit_code_for(err.outcome)}) + "\n")
         raise typer.Exit(exit_code_for(err.outcome)) from None
     outcome = Outcome.OK if result.ok else Outcome.BAD_INPUT
-    hint = rerun_command(result, ds.dataset_id, mem)
-    _err(render_merge(result, hint))
+    hint = rerun_command(result, ds.dataset_id, mem or "SIZE")      # SIZE: a placeholder for the user to fill in
+    show(render_merge(result, hint), as_json)
     if as_json:
         sys.stdout.write(json.dumps({**result.to_json(), "exit_code": exit_code_for(outcome),
                                      "next": None if result.ok else hint}) + "\n")

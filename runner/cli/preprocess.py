@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from runner.cli import options as cli_options
-from runner.cli.common import NNUNET_EXTRA, Interrupts, finish, report_for_error
+from runner.cli.common import NNUNET_EXTRA, Interrupts, command_as_typed, finish, report_for_error
 from runner.cli.progress import make_progress
 from runner.dataset import parse_dataset_id
 from runner.errors import BadInputError, NnrunError
@@ -39,18 +39,23 @@ def parse_npfp(value: str | None) -> tuple[int, bool]:
         raise BadInputError(f"-npfp takes a whole number or auto (got {value})") from None
 
 def preprocess_command(
-    dataset: list[str] = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name). One dataset per run."),
-    mem: str = typer.Option(..., "--mem", help="Hard memory cap of the container, docker syntax: 16g, 4096m, 2.5g. "
-                                              "Swap is off (memory == memory+swap)."),
-    configurations: Optional[list[str]] = typer.Option(None, "-c", help="nnU-Net configurations "
-                                                                        "[default: 2d 3d_fullres 3d_lowres]."),
-    np_: Optional[list[str]] = typer.Option(None, "-np", help="Preprocessing workers: one value, or one per "
-                                                             "configuration, or auto (the largest pool that fits the "
-                                                             "cap, from the estimate). Without -np nnrun admits cases "
-                                                             "by predicted memory (--schedule memory)."),
-    npfp: Optional[str] = typer.Option(None, "-npfp", help="Fingerprint extraction workers, or auto "
-                                                           "[default: auto with --schedule memory, else 8]."),
-    schedule: Optional[str] = typer.Option(None, "--schedule",
+    dataset: list[str] = typer.Option(..., "-d", metavar="ID",
+                                      help="Dataset id (e.g. 501 or Dataset501_Name). One dataset per run."),
+    mem: str = typer.Option(..., "--mem", metavar="SIZE",
+                            help="Hard memory cap of the container, docker syntax: 16g, 4096m, 2.5g. "
+                                 "Swap is off (memory == memory+swap)."),
+    configurations: Optional[list[str]] = typer.Option(None, "-c", metavar="CONFIG...",
+                                                       help="nnU-Net configurations "
+                                                            "[default: 2d 3d_fullres 3d_lowres]."),
+    np_: Optional[list[str]] = typer.Option(None, "-np", metavar="N...|auto",
+                                            help="Preprocessing workers: one value, or one per "
+                                                 "configuration, or auto (the largest pool that fits the "
+                                                 "cap, from the estimate). Without -np nnrun admits cases "
+                                                 "by predicted memory (--schedule memory)."),
+    npfp: Optional[str] = typer.Option(None, "-npfp", metavar="N|auto",
+                                       help="Fingerprint extraction workers, or auto "
+                                            "[default: auto with --schedule memory, else 8]."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", metavar="memory|fixed",
                                            help="memory: admit cases largest first while their predicted peaks fit "
                                                 "the cap (default without -np); fixed: a pool of -np workers, as "
                                                 "nnU-Net (default with -np)."),
@@ -66,31 +71,35 @@ def preprocess_command(
     overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
     verbose: bool = cli_options.VERBOSE,
     no_pbar: bool = cli_options.NO_PBAR,
-    image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The nnrun image to run."),
-    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]. Mounted read-only."),
-    preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
+    image: str = typer.Option(DEFAULT_IMAGE, "--image", metavar="IMAGE", help="The nnrun image to run."),
+    raw: Optional[str] = typer.Option(None, "--raw", metavar="DIR",
+                                      help="nnU-Net raw folder [default: $nnUNet_raw]. Mounted read-only."),
+    preprocessed: Optional[str] = typer.Option(None, "--preprocessed", metavar="DIR",
                                                help="nnU-Net preprocessed folder [default: $nnUNet_preprocessed]."),
     skip_file_check: bool = typer.Option(False, "--skip-file-check",
                                          help="Skip reading every image and label to the end before the run."),
-    shm_size: str = typer.Option("256m", "--shm-size", help="Size of /dev/shm in the container (counts against the cap)."),
+    shm_size: str = typer.Option("256m", "--shm-size", metavar="SIZE",
+                                 help="Size of /dev/shm in the container (counts against the cap)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the outcome on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; the report only when not ok."),
     nnunet_output: bool = typer.Option(False, "--nnunet-output",
                                        help="Stream nnU-Net's own output to stderr (it is always in the log file)."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Do not render memory.png in the run folder."),
-    shard: Optional[str] = typer.Option(None, "--shard",
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N",
                                         help="K/N: preprocess only shard K (0..N-1) of N of the cases, e.g. one Slurm "
                                              "array task or Kubernetes index each. Needs the fingerprint and plans "
                                              "(run once with --no_pp first); the case->shard map is shared in "
                                              ".nnrun/shards.<plans>.json. `nnrun merge` checks the result."),
-    runtime: str = typer.Option("docker", "--runtime", "--engine",
-                                help="docker: a container of --image (default); podman: the same through Podman's "
-                                     "Docker-compatible API; host: nnU-Net as processes on this node, under the "
-                                     "memory limit of the surrounding job (a Slurm task), with --host-python."),
-    host_python: Optional[str] = typer.Option(None, "--host-python",
+    runtime: Optional[str] = typer.Option(None, "--runtime", metavar="docker|podman|host",
+                                          help="docker: a container of --image (default); podman: the same through "
+                                               "Podman's Docker-compatible API; host: nnU-Net as processes on this "
+                                               "node, under the memory limit of the surrounding job (a Slurm task), "
+                                               "with --host-python."),
+    engine: Optional[str] = cli_options.ENGINE_ALIAS,
+    host_python: Optional[str] = typer.Option(None, "--host-python", metavar="PATH",
                                               help="--runtime host: a Python with nnunetv2 installed "
                                                    "[default: $NNRUN_HOST_PYTHON, else this Python]."),
-    retry: Optional[int] = typer.Option(None, "--retry", min=0, max=10,
+    retry: Optional[int] = typer.Option(None, "--retry", min=0, max=10, metavar="N",
                                         help="After an OOM kill, run again with fewer workers (never more memory), "
                                              "only on unfinished cases, up to N times [default: 2 when nnrun chose "
                                              "the worker counts, 0 when you gave -np/-npfp]."),
@@ -134,6 +143,7 @@ def preprocess_command(
             extra_args=extra_args,
         )
         shard_spec = parse_shard_arg(shard)
+        runtime = cli_options.pick_runtime(runtime, engine, "docker")
         if runtime not in RUNTIMES:
             raise BadInputError(f"--runtime must be one of {', '.join(RUNTIMES)} (got {runtime!r})")
         passthrough: list[str] = []
@@ -148,7 +158,8 @@ def preprocess_command(
                                plot=not no_plot, retries=retry, schedule=schedule, np_auto=np_auto,
                                npfp_auto=npfp_auto,
                                workers_pinned=np_values is not None or (npfp is not None and not npfp_auto),
-                               shard=shard_spec, runtime=runtime)
+                               shard=shard_spec, runtime=runtime, dataset_arg=dataset[0],
+                               command=command_as_typed())
         engine_factory = engine_factory_for(runtime, host_python)
         progress = make_progress(quiet, nnunet_output)
         try:
@@ -157,8 +168,8 @@ def preprocess_command(
         finally:
             progress.close()
     except NnrunError as err:
-        report = report_for_error(err)
-    finish(report, as_json, quiet)
+        finish(report_for_error(err), as_json, quiet, is_result=False)     # no run, no result: stderr
+    finish(report, as_json, quiet)                                          # the run's report: stdout
 
 def engine_factory_for(runtime: str, host_python: str | None = None):
     """The engine behind --runtime (imported only when a run needs it: no Docker SDK at start-up)."""

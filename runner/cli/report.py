@@ -8,12 +8,14 @@ from pathlib import Path
 import typer
 
 from runner.cli.common import err as _err
+from runner.cli.common import out
 from runner.diagnosis.report import load_report, render_human, report_from_json
 from runner.errors import NnrunError, exit_code_for
 
 
 def report_command(
-    run_dir: Path = typer.Argument(..., help="A run folder: <preprocessed>/DatasetXXX_Name/.nnrun/runs/<run id>."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR",
+                                   help="A run folder: <preprocessed>/DatasetXXX_Name/.nnrun/runs/<run id>."),
     as_json: bool = typer.Option(False, "--json", help="Print the run's JSON report instead."),
 ) -> None:
     """Print the report of an earlier run again, from its run folder."""
@@ -25,7 +27,7 @@ def report_command(
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
     else:
-        _err(render_human(report_from_json(data)))
-        for name in ("manifest.json", "timeline.jsonl", "memory.png"):
-            if (run_dir / name).exists():
-                _err(f"  {name + ':':<13} {run_dir / name}")
+        lines = [render_human(report_from_json(data))]
+        lines += [f"  {name + ':':<13} {run_dir / name}" for name in ("manifest.json", "timeline.jsonl", "memory.png")
+                  if (run_dir / name).exists()]
+        out("\n".join(lines))

@@ -1,7 +1,8 @@
 """``nnrun slurm submit`` and ``nnrun slurm status``: the CLI layer of the Slurm backend.
 
-The only module of the Slurm backend that prints: human text on stderr, with
-``--json`` one JSON object on stdout.  Exit codes come from
+The only module of the Slurm backend that prints: the human result on stdout
+(with ``--json`` one JSON object there instead, and the human text on stderr),
+progress and errors on stderr.  Exit codes come from
 :func:`runner.errors.exit_code_for` (``status``: the most serious outcome of
 the submission's tasks).  The batch scripts and the submission folder are in
 :mod:`runner.backends.slurm.scripts`, the parsers of Slurm's output in
@@ -23,6 +24,7 @@ from typing import Optional
 import typer
 
 from runner.cli import options as cli_options
+from runner.cli.common import result
 from runner.errors import BadInputError, InfraError, NnrunError, exit_code_for
 
 app = typer.Typer(
@@ -33,6 +35,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 _CTX = {"help_option_names": ["-h", "--help"]}
@@ -69,31 +72,62 @@ def _repo_root() -> str | None:
     return None if root.name in ("site-packages", "dist-packages") else str(root)
 
 
+def _installed_in_editable_mode(root: str) -> bool:
+    """Whether this Python has the checkout at ``root`` installed in editable mode (pip install -e)."""
+    from importlib import metadata
+    try:
+        direct_url = json.loads(metadata.distribution("nnrun").read_text("direct_url.json") or "{}")
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    url = str(direct_url.get("url") or "")
+    return bool((direct_url.get("dir_info") or {}).get("editable")) and url.startswith("file://") \
+        and Path(url[len("file://"):]).resolve() == Path(root).resolve()
+
+
+def _nnrun_executable() -> str | None:
+    """The installed ``nnrun`` command the batch jobs run, or None to run this checkout with ``python -m``.
+
+    Installed (site-packages): the ``nnrun`` next to the Python that runs, else the one on PATH.  A checkout:
+    only when this Python has it installed in editable mode (its ``nnrun`` runs this very code); a checkout
+    that is not installed keeps PYTHONPATH and ``-m runner.cli``.
+    """
+    beside = Path(sys.executable).parent / "nnrun"
+    beside_ok = beside.is_file() and os.access(beside, os.X_OK)
+    root = _repo_root()
+    if root is not None:
+        return str(beside) if beside_ok and _installed_in_editable_mode(root) else None
+    return str(beside) if beside_ok else shutil.which("nnrun")
+
+
 @app.command("submit", context_settings=_CTX)
 def submit_command(
-    dataset: list[str] = typer.Option(..., "-d", help="Dataset id (e.g. 501 or Dataset501_Name). One dataset."),
-    mem: str = typer.Option(..., "--mem", help="Memory of each job (sbatch --mem) and nnrun's cap: 16g, 4096m."),
-    shards: int = typer.Option(..., "--shards", min=1, help="N: the cases are split into N shards, one array task each."),
-    partition: Optional[str] = typer.Option(None, "--partition", help="sbatch --partition."),
-    time_limit: Optional[str] = typer.Option(None, "--time", help="sbatch --time of each job (e.g. 2:00:00)."),
-    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", min=1, help="sbatch --cpus-per-task."),
-    runtime: str = typer.Option("host", "--runtime",
+    dataset: list[str] = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name). One dataset."),
+    mem: str = typer.Option(..., "--mem", metavar="SIZE", help="Memory of each job (sbatch --mem) and nnrun's cap: 16g, 4096m."),
+    shards: int = typer.Option(..., "--shards", min=1, metavar="N",
+                               help="N: the cases are split into N shards, one array task each."),
+    partition: Optional[str] = typer.Option(None, "--partition", metavar="NAME", help="sbatch --partition."),
+    time_limit: Optional[str] = typer.Option(None, "--time", metavar="TIME", help="sbatch --time of each job (e.g. 2:00:00)."),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", min=1, metavar="N", help="sbatch --cpus-per-task."),
+    runtime: str = typer.Option("host", "--runtime", metavar="host|podman",
                                 help="host: nnU-Net as processes in the job, under the job's memory limit "
                                      "(default; no Docker needed); podman: in a Podman container."),
-    host_python: Optional[str] = typer.Option(None, "--host-python",
+    host_python: Optional[str] = typer.Option(None, "--host-python", metavar="PATH",
                                               help="--runtime host: a Python with nnunetv2 on the nodes "
-                                                   "[default: $NNRUN_HOST_PYTHON; scripts/host-env.sh makes one]."),
-    raw: Optional[str] = typer.Option(None, "--raw", help="nnU-Net raw folder [default: $nnUNet_raw]."),
-    preprocessed: Optional[str] = typer.Option(None, "--preprocessed",
+                                                   "[default: $NNRUN_HOST_PYTHON, else the Python of nnrun in the job]."),
+    raw: Optional[str] = typer.Option(None, "--raw", metavar="DIR", help="nnU-Net raw folder [default: $nnUNet_raw]."),
+    preprocessed: Optional[str] = typer.Option(None, "--preprocessed", metavar="DIR",
                                                help="nnU-Net preprocessed folder [default: $nnUNet_preprocessed]."),
-    only_shards: Optional[str] = typer.Option(None, "--only-shards",
+    only_shards: Optional[str] = typer.Option(None, "--only-shards", metavar="K,K...",
                                               help="Resubmit only these shards, e.g. 1,3 (no plan job: the plans "
                                                    "exist). `nnrun slurm status` prints this command for you."),
-    configurations: Optional[list[str]] = typer.Option(None, "-c", help="nnU-Net configurations to preprocess."),
-    np_: Optional[list[str]] = typer.Option(None, "-np", help="Preprocessing workers per task (as nnrun preprocess)."),
-    npfp: Optional[str] = typer.Option(None, "-npfp", help="Fingerprint workers of the plan job."),
+    configurations: Optional[list[str]] = typer.Option(None, "-c", metavar="CONFIG...",
+                                                       help="nnU-Net configurations to preprocess."),
+    np_: Optional[list[str]] = typer.Option(None, "-np", metavar="N...",
+                                            help="Preprocessing workers per task (as nnrun preprocess)."),
+    npfp: Optional[str] = typer.Option(None, "-npfp", metavar="N", help="Fingerprint workers of the plan job."),
     overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
-    retry: Optional[int] = typer.Option(None, "--retry", min=0, max=10, help="nnrun preprocess --retry in each job."),
+    retry: Optional[int] = typer.Option(None, "--retry", min=0, max=10, metavar="N",
+                                        help="nnrun preprocess --retry in each job."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the batch scripts; submit nothing, write nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
@@ -122,7 +156,8 @@ def submit_command(
         slurm_mem,
         submission_record,
     )
-    from runner.dataset import load_raw_dataset, parse_dataset_id
+    from runner.dataset import load_raw_dataset
+    from runner.engines.host import HOST_ENV_HINT
     from runner.run.preflight import resolve_root
     from runner.rundir import HOST_PYTHON_ENV, write_json_atomic
     from runner.shards import ShardError, map_path, parse_shard_list, read_map
@@ -141,17 +176,21 @@ def submit_command(
             raise BadInputError(f"--only-shards: {err}") from None
         if runtime == "host":
             host_python = host_python or os.environ.get(HOST_PYTHON_ENV) or None
+            problem = None
             if host_python and not os.path.exists(host_python):
-                raise BadInputError(f"--host-python {host_python} does not exist "
-                                    f"(scripts/host-env.sh makes a Python with nnunetv2)")
-            if not host_python and not os.environ.get(PYTHON_ENV) and importlib.util.find_spec("nnunetv2") is None:
-                raise BadInputError("--runtime host needs a Python with nnunetv2 on the nodes, and this one has "
-                                    "none: pass --host-python PATH or set NNRUN_HOST_PYTHON "
-                                    "(scripts/host-env.sh makes one)")
+                problem = BadInputError(f"--host-python {host_python} does not exist", hint=HOST_ENV_HINT)
+            elif not host_python and not os.environ.get(PYTHON_ENV) and importlib.util.find_spec("nnunetv2") is None:
+                problem = BadInputError("--runtime host needs a Python with nnunetv2 on the nodes, and this one has "
+                                        "none", hint=HOST_ENV_HINT)
+            if problem is not None:
+                if not dry_run:
+                    raise problem
+                # A dry run shows the scripts anyway (they may be meant for nodes that have what this host lacks).
+                _err(f"nnrun slurm: warning: {problem.one_line()}")
         elif host_python:
             raise BadInputError("--host-python goes with --runtime host")
         raw_root = resolve_root(raw, "nnUNet_raw", "--raw")
-        ds = load_raw_dataset(raw_root, parse_dataset_id(dataset[0]))
+        ds = load_raw_dataset(raw_root, dataset[0])        # a DatasetXXX_Name must match the folder
         pre_root = resolve_root(preprocessed, "nnUNet_preprocessed", "--preprocessed")
         pre_ds = pre_root / ds.name
         plans_name = overwrite_plans_name or "nnUNetPlans"
@@ -171,6 +210,8 @@ def submit_command(
         opts = SubmitOptions(
             dataset=str(dataset[0]), dataset_name=ds.name, mem=mem, shards=shards, submission_dir=str(sub_dir),
             python=os.environ.get(PYTHON_ENV) or sys.executable, pythonpath=_repo_root(),
+            # $NNRUN_SLURM_PYTHON names the Python of the jobs: then `-m runner.cli`, else an installed nnrun.
+            nnrun=None if os.environ.get(PYTHON_ENV) else _nnrun_executable(),
             only_shards=only, partition=partition, time=time_limit, cpus_per_task=cpus_per_task, runtime=runtime,
             host_python=host_python if runtime == "host" else None, raw=str(raw_root), preprocessed=str(pre_root),
             configurations=list(configurations) if configurations else None, np=list(np_) if np_ else None,
@@ -227,11 +268,11 @@ def submit_command(
     shards_text = array_spec(opts.array_shards)
     what = f"plan job {plan_id} and " if plan_id else ""
     count = len(opts.array_shards)
-    _err(f"nnrun slurm: submitted {what}array job {array_id} ({'shard' if count == 1 else 'shards'} {shards_text} "
-         f"of 0-{shards - 1}) for {ds.name}, "
-         f"--mem {slurm_mem(opts.mem_bytes)} each\n"
-         f"  submission:   {sub_dir}\n"
-         f"  status:       nnrun slurm status {array_id}   (--wait to wait for the end)")
+    result(f"nnrun slurm: submitted {what}array job {array_id} ({'shard' if count == 1 else 'shards'} {shards_text} "
+           f"of 0-{shards - 1}) for {ds.name}, "
+           f"--mem {slurm_mem(opts.mem_bytes)} each\n"
+           f"  submission:   {sub_dir}\n"
+           f"  status:       nnrun slurm status {array_id}   (--wait to wait for the end)", as_json)
     if as_json:
         _out({"outcome": "ok", "exit_code": 0, "dry_run": False, "submission_id": sub_id,
               "submission_dir": str(sub_dir), "plan_job_id": plan_id, "array_job_id": array_id,
@@ -264,12 +305,14 @@ def _find_submission(target: str) -> str:
 
 @app.command("status", context_settings=_CTX)
 def status_command(
-    target: str = typer.Argument(..., help="A job id of the submission (plan or array job, or ARRAY_TASK) "
-                                           "or its submission folder."),
+    target: str = typer.Argument(..., metavar="JOBID|DIR",
+                                 help="A job id of the submission (plan or array job, or ARRAY_TASK) "
+                                      "or its submission folder."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     wait: bool = typer.Option(False, "--wait", help="Wait until no job of the submission is queued any more."),
-    interval: float = typer.Option(5.0, "--interval", min=0.2, help="--wait: seconds between looks at the queue."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0,
+    interval: float = typer.Option(5.0, "--interval", min=0.2, metavar="SECONDS",
+                                   help="--wait: seconds between looks at the queue."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0, metavar="SECONDS",
                                             help="--wait: give up after this many seconds (then the status so far)."),
 ) -> None:
     """One diagnosis for a whole submission: the state of each shard, which task was OOM-killed on which
@@ -307,7 +350,7 @@ def status_command(
     except NnrunError as err:
         _fail(err, as_json)
         return
-    _err(render_status(diagnosis))
+    result(render_status(diagnosis), as_json)
     if as_json:
         _out(diagnosis.to_json())
     raise typer.Exit(diagnosis.exit_code)

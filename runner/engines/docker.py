@@ -17,14 +17,17 @@ import requests.exceptions
 from runner.engines.base import ContainerSpec, ContainerState, EngineInfo, ImageInfo
 from runner.errors import BadInputError, InfraError
 
-SETUP_HINT = "run scripts/setup.sh, which installs and starts Docker and builds the image"
+# Advice that holds for an installed nnrun (no checkout of its repository needed to follow it).
+DAEMON_HINT = "Start the Docker daemon (e.g. `sudo systemctl start docker`) or set DOCKER_HOST to where one listens"
+IMAGE_HINT = ("build the image with scripts/build-image.sh in nnrun's source repository, "
+              "or pass --image with an nnrun image this engine has")
 
 ENGINES = ("docker", "podman")
 PODMAN_HOST_ENV = "NNRUN_PODMAN_HOST"
-# The socket scripts/ensure-podman.sh serves Podman's Docker-compatible API on.
+# The socket nnrun looks at first for Podman's Docker-compatible API (scripts/ensure-podman.sh serves it there).
 NNRUN_PODMAN_SOCKET = "/run/nnrun-podman.sock"
-PODMAN_SETUP_HINT = ("as root, run scripts/ensure-podman.sh: it installs Podman, serves its API on "
-                     f"unix://{NNRUN_PODMAN_SOCKET} and loads the image from Docker into Podman's own store")
+PODMAN_SERVICE_HINT = (f"Start it (e.g. as root `podman system service --time=0 unix://{NNRUN_PODMAN_SOCKET} &`) "
+                       f"or set {PODMAN_HOST_ENV} to where it listens")
 
 # Podman asks the OCI runtime for container rlimits above the limits of its own
 # service process by default (nofile 1048576); where root lacks
@@ -40,17 +43,15 @@ PODMAN_NPROC_MIN = 8192
 
 def _daemon_hint(base_url: str, engine: str | None = None) -> str:
     if engine == "podman":
-        return (f"is the Podman service running and is {base_url} the right address? "
-                f"Set {PODMAN_HOST_ENV}, or {PODMAN_SETUP_HINT}")
-    return (f"is dockerd running and is {base_url} the right address? "
-            f"Start it (e.g. `dockerd &` or `systemctl start docker`), fix DOCKER_HOST, or {SETUP_HINT}")
+        return f"is the Podman service running and is {base_url} the right address? {PODMAN_SERVICE_HINT}"
+    return f"is dockerd running and is {base_url} the right address? {DAEMON_HINT}"
 
 
 def _image_hint(engine: str | None, image: str) -> str:
     if engine == "podman":
-        return (f"Podman has its own image store: `docker save {image} | podman load`, or {PODMAN_SETUP_HINT} "
-                f"(NNRUN_IMAGE={image} for another tag)")
-    return SETUP_HINT
+        return (f"Podman has its own image store: copy the image from Docker with `docker save {image} | podman load`, "
+                f"or pass --image with an image Podman has")
+    return IMAGE_HINT
 
 
 def podman_socket_candidates(uid: int | None = None, env: Mapping[str, str] | None = None) -> list[str]:
@@ -85,14 +86,14 @@ def is_podman(version: Mapping) -> bool:
 
 
 def engine_factory(name: str | None) -> Callable[[], DockerEngine]:
-    """The Engine factory for ``--engine``: docker (DOCKER_HOST or the default socket; a Podman
+    """The Engine factory for ``--runtime``: docker (DOCKER_HOST or the default socket; a Podman
     service there is recognised as such) or podman ($NNRUN_PODMAN_HOST or the standard sockets)."""
     name = (name or "docker").lower()
     if name == "docker":
         return DockerEngine
     if name == "podman":
         return lambda: DockerEngine(base_url=podman_base_url(), expect="podman")
-    raise BadInputError(f"--engine must be one of {', '.join(ENGINES)} (got {name!r})")
+    raise BadInputError(f"--runtime must be one of {', '.join(ENGINES)} (got {name!r})")
 
 
 class DockerEngine:

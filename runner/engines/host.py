@@ -39,7 +39,8 @@ from runner.engines.base import ContainerSpec, ContainerState, EngineInfo, Image
 from runner.errors import CgroupReadError, InfraError
 from runner.rundir import CGROUP_DIR_ENV, HOST_PYTHON_ENV
 
-HOST_ENV_HINT = "make one with scripts/host-env.sh and pass --host-python PATH (or set NNRUN_HOST_PYTHON)"
+HOST_ENV_HINT = ("pass --host-python PATH (or set NNRUN_HOST_PYTHON) to a Python with nnunetv2 and psutil installed, "
+                 "e.g. a venv: `python3 -m venv ENV && ENV/bin/pip install nnunetv2 psutil`")
 # The package folder that holds runner/, put on the payload's PYTHONPATH (the image has it in /opt/nnrun).
 RUNNER_PARENT = str(Path(__file__).resolve().parents[2])
 # Passed through from the caller's environment (a Slurm task's own variables included).

@@ -60,6 +60,7 @@ from pathlib import Path
 
 from runner.dataset import RawDataset
 from runner.formats.nifti import read_header
+from runner.units import format_bytes
 
 MODEL_PATH = Path(__file__).with_name("estimate_model.json")
 PHASES = ("fingerprint", "preprocessing")
@@ -434,7 +435,7 @@ def estimate(dataset: RawDataset, plans: dict | None, configurations: Iterable[s
     est.main_fingerprint_peak_bytes = predict_main_fingerprint_bytes(geoms, baseline, model)
     if est.main_fingerprint_peak_bytes * (1.0 + margin) > cap_bytes:
         est.notes.append("the main process alone is predicted to exceed the cap at the end of the fingerprint "
-                         f"({_gib(est.main_fingerprint_peak_bytes)} with the margin: it gathers 1e8 float32 "
+                         f"({format_bytes(est.main_fingerprint_peak_bytes)} with the margin: it gathers 1e8 float32 "
                          "samples per channel)")
     for cfg in configurations:
         note = configuration_note(plans, cfg)
@@ -456,14 +457,6 @@ def estimate(dataset: RawDataset, plans: dict | None, configurations: Iterable[s
     return est
 
 
-def _gib(n: int) -> str:
-    return f"{n / (1 << 30):.2f} GiB"
-
-
-def _mib(n: int) -> str:
-    return f"{n / MiB:,.0f} MiB"
-
-
 def estimate_json(est: Estimate) -> dict:
     return {
         "cap_bytes": est.cap_bytes,
@@ -482,8 +475,9 @@ def estimate_json(est: Estimate) -> dict:
 
 
 def render_estimate(est: Estimate) -> str:
-    lines = [f"memory cap {_gib(est.cap_bytes)}; safety margin {est.margin:.0%}; "
-             f"per-worker baseline {_mib(est.baseline.worker_bytes)}, main process {_mib(est.baseline.main_bytes)}"
+    lines = [f"memory cap {format_bytes(est.cap_bytes)}; safety margin {est.margin:.0%}; "
+             f"per-worker baseline {format_bytes(est.baseline.worker_bytes)}, "
+             f"main process {format_bytes(est.baseline.main_bytes)}"
              + ("" if est.baseline.measured else " (defaults, not measured)")]
     keys = ["fingerprint"] + [k for k in est.largest if k != "fingerprint"]
     for key in keys:
@@ -498,17 +492,18 @@ def render_estimate(est: Estimate) -> str:
         lines.append(title)
         lines.append(f"  {'case':<24} {'predicted peak':>15} {'extra':>12}")
         for r in rows:
-            lines.append(f"  {r['case']:<24} {_mib(r['predicted_peak_bytes']):>15} {_mib(r['extra_bytes']):>12}")
-        top = ", ".join(f"{x['case']} ({_mib(x['predicted_peak_bytes'])})" for x in est.largest.get(key, [])[:3])
+            lines.append(f"  {r['case']:<24} {format_bytes(r['predicted_peak_bytes']):>15} {format_bytes(r['extra_bytes']):>12}")
+        top = ", ".join(f"{x['case']} ({format_bytes(x['predicted_peak_bytes'])})" for x in est.largest.get(key, [])[:3])
         lines.append(f"  largest: {top}")
         n = est.max_npfp if key == "fingerprint" else est.max_np.get(key, 0)
         flag = "-npfp" if key == "fingerprint" else "-np"
         lines.append(f"  largest {flag} that fits: {n}" + ("  (not even one worker fits)" if n == 0 else ""))
     lines.append("")
-    lines.append(f"main process at the end of the fingerprint: {_mib(est.main_fingerprint_peak_bytes)}")
+    lines.append(f"main process at the end of the fingerprint: {format_bytes(est.main_fingerprint_peak_bytes)}")
     if est.too_large:
         lines.append("too large for the cap even alone: " + ", ".join(
-            f"{t['case']} ({t['configuration'] or t['phase']}, {_mib(t['predicted_peak_bytes'])})" for t in est.too_large))
+            f"{t['case']} ({t['configuration'] or t['phase']}, {format_bytes(t['predicted_peak_bytes'])})"
+            for t in est.too_large))
     for note in est.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -28,6 +28,12 @@ def attempt_summary(report: RunReport) -> dict:
             "duration_s": report.duration_s, "run_dir": report.run_dir}
 
 
+def command_line(argv: list[str] | None = None) -> list[str]:
+    """The command as the user typed it: ``nnrun`` for argv[0], whatever runs (the entry point, a module path)."""
+    argv = sys.argv if argv is None else argv
+    return ["nnrun", *argv[1:]]
+
+
 def build_manifest(run_id: str, opts: PreprocessOptions, settings: RunSettings, spec: ContainerSpec,
                    dataset: RawDataset, info: EngineInfo, image: ImageInfo, mem_bytes: int) -> dict:
     """What a cluster admin needs to trust and reproduce the run."""
@@ -37,11 +43,11 @@ def build_manifest(run_id: str, opts: PreprocessOptions, settings: RunSettings, 
         "run_id": run_id,
         "started": iso_time(time.time()),
         "ended": None,
-        "command": sys.argv,
+        "command": settings.command or command_line(),
         "nnunet_argv": nnunet_argv(opts),
         "container_command": spec.command,
         "options": asdict(opts),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items() if k != "command"},
         "limit_bytes": mem_bytes,
         "versions": {"nnrun": __version__, "nnunetv2": labels.get("io.nnrun.nnunetv2-version"),
                      "torch": labels.get("io.nnrun.torch-version"), "image_nnrun": labels.get("io.nnrun.version")},

@@ -30,8 +30,10 @@ def preflight(opts: PreprocessOptions, settings: RunSettings, sink: ProgressSink
     """Everything that can be checked without Docker.  Raises BadInputError."""
     validate(opts)
     mem_bytes = parse_mem(settings.mem)
+    parse_mem(settings.shm_size, "--shm-size")
     raw_root = resolve_root(settings.raw_root, "nnUNet_raw", "--raw")
-    dataset = load_raw_dataset(raw_root, opts.dataset_id)
+    # -d DatasetXXX_Name as given: the folder found for XXX must have that name.
+    dataset = load_raw_dataset(raw_root, settings.dataset_arg or opts.dataset_id)
     preprocessed_root = resolve_root(settings.preprocessed_root, "nnUNet_preprocessed", "--preprocessed")
     existing = preprocessed_root
     while not existing.exists() and existing != existing.parent:
@@ -56,7 +58,8 @@ def check_dataset_files(dataset: RawDataset, settings: RunSettings, sink: Progre
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more damaged file(s))" if len(problems) > 1 else ""
-        raise BadInputError(first.message + more, hint=first.hint)
+        # This check is what nnrun preprocess --skip-file-check skips (the file headers are read either way).
+        raise BadInputError(first.message + more, hint=f"{first.hint}; --skip-file-check skips this check")
 
 
 def check_shard_run(opts: PreprocessOptions, preprocessed_dataset: Path, mem: str) -> None:

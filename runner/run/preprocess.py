@@ -63,7 +63,7 @@ from runner.rundir import (
     remove_empty_fault_files,
     try_write_json,
 )
-from runner.units import format_bytes, format_mem_arg, parse_mem
+from runner.units import format_bytes, format_mem_arg, format_mem_arg_at_most, parse_mem
 
 STOP_TIMEOUT_S = 10
 
@@ -218,7 +218,7 @@ class Preprocess:
                      else f"the {'Podman' if info.name == 'podman' else 'Docker'} host's memory")
             raise BadInputError(f"--mem {settings.mem} is more than {where} "
                                 f"({format_bytes(info.mem_total_bytes)})",
-                                hint=f"give at most {format_bytes(info.mem_total_bytes)}")
+                                hint=f"give --mem {format_mem_arg_at_most(info.mem_total_bytes)} or less")
         if info.name == "host" and info.mem_total_bytes and mem_bytes < info.mem_total_bytes:
             sink.stage(f"--runtime host: the cap is this job's limit, {format_bytes(info.mem_total_bytes)}; "
                        f"--mem {settings.mem} is used for the estimate only")

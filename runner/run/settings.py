@@ -51,3 +51,5 @@ class RunSettings:
     passthrough_argv: list[str] = field(default_factory=list)   # nnrun options to repeat in advice
     shard: Shard | None = None       # --shard K/N: preprocess only shard K of N of the cases
     runtime: str = "docker"          # docker | podman (a container engine) | host (this node, in its own cgroup)
+    dataset_arg: str | None = None   # -d as given: a DatasetXXX_Name must be the name of the folder found for XXX
+    command: list[str] | None = None  # the nnrun command as typed (manifest.json), e.g. ["nnrun", "preprocess", ...]

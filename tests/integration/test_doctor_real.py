@@ -5,6 +5,7 @@ import pytest
 
 from runner.doctor import (
     FAIL,
+    IMAGE_ADVICE,
     NAME_CGROUP,
     NAME_DAEMON,
     NAME_IMAGE,
@@ -72,6 +73,6 @@ def test_doctor_unreachable_daemon(docker_ready, monkeypatch):
 def test_doctor_missing_image(docker_ready):
     report = run_checks(DockerEngine, "nnrun-doctor-test-no-such-image:0", None, None)
     image = report.check(NAME_IMAGE)
-    assert image.status == FAIL and "not found" in image.detail and image.advice == "run scripts/setup.sh"
+    assert image.status == FAIL and "not found" in image.detail and image.advice == IMAGE_ADVICE
     assert report.check(NAME_PROBE).status == FAIL
     assert report.exit_code == 6

@@ -59,7 +59,7 @@ def test_real_array_one_shard_oom_killed_by_slurm_then_resubmitted(slurm_ready, 
         merge = subprocess.run([sys.executable, "-m", "runner.cli", "merge", "-d", "503", "--raw", str(raw),
                                 "--preprocessed", str(pre), "-c", "3d_fullres"], capture_output=True, text=True,
                                cwd=REPO, env=env, timeout=120)
-        assert merge.returncode == 2 and "shard 0/3: case002" in merge.stderr, merge.stderr
+        assert merge.returncode == 2 and "shard 0/3: case002" in merge.stdout, merge.stdout + merge.stderr
 
         # The printed resubmission, as is (plus the host Python): only shard 0, with more memory.
         command = argv[1:] if argv[0] == "nnrun" else argv

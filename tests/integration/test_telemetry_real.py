@@ -339,9 +339,9 @@ def test_report_command_reprints_the_run(ok_run):
     run_dir, result = ok_run["run_dir"], ok_run["result"]
     human = _report_command(str(run_dir))
     assert human.returncode == 0, human.stderr
-    assert human.stdout == ""
-    run_block = _headline_block(result.stderr, "ok")
-    again = human.stderr.rstrip("\n").splitlines()
+    assert human.stderr == ""                        # the report is the result: stdout
+    run_block = _headline_block(result.stderr, "ok")   # (the run had --json: its human report went to stderr)
+    again = human.stdout.rstrip("\n").splitlines()
     assert again[0] == run_block[0]                  # the same headline
     assert again[:len(run_block)] == run_block       # the same report, then where the files are
     for name in ("manifest.json", "timeline.jsonl", "memory.png"):

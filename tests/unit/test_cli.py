@@ -232,10 +232,26 @@ def test_exit_code_and_json_follow_the_report(outcome, code, fake_preprocess, ca
         assert f"fake {outcome.value}" in err
 
 
-def test_ok_without_quiet_prints_the_report_on_stderr(fake_preprocess, capsys):
+def test_ok_without_quiet_prints_the_report_on_stdout(fake_preprocess, capsys):
     code, out, err = run(["preprocess", "-d", "501", "--mem", "4g"], capsys)
-    assert code == 0 and out == ""
-    assert "fake run: ok" in err
+    assert code == 0
+    assert out == "nnrun: ok: fake run: ok\n"                        # the result: `nnrun preprocess ... > file`
+    assert "fake run" not in err                                     # progress only
+
+
+def test_the_report_of_a_failed_run_is_the_result_on_stdout(fake_preprocess, capsys):
+    fake_preprocess.report = RunReport(outcome=Outcome.OOM, message="fake oom", log_path="/x/nnunet.log")
+    code, out, err = run(["preprocess", "-d", "501", "--mem", "4g", "-q"], capsys)
+    assert code == 3
+    assert out.startswith("nnrun: oom (out of memory): fake oom\n") and "/x/nnunet.log" in out
+    assert err == ""
+
+
+def test_with_json_the_report_goes_to_stderr_and_stdout_is_one_json_object(fake_preprocess, capsys):
+    code, out, err = run(["preprocess", "-d", "501", "--mem", "4g", "--json"], capsys)
+    assert code == 0
+    assert one_json_object(out)["outcome"] == "ok"
+    assert "nnrun: ok: fake run: ok" in err
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

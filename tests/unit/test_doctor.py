@@ -10,6 +10,7 @@ import pytest
 from runner import __version__
 from runner.doctor import (
     FAIL,
+    IMAGE_ADVICE,
     NAME_CGROUP,
     NAME_DAEMON,
     NAME_IMAGE,
@@ -19,7 +20,6 @@ from runner.doctor import (
     NAME_RAW,
     OK,
     SCHEMA_VERSION,
-    SETUP_ADVICE,
     SWAP_ADVICE,
     WARN,
     Check,
@@ -81,7 +81,7 @@ class FakeEngine:
 
     def image(self, ref: str) -> ImageInfo:
         if self.image_missing:
-            raise InfraError(f"image {ref} not found", hint="run scripts/setup.sh")
+            raise InfraError(f"image {ref} not found", hint="the engine's own hint")
         return ImageInfo(ref=ref, image_id="sha256:" + "ab" * 32, labels=dict(self.image_labels), repo_digests=[])
 
     def oom_probe(self, image: str, mem_bytes: int, timeout_s: float = 60) -> dict:
@@ -214,7 +214,8 @@ def test_image_missing(machine):
     image = report.check(NAME_IMAGE)
     assert image.status == FAIL
     assert image.detail == f"image {IMAGE} not found"
-    assert image.advice == SETUP_ADVICE == "run scripts/setup.sh"
+    assert image.advice == IMAGE_ADVICE
+    assert "--image" in IMAGE_ADVICE and "build-image.sh" in IMAGE_ADVICE and "setup.sh" not in IMAGE_ADVICE
     assert report.check(NAME_PROBE).status == FAIL and "not checked" in report.check(NAME_PROBE).detail
     assert engine.probes == []
     assert report.exit_code == INFRA
@@ -520,7 +521,7 @@ def test_human_rendering_aligned(machine):
 
 def test_human_rendering_failure_summary(machine):
     text = render_doctor(doctor(machine, FakeEngine(image_missing=True)))
-    assert "fail  image" in text and "advice: run scripts/setup.sh" in text
+    assert "fail  image" in text and f"advice: {IMAGE_ADVICE}" in text
     assert text.splitlines()[-1].endswith("exit code 6")
 
 

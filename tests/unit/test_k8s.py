@@ -613,13 +613,13 @@ def test_cli_diagnose_reads_stdin_and_a_shard_map(capsys, monkeypatch, tmp_path)
     path.write_text(json.dumps(shard_map))
     monkeypatch.setattr(sys, "stdin", io.StringIO((FIXTURES / "pod-oomkilled.json").read_text()))
     code, out, err = run(["k8s", "diagnose", "-", "--shard-map", str(path)], capsys)
-    assert code == 3 and out == ""
-    assert f"cases: {', '.join(cases_of(shard_map, 1))}" in err
+    assert code == 3 and err == ""                               # the diagnosis is the result: stdout
+    assert f"cases: {', '.join(cases_of(shard_map, 1))}" in out
 
 
 def test_cli_diagnose_ok_exit_zero(capsys):
     code, out, err = run(["k8s", "diagnose", str(FIXTURES / "pod-completed.json")], capsys)
-    assert code == 0 and err.startswith("nnrun: ok:")
+    assert code == 0 and out.startswith("nnrun: ok:") and err == ""
 
 
 @pytest.mark.parametrize("content, words", [

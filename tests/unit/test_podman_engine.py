@@ -170,7 +170,7 @@ def test_engine_factory(monkeypatch):
     monkeypatch.setenv(PODMAN_HOST_ENV, "unix:///somewhere/podman.sock")
     engine = engine_factory("podman")()
     assert engine.base_url == "unix:///somewhere/podman.sock" and engine.expect == "podman"
-    with pytest.raises(BadInputError, match="--engine must be one of docker, podman"):
+    with pytest.raises(BadInputError, match="--runtime must be one of docker, podman"):
         engine_factory("lxc")
 
 
@@ -208,7 +208,7 @@ def test_engine_podman_refuses_a_docker_daemon(fake_api):
     url, _ = fake_api(DOCKER_VERSION)
     with pytest.raises(InfraError, match="is docker, not podman") as caught:
         DockerEngine(base_url=url, expect="podman").info()
-    assert "ensure-podman.sh" in caught.value.hint
+    assert "podman system service" in caught.value.hint and "NNRUN_PODMAN_HOST" in caught.value.hint
 
 
 def test_podman_errors_name_podman_and_how_to_fill_its_store(fake_api, tmp_path):
@@ -218,7 +218,7 @@ def test_podman_errors_name_podman_and_how_to_fill_its_store(fake_api, tmp_path)
     assert "podman load" in caught.value.hint
     with pytest.raises(InfraError, match="Podman service not reachable") as caught:
         DockerEngine(base_url=f"unix://{tmp_path}/none.sock", expect="podman").info()
-    assert "ensure-podman.sh" in caught.value.hint
+    assert "podman system service" in caught.value.hint and "NNRUN_PODMAN_HOST" in caught.value.hint
 
 
 # --------------------------------------------------------------------------- the CLI

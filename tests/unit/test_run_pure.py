@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import signal
+import sys
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -698,3 +699,30 @@ def test_retry_never_raises_the_memory(tiny_raw, tmp_path):
 
     report, _ = run_fake(tiny_raw, tmp_path, FakeEngine(oom_with_one_worker), retries=2)
     assert report.outcome is Outcome.OOM and len(report.attempts) == 1     # only more memory would help
+
+
+# -- manifest.json: the command as the user typed it ---------------------------------------------
+
+def test_manifest_records_the_command_as_typed_with_nnrun_as_program(tiny_raw, tmp_path, monkeypatch, capsys):
+    from runner.cli import app as cli
+    engine = FakeEngine(lambda e: e.write_status(status()), exit_code=0)
+    monkeypatch.setattr("runner.cli.preprocess.engine_factory_for", lambda runtime, host_python=None: lambda: engine)
+    # What sys.argv holds under `python -m runner.cli` or the entry point script: not what the user typed.
+    monkeypatch.setattr(sys, "argv", [str(Path(cli.__file__)), "something", "else"])
+    argv = ["preprocess", "-d", "501", "--mem", "1200m", "-c", "3d_fullres", "-np", "4", "-npfp", "1",
+            "--raw", str(tiny_raw), "--preprocessed", str(tmp_path / "pre"), "--skip-file-check", "--no-plot",
+            "--json", "-q", "--", "--verbose"]
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    run_dir = Path(json.loads(out)["run_dir"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["command"] == ["nnrun", *argv]
+    assert "command" not in manifest["settings"]
+
+
+def test_manifest_command_without_the_cli_replaces_the_program_name(monkeypatch):
+    from runner.run.manifest import command_line
+    monkeypatch.setattr(sys, "argv", ["/opt/venv/lib/python3.11/site-packages/runner/cli/__main__.py", "preprocess",
+                                      "-d", "501"])
+    assert command_line() == ["nnrun", "preprocess", "-d", "501"]

@@ -644,6 +644,27 @@ def test_index_roundtrip(tmp_path):
     assert index_dir({"HOME": "/home/u"}) == Path("/home/u/.cache/nnrun/slurm-jobs")
 
 
+def test_scripts_of_an_installed_nnrun_run_its_executable(tmp_path):
+    o = opts(tmp_path, nnrun="/opt/venv/bin/nnrun", np=["2"], configurations=["3d_fullres"])
+    for script in (render_plan_script(o), render_task_script(o, "7")):
+        lines = code_lines(script)
+        assert "NNRUN=/opt/venv/bin/nnrun" in lines
+        [cmd] = [ln for ln in lines if ln.startswith('"$NNRUN"')]
+        assert cmd.startswith('"$NNRUN" preprocess -d 501 --mem 16g --runtime host --json')
+        assert "runner.cli" not in script and "PYTHONPATH" not in script and "$PYTHON" not in script
+        subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_scripts_of_a_checkout_run_its_package_with_pythonpath(tmp_path):
+    o = opts(tmp_path)                                  # nnrun=None: a checkout that is not installed
+    for script in (render_plan_script(o), render_task_script(o, "7")):
+        lines = code_lines(script)
+        assert "PYTHON=/opt/py/bin/python3" in lines
+        assert f'export PYTHONPATH={REPO}"${{PYTHONPATH:+:$PYTHONPATH}}"' in lines
+        assert any(ln.startswith('"$PYTHON" -m runner.cli preprocess ') for ln in lines)
+        assert "NNRUN=" not in script
+
+
 @pytest.mark.parametrize("text,expected", [("17", ("17", None, None)), ("17_1", ("17", 1, None)),
                                            ("17;ci", ("17", None, "ci")), ("abc", None), ("17_", None)])
 def test_parse_job_arg(text, expected):
@@ -694,6 +715,86 @@ def test_dry_run_prints_both_scripts_and_writes_nothing(slurm_env, capsys):
     assert out.count("#!/bin/bash") == 2 and "--no_pp" in out and "--array=0-2" in out
     assert "#SBATCH --dependency=afterok:<plan job id>" in out and "#SBATCH --partition=debug" in out
     assert not slurm_env["pre"].exists()
+
+
+@pytest.mark.parametrize("installed", ["/opt/venv/bin/nnrun", None])
+def test_dry_run_scripts_follow_how_nnrun_is_installed(installed, slurm_env, capsys, monkeypatch):
+    monkeypatch.delenv(PYTHON_ENV)
+    monkeypatch.setattr("runner.cli.slurm._nnrun_executable", lambda: installed)
+    monkeypatch.setattr("runner.cli.slurm._repo_root", lambda: str(REPO))
+    code, out, err = run(submit_args(slurm_env, "--dry-run", "--host-python", sys.executable), capsys)
+    assert code == 0, err
+    if installed:
+        assert f"NNRUN={installed}" in out and out.count('"$NNRUN" preprocess -d 501') == 2
+        assert "runner.cli" not in out and "PYTHONPATH" not in out
+    else:
+        assert f"PYTHON={sys.executable}" in out and out.count('"$PYTHON" -m runner.cli preprocess') == 2
+        assert f"export PYTHONPATH={REPO}" in out
+
+
+def test_slurm_python_env_keeps_the_python_form(slurm_env, capsys, monkeypatch):
+    monkeypatch.setattr("runner.cli.slurm._nnrun_executable", lambda: "/opt/venv/bin/nnrun")
+    code, out, _ = run(submit_args(slurm_env, "--dry-run"), capsys)         # slurm_env sets NNRUN_SLURM_PYTHON
+    assert code == 0 and "PYTHON=/opt/py/bin/python3" in out and "NNRUN=" not in out
+
+
+def test_dry_run_without_a_python_with_nnunet_warns_and_prints_the_scripts(slurm_env, capsys, monkeypatch):
+    monkeypatch.delenv(PYTHON_ENV)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    code, out, err = run(submit_args(slurm_env, "--dry-run"), capsys)
+    assert code == 0
+    assert out.count("#!/bin/bash") == 2
+    assert "warning" in err and "--host-python" in err and "nnunetv2" in err
+    code, out, err = run(submit_args(slurm_env, "--dry-run", "--host-python", "/nowhere/python", "--json"), capsys)
+    assert code == 0 and json.loads(out)["dry_run"] is True
+    assert "warning" in err and "/nowhere/python does not exist" in err
+
+
+def _fake_bin(tmp_path, name):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("direct_url,expected", [
+    ({"dir_info": {"editable": True}, "url": f"file://{REPO}"}, True),
+    ({"dir_info": {"editable": True}, "url": "file:///another/checkout"}, False),    # another worktree's nnrun
+    ({"dir_info": {}, "url": f"file://{REPO}"}, False),                                # a copy, not this code
+    (None, False),
+])
+def test_installed_in_editable_mode(direct_url, expected, monkeypatch):
+    from importlib import metadata
+
+    from runner.cli import slurm as cli_slurm
+
+    class Dist:
+        def read_text(self, name):
+            return json.dumps(direct_url) if direct_url is not None else None
+
+    monkeypatch.setattr(metadata, "distribution", lambda name: Dist())
+    assert cli_slurm._installed_in_editable_mode(str(REPO)) is expected
+
+
+def test_nnrun_executable_detection(tmp_path, monkeypatch):
+    from runner.cli import slurm as cli_slurm
+    python = tmp_path / "venv" / "bin" / "python"
+    monkeypatch.setattr(sys, "executable", str(python))
+    monkeypatch.setenv("PATH", str(tmp_path / "path"))
+    # Installed in site-packages: the nnrun beside the Python, else the one on PATH, else none.
+    monkeypatch.setattr(cli_slurm, "_repo_root", lambda: None)
+    assert cli_slurm._nnrun_executable() is None
+    on_path = _fake_bin(tmp_path, "path/nnrun")
+    assert cli_slurm._nnrun_executable() == str(on_path)
+    beside = _fake_bin(tmp_path, "venv/bin/nnrun")
+    assert cli_slurm._nnrun_executable() == str(beside)
+    # A checkout: the python -m form, unless this Python has the checkout installed in editable mode.
+    monkeypatch.setattr(cli_slurm, "_repo_root", lambda: str(REPO))
+    monkeypatch.setattr(cli_slurm, "_installed_in_editable_mode", lambda root: False)
+    assert cli_slurm._nnrun_executable() is None
+    monkeypatch.setattr(cli_slurm, "_installed_in_editable_mode", lambda root: root == str(REPO))
+    assert cli_slurm._nnrun_executable() == str(beside)
 
 
 def test_dry_run_json_only_shards_has_no_plan(slurm_env, capsys):
@@ -765,6 +866,16 @@ def test_submit_with_a_stand_in_sbatch_writes_the_submission(slurm_env, capsys):
     assert [line.split()[0] for line in log.read_text().splitlines()] == ["--parsable", "--parsable"]
 
 
+def test_submit_prints_what_it_submitted_on_stdout(slurm_env, capsys):
+    log = slurm_env["bin"] / "sbatch.log"
+    fake_command(slurm_env["bin"], "sbatch",
+                 f'echo "$@" >> {log}\nn=$(( $(/usr/bin/wc -l < {log}) + 40 ))\necho $n\n')
+    code, out, err = run(submit_args(slurm_env), capsys)
+    assert code == 0, err
+    assert out.startswith("nnrun slurm: submitted plan job 41 and array job 42") and "nnrun slurm status 42" in out
+    assert err == ""
+
+
 def test_submit_cancels_the_plan_when_the_array_is_refused(slurm_env, capsys):
     log = slurm_env["bin"] / "calls.log"
     fake_command(slurm_env["bin"], "sbatch",
@@ -790,8 +901,9 @@ def test_status_through_the_cli_with_stand_in_scontrol(slurm_env, capsys, tmp_pa
     assert "shard 1" in err and "OUT_OF_MEMORY" in err
     code2, out2, _ = run(["slurm", "status", "17_1", "--json"], capsys)      # an array task id finds it too
     assert code2 == 3 and json.loads(out2)["submission_dir"] == rec["_dir"]
-    code3, _, _ = run(["slurm", "status", rec["_dir"]], capsys)               # and the folder itself
+    code3, out3, err3 = run(["slurm", "status", rec["_dir"]], capsys)         # and the folder itself
     assert code3 == 3
+    assert "shard 1" in out3 and "OUT_OF_MEMORY" in out3 and err3 == ""     # without --json the result is on stdout
 
 
 def test_status_unknown_job_is_bad_input(slurm_env, capsys):

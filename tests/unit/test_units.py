@@ -15,6 +15,7 @@ from runner.units import (
     TIB,
     format_bytes,
     format_mem_arg,
+    format_mem_arg_at_most,
     parse_mem,
 )
 
@@ -212,6 +213,21 @@ def test_format_mem_arg_round_trips_upwards(n: int) -> None:
     assert parsed >= n
     step = GIB if n >= 4 * GIB else 64 * MIB
     assert parsed - n < step
+
+
+@pytest.mark.parametrize("n,expected", [(int(23.5 * GIB), "23g"), (4 * GIB, "4g"), (4 * GIB - 1, "4032m"),
+                                         (1200 * MIB, "1152m"), (64 * MIB, "64m"), (10 * MIB, "10m"),
+                                         (6 * MIB, "6m")])
+def test_format_mem_arg_at_most(n: int, expected: str) -> None:
+    assert format_mem_arg_at_most(n) == expected
+
+
+@given(st.integers(min_value=DOCKER_MIN_MEMORY_BYTES, max_value=2**50))
+def test_format_mem_arg_at_most_round_trips_downwards(n: int) -> None:
+    parsed = parse_mem(format_mem_arg_at_most(n))          # a value --mem accepts ...
+    assert parsed <= n                                     # ... that is not more than n
+    step = GIB if n >= 4 * GIB else 64 * MIB if n >= 64 * MIB else MIB
+    assert n - parsed < step
 
 
 @given(st.integers(min_value=0, max_value=2**62))

@@ -169,14 +169,8 @@ def validate_request(req: ManifestRequest) -> ManifestRequest:
     if req.opts.no_pp:
         raise BadInputError("--no_pp is what the plan Job runs; render it with --job plan")
     parse_mem(req.mem)
-    try:
-        parse_mem(req.shm_size)
-    except BadInputError as err:
-        raise BadInputError(err.message.replace("--mem", "--shm-size")) from None
-    try:
-        parse_mem(req.tmp_size)
-    except BadInputError as err:
-        raise BadInputError(err.message.replace("--mem", "--tmp-size")) from None
+    parse_mem(req.shm_size, "--shm-size")
+    parse_mem(req.tmp_size, "--tmp-size")
     m = _DATASET_NAME.match(req.dataset_name)
     if not m:
         raise BadInputError(f"invalid dataset name {req.dataset_name!r}: give the raw folder's name, "

@@ -62,8 +62,8 @@ class SubmitOptions:
     mem: str                             # nnrun's --mem, docker syntax (16g)
     shards: int                          # N
     submission_dir: str                  # absolute
-    python: str                          # runs `-m runner.cli` in the jobs
-    pythonpath: str | None = None        # the folder holding this nnrun's runner package
+    python: str                          # runs `-m runner.cli` in the jobs (when ``nnrun`` is None)
+    pythonpath: str | None = None        # the folder holding this nnrun's runner package (a checkout)
     only_shards: list[int] | None = None
     partition: str | None = None
     time: str | None = None
@@ -77,6 +77,7 @@ class SubmitOptions:
     npfp: str | None = None
     plans_name: str | None = None        # -overwrite_plans_name
     retry: int | None = None
+    nnrun: str | None = None             # the installed nnrun executable the jobs run; None: "$PYTHON" -m runner.cli
 
     @property
     def mem_bytes(self) -> int:
@@ -129,13 +130,13 @@ def _common_args(o: SubmitOptions) -> list[str]:
 
 
 def plan_argv(o: SubmitOptions) -> list[str]:
-    """The plan job's nnrun command (after the interpreter): fingerprint and planning only."""
-    return ["-m", "runner.cli", "preprocess", *_common_args(o), "--no_pp"]
+    """The plan job's nnrun arguments (after ``nnrun``): fingerprint and planning only."""
+    return ["preprocess", *_common_args(o), "--no_pp"]
 
 
 def task_argv(o: SubmitOptions, shard: str = "$K/$N") -> list[str]:
-    """A preprocessing task's nnrun command (after the interpreter); ``shard`` stays a shell expression."""
-    args = ["-m", "runner.cli", "preprocess", *_common_args(o), "--shard", shard]
+    """A preprocessing task's nnrun arguments (after ``nnrun``); ``shard`` stays a shell expression."""
+    args = ["preprocess", *_common_args(o), "--shard", shard]
     if o.configurations:
         args += ["-c", *o.configurations]
     if o.np:
@@ -174,12 +175,21 @@ def _sbatch_lines(o: SubmitOptions, job_name: str, log_name: str) -> list[str]:
 
 def _header(o: SubmitOptions) -> list[str]:
     d = o.submission_dir
-    lines = [f"SUBMISSION={shlex.quote(d)}",
-             f"PYTHON={shlex.quote(o.python)}"]
-    if o.pythonpath:
-        lines.append(f'export PYTHONPATH={shlex.quote(o.pythonpath)}"${{PYTHONPATH:+:$PYTHONPATH}}"')
+    lines = [f"SUBMISSION={shlex.quote(d)}"]
+    if o.nnrun:
+        lines.append(f"NNRUN={shlex.quote(o.nnrun)}")
+    else:
+        # A checkout that is not installed: its runner package, run by this Python.
+        lines.append(f"PYTHON={shlex.quote(o.python)}")
+        if o.pythonpath:
+            lines.append(f'export PYTHONPATH={shlex.quote(o.pythonpath)}"${{PYTHONPATH:+:$PYTHONPATH}}"')
     lines.append(f'mkdir -p "$SUBMISSION/{TASKS_DIR}"')
     return lines
+
+
+def _nnrun(o: SubmitOptions) -> str:
+    """How the jobs start nnrun: the installed executable, or the checkout's package with ``$PYTHON -m``."""
+    return '"$NNRUN"' if o.nnrun else '"$PYTHON" -m runner.cli'
 
 
 def _run_lines(key: str, command: str) -> list[str]:
@@ -202,7 +212,7 @@ def _run_lines(key: str, command: str) -> list[str]:
 
 def render_plan_script(o: SubmitOptions, command: str | None = None) -> str:
     _check_path(o.submission_dir, "the submission folder")
-    cmd = command or f'"$PYTHON" {_shell(plan_argv(o))}'
+    cmd = command or f"{_nnrun(o)} {_shell(plan_argv(o))}"
     lines = ["#!/bin/bash",
              *_sbatch_lines(o, f"nnrun-plan-{o.dataset_name}", "plan-%j.out"),
              "#",
@@ -216,7 +226,7 @@ def render_plan_script(o: SubmitOptions, command: str | None = None) -> str:
 
 def render_task_script(o: SubmitOptions, plan_job_id: str | None, command: str | None = None) -> str:
     _check_path(o.submission_dir, "the submission folder")
-    cmd = command or f'"$PYTHON" {_shell(task_argv(o))}'
+    cmd = command or f"{_nnrun(o)} {_shell(task_argv(o))}"
     lines = ["#!/bin/bash",
              *_sbatch_lines(o, f"nnrun-pp-{o.dataset_name}", "preprocess-%A_%a.out"),
              f"#SBATCH --array={array_spec(o.array_shards)}"]
