@@ -133,7 +133,8 @@ def _pct(part: int | None, whole: int | None) -> str:
 
 def _died_line(report: RunReport) -> str | None:
     """'a worker (pid 73 in the container), case case003, SIGSEGV (segmentation fault)' for a non-OOM death."""
-    if report.outcome is Outcome.OOM or not report.victims or report.reason not in DEATH_REASONS:
+    if report.outcome is Outcome.OOM or not report.victims or report.reason not in DEATH_REASONS \
+            or report.reason == "exception":          # it raised and lived on: the headline says so
         return None
     v = report.victims[0]
     who = "nnU-Net's main process" if v["role"] == "main" else "a worker process"

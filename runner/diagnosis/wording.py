@@ -169,7 +169,7 @@ def death_message(death: Death, reason: str | None, peak_shm_bytes: int | None =
     """One sentence: who died of what, holding which case, and the likeliest cause with its evidence."""
     who, where = _who(death), _where(death)
     if reason == "exception" or (reason == "shm" and death.error):
-        text = f"{who} raised {death.error} {where}"
+        text = f"{who} raised {(death.error or '').strip()} {where}"
         return text + (": shared memory (/dev/shm) was full" if reason == "shm" else "")
     if reason == "killed":
         how = f"was killed by {signal_words(death.signal_name)}" if death.signal_name else "vanished"

@@ -66,6 +66,8 @@ from runner.rundir import (
 from runner.units import format_bytes, format_mem_arg, format_mem_arg_at_most, parse_mem
 
 STOP_TIMEOUT_S = 10
+# Words of numpy's errors when an image and its label differ in shape (broadcast, boolean index, ...).
+SHAPE_WORDS = ("shape", "broadcast", "boolean index", "dimension")
 
 
 class Preprocess:
@@ -525,14 +527,14 @@ class Preprocess:
                     report.recommendation_argv = argv
                     report.recommendation = shlex.join(argv)
         elif verdict.death is not None and not self._output_disk_full(facts, log_path, preprocessed_dataset):
-            self._fill_death(report, facts, verdict, verdict.death)
+            self._fill_death(report, facts, verdict, verdict.death, dataset)
         elif o is Outcome.ERROR:
             line = facts.exception_line or _last_log_line(log_path) or f"exit status {facts.nnunet_returncode}"
             detail = ""
             if "No space left on device" in line or "Errno 28" in line or _disk_full(preprocessed_dataset):
                 report.reason = "ENOSPC"
                 detail = wording.enospc_detail(preprocessed_dataset.parent)
-            if "broadcast" in line or "shape" in line.lower():
+            if any(w in line.lower() for w in SHAPE_WORDS):
                 bad = shape_mismatches(dataset)
                 if bad:
                     detail = wording.shape_detail(bad)
@@ -559,7 +561,8 @@ class Preprocess:
             return False
         return "No space left on device" in line or "Errno 28" in line or _disk_full(preprocessed_dataset)
 
-    def _fill_death(self, report: RunReport, facts: RunFacts, verdict: Verdict, death: Death) -> None:
+    def _fill_death(self, report: RunReport, facts: RunFacts, verdict: Verdict, death: Death,
+                    dataset: RawDataset) -> None:
         """A process died of something other than the OOM killer: who, of what, holding which case, why."""
         self.last_death = death
         reason = verdict.reason
@@ -572,6 +575,10 @@ class Preprocess:
         report.crash_frame, report.crash_library = death.frame, death.library
         report.shm_size_bytes = facts.shm_size_bytes
         report.message = wording.death_message(death, reason, facts.peak_shm_bytes, facts.shm_size_bytes)
+        if reason == "exception" and death.error and any(w in death.error.lower() for w in SHAPE_WORDS):
+            bad = [m for m in shape_mismatches(dataset) if death.case is None or m.startswith(f"{death.case} ")]
+            if bad:
+                report.message += wording.shape_detail(bad)
         report.error_detail = facts.exception_line        # nnU-Net's words, quoted in the report
         if reason == "shm":
             current = parse_mem(self.settings.shm_size)
