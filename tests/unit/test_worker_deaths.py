@@ -283,3 +283,16 @@ def test_no_space_left_with_dev_shm_full_is_shared_memory_not_the_output_disk():
               peak_shm_bytes=63 << 20, shm_size_bytes=64 << 20)
     v = classify(f)
     assert v.outcome is Outcome.ERROR and v.reason == "shm" and v.death.case == "case004"
+
+
+def test_slurm_status_carries_a_tasks_crash_words(tmp_path, tiny_raw):
+    """A Slurm task's JSON is nnrun's own report: its crash message reaches `nnrun slurm status`."""
+    from runner.backends.slurm.diagnosis import render_status
+    from tests.unit.test_slurm import diag, record, st, task_files
+
+    report, _ = run_fake(tiny_raw, tmp_path / "run", FakeEngine(crash, exit_code=1), opts=OPTS2)
+    rec = record(tmp_path)
+    task_files(rec, 1, assert_report_json_matches(report), 4)     # the task's JSON: the run's report.json
+    d = diag(rec, [st(0, "COMPLETED"), st(1, "FAILED", "4:0", "NonZeroExitCode"), st(2, "COMPLETED")])
+    assert d.outcome is Outcome.ERROR and d.failed_shards == [1]
+    assert "a worker (pid 73) died of SIGSEGV (segmentation fault) while preprocessing case001" in render_status(d)
