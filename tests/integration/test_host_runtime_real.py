@@ -93,4 +93,4 @@ def test_a_python_without_nnunet_is_refused(docker_ready, demo_raw, tmp_path):
     with memory_cgroup(2 << 30) as (_, inside):
         code, report, stderr = _run_in(inside, *_args(demo_raw, tmp_path / "pre", "2g", sys.executable))
     assert code == 6, stderr
-    assert "cannot import nnunetv2" in report["message"] and "host-env.sh" in report["message"]
+    assert "cannot import nnunetv2" in report["message"] and "pip install nnunetv2" in report["message"]
