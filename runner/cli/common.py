@@ -9,6 +9,7 @@ are one line on stderr.  The exit code comes from :func:`runner.errors.exit_code
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import sys
@@ -128,7 +129,13 @@ def report_for_error(error: NnrunError) -> RunReport:
     return report
 
 
-def fail(error: NnrunError) -> NoReturn:
-    """One line for an error before any result, and its exit code."""
-    err(f"nnrun: {error.outcome.value}: {error.one_line()}")
-    raise typer.Exit(exit_code_for(error.outcome))
+def fail(error: NnrunError, as_json: bool = False, prefix: str = "nnrun") -> NoReturn:
+    """One line on stderr for an error before any result (and, with --json, one JSON object on stdout),
+    then the outcome's exit code."""
+    code = exit_code_for(error.outcome)
+    err(f"{prefix}: {error.outcome.value}: {error.one_line()}")
+    if as_json:
+        sys.stdout.write(json.dumps({"outcome": error.outcome.value, "exit_code": code,
+                                     "message": error.one_line()}) + "\n")
+        sys.stdout.flush()
+    raise typer.Exit(code)

@@ -14,11 +14,12 @@ from typing import Optional
 
 import typer
 
+from runner.cli import common
 from runner.cli import options as cli_options
 from runner.cli.common import NNUNET_EXTRA, one_dataset
 from runner.cli.common import result as show
 from runner.dataset import load_raw_dataset, parse_dataset_id
-from runner.errors import BadInputError, NnrunError, exit_code_for
+from runner.errors import BadInputError, NnrunError
 from runner.options import DEFAULT_NPFP, PreprocessOptions
 from runner.run.contract import IMAGE_USER
 from runner.run.settings import DEFAULT_IMAGE
@@ -32,24 +33,6 @@ k8s_app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-_HELP = {"help_option_names": ["-h", "--help"]}
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
-def _fail(err: NnrunError, as_json: bool) -> None:
-    """One line on stderr (and one JSON object on stdout with --json), then the outcome's exit code."""
-    code = exit_code_for(err.outcome)
-    _err(f"nnrun: {err.outcome.value}: {err.one_line()}")
-    if as_json:
-        sys.stdout.write(json.dumps({"outcome": err.outcome.value, "message": err.one_line(),
-                                     "exit_code": code}) + "\n")
-    raise typer.Exit(code)
-
 
 def _volume(data: str, claim: str | None, host_path: str | None):
     from runner.backends.k8s.jobs import VolumeChoice
@@ -87,7 +70,7 @@ def _parse_run_as(text: str) -> tuple[int, int]:
     return uid, gid
 
 
-@k8s_app.command("manifest", context_settings=_HELP)
+@k8s_app.command("manifest", context_settings=common.HELP)
 def manifest_command(
     dataset: list[str] = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name)."),
     mem: str = typer.Option(..., "--mem", metavar="SIZE",
@@ -244,17 +227,17 @@ def manifest_command(
                 output.write_text(text)
             except OSError as err:
                 raise BadInputError(f"cannot write {output}: {err.strerror}") from None
-            _err(f"nnrun: wrote {len(jobs)} Job(s) to {output}: "
+            common.err(f"nnrun: wrote {len(jobs)} Job(s) to {output}: "
                  + ", ".join(j.metadata.name for j in jobs))
         else:
             sys.stdout.write(text)
             sys.stdout.flush()
     except NnrunError as err:
-        _fail(err, as_json and output is None)
+        common.fail(err, as_json and output is None)
     raise typer.Exit(0)
 
 
-@k8s_app.command("diagnose", context_settings=_HELP)
+@k8s_app.command("diagnose", context_settings=common.HELP)
 def diagnose_command(
     pods_file: str = typer.Argument(..., metavar="FILE|-",
                                     help="The output of kubectl get pods -o json (a List of "
@@ -316,7 +299,7 @@ def diagnose_command(
                 raise BadInputError(f"{shard_map} is not an nnrun shard map")
         result = diagnose(pods, mapping, ignored, _run_folder_words(run_folders, pods) if run_folders else None)
     except NnrunError as err:
-        _fail(err, as_json)
+        common.fail(err, as_json)
         return
     show(render_diagnosis(result), as_json)
     if as_json:

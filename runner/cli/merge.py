@@ -9,8 +9,7 @@ from typing import Optional
 import typer
 
 from runner.cli import options as cli_options
-from runner.cli.common import err as _err
-from runner.cli.common import one_dataset
+from runner.cli.common import fail, one_dataset
 from runner.cli.common import result as show
 from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
 
@@ -63,11 +62,7 @@ def merge_command(
                 from runner.run.contract import hand_over
                 hand_over([pre], 0, 0)
     except NnrunError as err:
-        _err(f"nnrun: {err.outcome.value}: {err.one_line()}")
-        if as_json:
-            sys.stdout.write(json.dumps({"outcome": err.outcome.value, "message": err.one_line(),
-                                         "exit_code": exit_code_for(err.outcome)}) + "\n")
-        raise typer.Exit(exit_code_for(err.outcome)) from None
+        fail(err, as_json)
     outcome = Outcome.OK if result.ok else Outcome.BAD_INPUT
     hint = rerun_command(result, ds.dataset_id, mem or "SIZE")      # SIZE: a placeholder for the user to fill in
     show(render_merge(result, hint), as_json)

@@ -23,9 +23,10 @@ from typing import Optional
 
 import typer
 
+from runner.cli import common
 from runner.cli import options as cli_options
 from runner.cli.common import result
-from runner.errors import BadInputError, InfraError, NnrunError, exit_code_for
+from runner.errors import BadInputError, InfraError, NnrunError
 
 app = typer.Typer(
     name="slurm",
@@ -38,26 +39,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_CTX = {"help_option_names": ["-h", "--help"]}
 RUNTIMES = ("host", "podman")
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
 
 
 def _out(data: dict) -> None:
     sys.stdout.write(json.dumps(data) + "\n")
     sys.stdout.flush()
-
-
-def _fail(err: NnrunError, as_json: bool) -> None:
-    code = exit_code_for(err.outcome)
-    _err(f"nnrun slurm: {err.outcome.value}: {err.one_line()}")
-    if as_json:
-        _out({"outcome": err.outcome.value, "exit_code": code, "message": err.one_line()})
-    raise typer.Exit(code)
 
 
 def _repo_root() -> str | None:
@@ -99,7 +86,7 @@ def _nnrun_executable() -> str | None:
     return str(beside) if beside_ok else shutil.which("nnrun")
 
 
-@app.command("submit", context_settings=_CTX)
+@app.command("submit", context_settings=common.HELP)
 def submit_command(
     dataset: list[str] = typer.Option(..., "-d", metavar="ID", help="Dataset id (e.g. 501 or Dataset501_Name). One dataset."),
     mem: str = typer.Option(..., "--mem", metavar="SIZE", help="Memory of each job (sbatch --mem) and nnrun's cap: 16g, 4096m."),
@@ -186,7 +173,7 @@ def submit_command(
                 if not dry_run:
                     raise problem
                 # A dry run shows the scripts anyway (they may be meant for nodes that have what this host lacks).
-                _err(f"nnrun slurm: warning: {problem.one_line()}")
+                common.err(f"nnrun slurm: warning: {problem.one_line()}")
         elif host_python:
             raise BadInputError("--host-python goes with --runtime host")
         raw_root = resolve_root(raw, "nnUNet_raw", "--raw")
@@ -228,7 +215,7 @@ def submit_command(
                     sys.stdout.write(f"# ---- {sub_dir / PLAN_SCRIPT}\n{plan_script}\n")
                 sys.stdout.write(f"# ---- {sub_dir / TASK_SCRIPT}"
                                  + (" (submitted with the plan job's id)" if plan_script else "") + f"\n{task_script}")
-                _err("nnrun slurm: dry run: nothing submitted, nothing written")
+                common.err("nnrun slurm: dry run: nothing submitted, nothing written")
             raise typer.Exit(0)
 
         if shutil.which("sbatch") is None:
@@ -260,10 +247,10 @@ def submit_command(
                 try:
                     index_add(jid, str(sub_dir), cluster)
                 except OSError as err:
-                    _err(f"nnrun slurm: warning: cannot write the job index ({err.strerror}); "
+                    common.err(f"nnrun slurm: warning: cannot write the job index ({err.strerror}); "
                          f"use nnrun slurm status {sub_dir}")
     except NnrunError as err:
-        _fail(err, as_json)
+        common.fail(err, as_json, "nnrun slurm")
         return
     shards_text = array_spec(opts.array_shards)
     what = f"plan job {plan_id} and " if plan_id else ""
@@ -303,7 +290,7 @@ def _find_submission(target: str) -> str:
                         f"<preprocessed>/<Dataset>/.nnrun/slurm/<id> instead")
 
 
-@app.command("status", context_settings=_CTX)
+@app.command("status", context_settings=common.HELP)
 def status_command(
     target: str = typer.Argument(..., metavar="JOBID|DIR",
                                  help="A job id of the submission (plan or array job, or ARRAY_TASK) "
@@ -340,15 +327,15 @@ def status_command(
                 summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(
                     {s: sum(1 for q in queue if q.state == s) for s in {q.state for q in queue}}.items()))
                 if summary != last:
-                    _err(f"nnrun slurm: waiting: {summary}")
+                    common.err(f"nnrun slurm: waiting: {summary}")
                     last = summary
                 if deadline is not None and time.monotonic() >= deadline:
-                    _err("nnrun slurm: --timeout reached; the status so far:")
+                    common.err("nnrun slurm: --timeout reached; the status so far:")
                     break
                 time.sleep(interval)
         diagnosis = status(record, client)
     except NnrunError as err:
-        _fail(err, as_json)
+        common.fail(err, as_json, "nnrun slurm")
         return
     result(render_status(diagnosis), as_json)
     if as_json:
