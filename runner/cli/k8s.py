@@ -20,7 +20,7 @@ from runner.cli.common import NNUNET_EXTRA, one_dataset
 from runner.cli.common import result as show
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError
-from runner.options import DEFAULT_NPFP, PreprocessOptions
+from runner.options import DEFAULT_NPFP
 from runner.run.contract import IMAGE_USER
 from runner.run.settings import DEFAULT_IMAGE
 
@@ -184,25 +184,11 @@ def manifest_command(
     try:
         dataset_arg = one_dataset(dataset, "manifest")
         dataset_id = parse_dataset_id(dataset_arg)
-        extra_args = tuple(NNUNET_EXTRA)      # after `--`, split off by runner.cli.app.main
-        if no_pbar:
-            extra_args = ("--no_pbar", *extra_args)
-        opts = PreprocessOptions(
-            dataset_id=dataset_id,
-            configurations=tuple(configurations) if configurations else PreprocessOptions.configurations,
-            np=tuple(np_) if np_ else None,
-            npfp=npfp,
-            verify_dataset_integrity=verify_dataset_integrity,
-            clean=clean,
-            planner=planner,
-            fingerprint_extractor=fpe,
-            gpu_memory_target=gpu_memory_target,
-            preprocessor_name=preprocessor_name,
-            overwrite_target_spacing=tuple(overwrite_target_spacing) if overwrite_target_spacing else None,
-            overwrite_plans_name=overwrite_plans_name,
-            verbose=verbose,
-            extra_args=extra_args,
-        )
+        opts = cli_options.nnunet_options(
+            dataset_id, configurations, np_, npfp, verify_dataset_integrity=verify_dataset_integrity, clean=clean,
+            planner=planner, fpe=fpe, gpu_memory_target=gpu_memory_target, preprocessor_name=preprocessor_name,
+            overwrite_target_spacing=overwrite_target_spacing, overwrite_plans_name=overwrite_plans_name,
+            verbose=verbose, no_pbar=no_pbar, extra_args=NNUNET_EXTRA)     # after `--`, split off by app.main
         raw_volume = _volume("raw", raw_claim, raw_host_path)
         preprocessed_volume = _volume("preprocessed", preprocessed_claim, preprocessed_host_path)
         name_, ending = _dataset_name_and_ending(dataset_arg, dataset_id, raw, dataset_name, file_ending)

@@ -45,3 +45,29 @@ def container_runtime(runtime: str | None, engine: str | None, why: str) -> str:
     if name not in CONTAINER_RUNTIMES:
         raise BadInputError(f"--runtime must be docker or podman (got {name!r}): {why}")
     return name
+
+
+def nnunet_options(dataset_id: int, configurations, np, npfp: int, *, verify_dataset_integrity: bool, clean: bool,
+                   planner: str, fpe: str, gpu_memory_target, preprocessor_name: str, overwrite_target_spacing,
+                   overwrite_plans_name, verbose: bool, no_pbar: bool, extra_args, no_pp: bool = False):
+    """nnU-Net's options from the values of the shared typer options (``nnrun preprocess``, ``k8s manifest``);
+    ``extra_args``: what followed ``--`` on the command line."""
+    from runner.options import PreprocessOptions
+
+    return PreprocessOptions(
+        dataset_id=dataset_id,
+        configurations=tuple(configurations) if configurations else PreprocessOptions.configurations,
+        np=tuple(np) if np else None,
+        npfp=npfp,
+        verify_dataset_integrity=verify_dataset_integrity,
+        no_pp=no_pp,
+        clean=clean,
+        planner=planner,
+        fingerprint_extractor=fpe,
+        gpu_memory_target=gpu_memory_target,
+        preprocessor_name=preprocessor_name,
+        overwrite_target_spacing=tuple(overwrite_target_spacing) if overwrite_target_spacing else None,
+        overwrite_plans_name=overwrite_plans_name,
+        verbose=verbose,
+        extra_args=(("--no_pbar",) if no_pbar else ()) + tuple(extra_args),
+    )

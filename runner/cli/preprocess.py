@@ -10,7 +10,7 @@ from runner.cli.common import NNUNET_EXTRA, Interrupts, command_as_typed, finish
 from runner.cli.progress import make_progress
 from runner.dataset import parse_dataset_id
 from runner.errors import BadInputError, NnrunError
-from runner.options import DEFAULT_NPFP, PreprocessOptions
+from runner.options import DEFAULT_NPFP
 from runner.run.preprocess import Preprocess
 from runner.run.settings import DEFAULT_IMAGE, RunSettings
 
@@ -123,25 +123,12 @@ def preprocess_command(
         schedule = schedule or ("fixed" if np_ else "memory")
         if schedule == "memory" and npfp is None:
             npfp_auto = True
-        if no_pbar:
-            extra_args = ("--no_pbar", *extra_args)
-        opts = PreprocessOptions(
-            dataset_id=parse_dataset_id(dataset[0]),
-            configurations=tuple(configurations) if configurations else PreprocessOptions.configurations,
-            np=np_values,
-            npfp=npfp_value,
-            verify_dataset_integrity=verify_dataset_integrity,
-            no_pp=no_pp,
-            clean=clean,
-            planner=planner,
-            fingerprint_extractor=fpe,
-            gpu_memory_target=gpu_memory_target,
-            preprocessor_name=preprocessor_name,
-            overwrite_target_spacing=tuple(overwrite_target_spacing) if overwrite_target_spacing else None,
-            overwrite_plans_name=overwrite_plans_name,
-            verbose=verbose,
-            extra_args=extra_args,
-        )
+        opts = cli_options.nnunet_options(
+            parse_dataset_id(dataset[0]), configurations, np_values, npfp_value,
+            verify_dataset_integrity=verify_dataset_integrity, clean=clean, planner=planner, fpe=fpe,
+            gpu_memory_target=gpu_memory_target, preprocessor_name=preprocessor_name,
+            overwrite_target_spacing=overwrite_target_spacing, overwrite_plans_name=overwrite_plans_name,
+            verbose=verbose, no_pbar=no_pbar, extra_args=extra_args, no_pp=no_pp)
         shard_spec = parse_shard_arg(shard)
         runtime = cli_options.pick_runtime(runtime, engine, "docker")
         if runtime not in RUNTIMES:
