@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import textwrap
 from typing import TextIO
 
 from runner.errors import Outcome
@@ -92,14 +91,24 @@ def styled_headline(line: str):
 
 
 def _wrap_command(command: str, width: int) -> list[str]:
-    """A shell command in lines of at most ``width`` columns, each but the last ending in `` \\``."""
+    """A shell command in lines of at most ``width`` columns, each but the last ending in `` \\``.
+
+    Words are never broken (an option and its value stay together): a single
+    word longer than a line overflows rather than changing the command.
+    """
     try:
         words = shlex.split(command, posix=False)       # keeps quotes: a quoted argument stays one word
     except ValueError:
         words = command.split()
+    units: list[str] = []                              # an option and its value stay on one line
+    for word in words:
+        if units and units[-1].startswith("-") and " " not in units[-1] and not word.startswith("-"):
+            units[-1] += " " + word
+        else:
+            units.append(word)
     lines: list[str] = []
     current = ""
-    for word in words:
+    for word in units:
         candidate = f"{current} {word}" if current else word
         if current and len(candidate) + 2 > width:      # room for " \"
             lines.append(current + " \\")
@@ -111,8 +120,30 @@ def _wrap_command(command: str, width: int) -> list[str]:
 
 
 def _wrap(text: str, width: int, indent: str) -> list[str]:
-    return textwrap.wrap(text, width=width, subsequent_indent=indent, break_long_words=True,
-                         break_on_hyphens=False) or [""]
+    """``text`` in lines of at most ``width`` columns, broken between words; later lines start with ``indent``.
+
+    A word longer than a line (a path) is broken after a ``/`` where it can be, else where it must.
+    """
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        room = width - (len(indent) if lines else 0)
+        candidate = f"{current} {word}" if current else word
+        if len(candidate) <= room:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+            current = ""
+            room = width - len(indent)
+        while len(word) > room:
+            cut = (word.rfind("/", 1, room) + 1) or room
+            lines.append(word[:cut])
+            word = word[cut:]
+            room = width - len(indent)
+        current = word
+    lines.append(current)
+    return lines[:1] + [indent + line for line in lines[1:]]
 
 
 def layout_report(text: str, width: int) -> list[tuple[str, str, str]]:
@@ -122,8 +153,9 @@ def layout_report(text: str, width: int) -> list[tuple[str, str, str]]:
     headline's ``"nnrun: oom (out of memory):"``), ``value`` the rest of the
     line; ``kind`` is ``headline``, ``field``, ``command`` or ``more`` (a
     continuation line, label blank).  Joined, no line is wider than ``width``
-    (for any width of at least 24 columns) and no word is split unless it is
-    longer than a line (a long path).
+    (for any width of at least 24 columns; only a word of the ``next:``
+    command longer than the room left may overflow) and no word is split
+    unless it is longer than a line (a long path: broken after a ``/``).
     """
     width = max(int(width), 24)
     out: list[tuple[str, str, str]] = []
@@ -132,7 +164,7 @@ def layout_report(text: str, width: int) -> list[tuple[str, str, str]]:
         head = _HEADLINE.match(line) if n == 0 else None
         if head:
             prefix = head.group(0)
-            wrapped = _wrap(line, width, "  ")
+            wrapped = _wrap(line, width, "    ")
             first = wrapped[0]
             out.append((first[:len(prefix)], first[len(prefix):], "headline"))
             out.extend(("", more, "more") for more in wrapped[1:])
