@@ -31,7 +31,7 @@ from runner.cli.progress import RichProgress
 from runner.cli.terminal import color_wanted, layout_report, make_console, print_report
 from runner.diagnosis.report import RunReport, render_human, report_from_json, to_json
 from runner.errors import Outcome
-from tests.unit.test_cli_progress import CAP, SEQUENCE, _sample
+from tests.unit.test_cli_progress import SEQUENCE, _sample
 
 REPO = Path(__file__).resolve().parents[2]
 SGR = re.compile(r"\x1b\[[0-9;]*m")                  # colour and other attributes
