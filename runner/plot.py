@@ -581,15 +581,26 @@ def _case_fontsize(n_lanes: int) -> float:
 
 def _case_labels(axc, cases: list[CaseSpan], lanes: list[int], n_lanes: int, chosen: set[int], many: bool,
                  t0: float, t_last: float, placer: _Placer, layout: PlotLayout) -> None:
-    """Name the chosen case bars: inside the bar when the name fits there, else in a small box over the
-    bar, or just above or below it, wherever that covers no other label and no other bar."""
+    """Name the chosen case bars, covering no other label.
+
+    Inside the bar when the name fits there.  A bar too narrow for it gets a
+    small box with its name over the bar, or just above or below it (between
+    the lanes), or beside it, covering no other bar; failing that, the bare
+    name over the bar and its neighbours'.  Several narrow bars side by side
+    in one lane (short cases one after the other) share one box that names
+    them in their order: ``case005, case001, case004``.
+    """
     fontsize = _case_fontsize(n_lanes)
     region = layout.case_axes or (0.0, 0.0, 0.0, 0.0)
     region = (region[0] + 1.0, region[1] + 1.0, region[2] - 1.0, region[3] - 1.0)
     half = _BAR_HEIGHT / 2
+    to_data = axc.transData.inverted()
 
     def end_of(c: CaseSpan) -> float:
         return c.end if c.end is not None and _finite(c.end) else t_last
+
+    def finished(c: CaseSpan) -> bool:
+        return c.end is not None and _finite(c.end)
 
     bars: dict[int, Box] = {}
     for i, c in enumerate(cases):
@@ -600,58 +611,96 @@ def _case_labels(axc, cases: list[CaseSpan], lanes: list[int], n_lanes: int, cho
 
     def priority(i: int) -> tuple:
         c = cases[i]
-        done = c.end is not None and _finite(c.end)
-        return (done, -(c.peak_rss_bytes or 0), c.start)
+        return (finished(c), -(c.peak_rss_bytes or 0), c.start)
 
-    for i in sorted(chosen, key=priority):
+    def peak_of(c: CaseSpan) -> str:
+        return f" · {format_bytes(c.peak_rss_bytes)}" if c.peak_rss_bytes is not None else ""
+
+    def inside(i: int) -> bool:
         c = cases[i]
-        done = c.end is not None and _finite(c.end)
-        a, b = c.start - t0, end_of(c) - t0
-        peak = f" · {format_bytes(c.peak_rss_bytes)}" if c.peak_rss_bytes is not None else ""
-        flag = "" if done else " (unfinished)"
+        done = finished(c)
         bar = bars[i]
-        others = [box for j, box in bars.items() if j != i]
         inner = (bar[0] + 2.0, bar[1] - 1.0, bar[2] - 2.0, bar[3] + 1.0)
-        placed = False
-        # Inside the bar.
-        for text in dict.fromkeys((f"{c.case}{peak}{flag}", f"{c.case}{peak}", c.case)):
-            artist = axc.text((a + b) / 2, lanes[i], text, ha="center", va="center", fontsize=fontsize,
-                              color="white" if done else "#8b0000", fontweight="normal" if done else "bold",
-                              zorder=9, clip_on=True,
+        if inner[2] - inner[0] < 8:
+            return False
+        flag = "" if done else " (unfinished)"
+        for text in dict.fromkeys((f"{c.case}{peak_of(c)}{flag}", f"{c.case}{peak_of(c)}", c.case)):
+            artist = axc.text((c.start + end_of(c)) / 2 - t0, lanes[i], text, ha="center", va="center",
+                              fontsize=fontsize, color="white" if done else "#8b0000",
+                              fontweight="normal" if done else "bold", zorder=9, clip_on=True,
                               bbox=None if done else {"boxstyle": "round,pad=0.1", "facecolor": "white",
                                                       "alpha": 0.8, "linewidth": 0})
             box = placer.measure(artist, pad=0.0 if done else 1.5)
             if _inside(box, inner) and placer.free(box, region):
                 placer.take(box)
                 layout.labels.append(PlacedLabel("case", i, text, box))
-                placed = True
-                break
+                return True
             artist.remove()
-        if placed:
-            continue
-        # Too narrow: a boxed name over the bar, or just above or below it (between the lanes), or at
-        # last the bare name over the bar and its neighbours' (never over another label).
-        spots = ((lanes[i], "center", others), (lanes[i] - half - 0.03, "bottom", others + [bar]),
-                 (lanes[i] + half + 0.03, "top", others + [bar]), (lanes[i], "center", []))
-        texts = list(dict.fromkeys((f"{c.case}{peak}", c.case)))
-        tries = [(spot, text) for spot in spots[:-1] for text in texts] + [(spots[-1], c.case)]
-        for (y, va, avoid), text in tries:
-            artist = axc.text((a + b) / 2, y, text, ha="center", va=va, fontsize=fontsize - 1,
+        return False
+
+    def boxed(members: list[int], texts: list[str], last_resort: str) -> bool:
+        """A boxed label for these bars (one, or several side by side in one lane)."""
+        lane = lanes[members[0]]
+        a = min(cases[i].start for i in members) - t0
+        b = max(end_of(cases[i]) for i in members) - t0
+        own = [bars[i] for i in members]
+        others = [box for j, box in bars.items() if j not in members]
+        done = all(finished(cases[i]) for i in members)
+        a_px, b_px = (float(v) for v in axc.transData.transform([(a, 0.0), (b, 0.0)])[:, 0])
+        right = float(to_data.transform((b_px + 4.0, 0.0))[0])
+        left = float(to_data.transform((a_px - 4.0, 0.0))[0])
+        mid = (a + b) / 2
+        over = (mid, lane, "center", "center", others)
+        spots = [(mid, lane - half - 0.03, "center", "bottom", others + own),
+                 (mid, lane + half + 0.03, "center", "top", others + own),
+                 (right, lane, "left", "center", others + own),
+                 (left, lane, "right", "center", others + own)]
+        # One bar: its name over it first; several: beside them first (a box over them would hide them).
+        spots.insert(0 if len(members) == 1 else 2, over)
+        tries = [(spot, text) for spot in spots for text in texts] + [((mid, lane, "center", "center", []),
+                                                                       last_resort)]
+        for (x, y, ha, va, avoid), text in tries:
+            artist = axc.text(x, y, text, ha=ha, va=va, fontsize=fontsize - 1,
                               color=_CASE_EDGE if done else "#8b0000", zorder=9, clip_on=True,
                               bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.85,
                                     "linewidth": 0.4, "edgecolor": _CASE_EDGE if done else _OOM_COLOR})
             box = placer.measure(artist, pad=1.0)
-            # Kept inside the axes: shift it sideways when it sticks out at an end.
+            # Kept inside the axes: shift it sideways when it sticks out at an end (not beside the bars).
             shift = max(0.0, region[0] - box[0]) - max(0.0, box[2] - region[2])
-            if shift:
-                x_px = float(axc.transData.transform(((a + b) / 2, 0.0))[0]) + shift
-                artist.set_x(float(axc.transData.inverted().transform((x_px, 0.0))[0]))
+            if shift and ha == "center":
+                x_px = float(axc.transData.transform((x, 0.0))[0]) + shift
+                artist.set_x(float(to_data.transform((x_px, 0.0))[0]))
                 box = (box[0] + shift, box[1], box[2] + shift, box[3])
             if placer.free(box, region, avoid=avoid):
                 placer.take(box)
-                layout.labels.append(PlacedLabel("case", i, text, box))
-                break
+                key: Any = members[0] if len(members) == 1 else tuple(members)
+                layout.labels.append(PlacedLabel("case", key, text, box))
+                return True
             artist.remove()
+        return False
+
+    pending = [i for i in sorted(chosen, key=priority) if not inside(i)]
+
+    # Narrow bars side by side in one lane: closer than a name is wide.
+    name_px = max((len(cases[i].case) for i in pending), default=0) * _char_px(fontsize - 1)
+    groups: list[list[int]] = []
+    for lane in sorted({lanes[i] for i in pending}):
+        row = sorted((i for i in pending if lanes[i] == lane), key=lambda i: bars[i][0])
+        for i in row:
+            if groups and lanes[groups[-1][-1]] == lane and bars[i][0] - bars[groups[-1][-1]][2] < name_px:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+    # Crowded places first (they have the fewest places to go), then by the cases' priority.
+    for group in sorted(groups, key=lambda g: (len(g) == 1, min(priority(i) for i in g))):
+        if len(group) == 1:
+            c = cases[group[0]]
+            boxed(group, list(dict.fromkeys((f"{c.case}{peak_of(c)}", c.case))), c.case)
+        else:
+            names = ", ".join(cases[i].case for i in sorted(group, key=lambda i: cases[i].start))
+            if not boxed(group, [names], names):
+                for i in group:
+                    boxed([i], [cases[i].case], cases[i].case)
 
 
 # -- reading the run folder --------------------------------------------------------
