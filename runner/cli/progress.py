@@ -177,8 +177,16 @@ class RichProgress(_BaseProgress):
             self.live.start()
             self._started = True
 
+    def _line(self, text: str, style_headline: bool = False) -> None:
+        """A line above the panel, wrapped between words for the terminal (rich would cut a long path)."""
+        from runner.cli.terminal import fit_line, styled_headline
+
+        fitted = fit_line(text, self.console.width)
+        self.console.print(styled_headline(fitted) if style_headline else fitted, highlight=False, markup=False,
+                           soft_wrap=True)
+
     def stage(self, message: str) -> None:
-        self.console.print(f"nnrun: {message}", highlight=False)
+        self._line(f"nnrun: {message}")
 
     def file_check(self, done: int, total: int) -> None:
         self._file_check = (done, total)
@@ -190,12 +198,10 @@ class RichProgress(_BaseProgress):
         line = self.state.apply_event(event)
         self._ensure_started()
         if line and event.get("event") in ("phase", "oom_kill", "watchdog"):
-            self.console.print(line, highlight=False)
+            self._line(line)
         early = self.early_oom.feed(event)
         if early:
-            from runner.cli.terminal import styled_headline
-
-            self.console.print(styled_headline(early), highlight=False)
+            self._line(early, style_headline=True)
 
     def _render(self):
         from rich.progress_bar import ProgressBar

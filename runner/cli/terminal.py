@@ -85,7 +85,8 @@ def styled_headline(line: str):
     head = _HEADLINE.match(line)
     if not head:
         return Text(line)
-    text = Text(head.group(0), style=outcome_style(headline_outcome(line)))
+    text = Text()                   # (Text(..., style=) would be the style of the whole line)
+    text.append(head.group(0), style=outcome_style(headline_outcome(line)))
     text.append(line[head.end():])
     return text
 
@@ -93,28 +94,36 @@ def styled_headline(line: str):
 def _wrap_command(command: str, width: int) -> list[str]:
     """A shell command in lines of at most ``width`` columns, each but the last ending in `` \\``.
 
-    Words are never broken (an option and its value stay together): a single
-    word longer than a line overflows rather than changing the command.
+    Words are never broken, and an option starts a line together with its
+    value (``--raw DIR``); when the two do not fit on one line, the value
+    gets a line of its own.  A single word longer than a line overflows
+    rather than changing the command.
     """
     try:
         words = shlex.split(command, posix=False)       # keeps quotes: a quoted argument stays one word
     except ValueError:
         words = command.split()
-    units: list[str] = []                              # an option and its value stay on one line
+    units: list[list[str]] = []                        # an option and its value, or one word
     for word in words:
-        if units and units[-1].startswith("-") and " " not in units[-1] and not word.startswith("-"):
-            units[-1] += " " + word
+        if units and len(units[-1]) == 1 and units[-1][0].startswith("-") and not word.startswith("-"):
+            units[-1].append(word)
         else:
-            units.append(word)
+            units.append([word])
     lines: list[str] = []
     current = ""
-    for word in units:
-        candidate = f"{current} {word}" if current else word
-        if current and len(candidate) + 2 > width:      # room for " \"
-            lines.append(current + " \\")
-            current = word
-        else:
+    for unit in units:
+        text = " ".join(unit)
+        candidate = f"{current} {text}" if current else text
+        if len(candidate) + 2 <= width or not current and len(unit) == 1:     # room for " \"
             current = candidate
+            continue
+        if current:
+            lines.append(current + " \\")
+        if len(text) + 2 <= width or len(unit) == 1:
+            current = text
+        else:                                          # the option, then its value on a line of its own
+            lines.append(unit[0] + " \\")
+            current = unit[1]
     lines.append(current)
     return lines
 
@@ -144,6 +153,13 @@ def _wrap(text: str, width: int, indent: str) -> list[str]:
         current = word
     lines.append(current)
     return lines[:1] + [indent + line for line in lines[1:]]
+
+
+def fit_line(line: str, width: int, indent: str = "    ") -> str:
+    """One line of progress for a terminal ``width`` columns wide: wrapped between words (a path after a
+    ``/``), later lines indented, so that the terminal never has to break a word."""
+    lead = line[:len(line) - len(line.lstrip())]
+    return "\n".join(lead + part for part in _wrap(line, max(int(width), 24) - len(lead), indent))
 
 
 def layout_report(text: str, width: int) -> list[tuple[str, str, str]]:

@@ -91,6 +91,16 @@ def test_the_next_command_wraps_so_that_it_still_pastes_into_a_shell():
     assert " ".join(line.removesuffix(" \\") for line in command) == COMMAND
 
 
+def test_an_option_whose_value_is_long_is_split_from_it_rather_than_overflow():
+    long = "nnrun preprocess -d 501 --mem 1200m --preprocessed /tmp/pytest-of-root/pytest-7/test_colour_on_an_80_col0/pre"
+    report = oom_report()
+    report.recommendation = long
+    laid = layout_report(render_human(report), 80)
+    command = [value for _, value, kind in laid if kind == "command"]
+    assert all(16 + len(line) <= 80 for line in command), command
+    assert " ".join(line.removesuffix(" \\") for line in command) == long
+
+
 def test_an_ok_report_and_a_one_line_error_fit_too():
     ok = RunReport(outcome=Outcome.OK, message="preprocessed 6 cases of Dataset501_Demo (2d, 3d_fullres)",
                    limit_bytes=6 << 30, peak_anon_bytes=900 << 20, duration_s=30.2,
@@ -136,6 +146,17 @@ def test_the_live_panel_without_colour_has_no_attribute_escapes():
     lines = lines_of(written)
     assert max(len(line) for line in lines) <= 80
     assert "preprocessing 3d_fullres" in "\n".join(lines)
+
+
+def test_only_the_outcome_of_a_headline_is_coloured():
+    from runner.cli.terminal import styled_headline
+
+    buffer = io.StringIO()
+    console = make_console(buffer, color=True, force_terminal=True, width=80, color_system="standard")
+    console.print(styled_headline("nnrun: oom (out of memory): the kernel OOM-killed a worker (pid 76)"))
+    written = buffer.getvalue()
+    assert written.startswith("\x1b[1;31mnnrun: oom (out of memory):\x1b[0m the kernel"), repr(written)
+    assert written.rstrip().endswith("(pid 76)")
 
 
 def test_no_color_follows_the_flag_and_the_environment(monkeypatch):
