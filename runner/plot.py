@@ -242,7 +242,10 @@ def draw_memory_figure(data: PlotData, width_px: int = 1400, height_px: int = 80
 
     fig = Figure(figsize=(width_px / _DPI, height_px / _DPI), dpi=_DPI)
     FigureCanvasAgg(fig)
-    fig.set_layout_engine("constrained", h_pad=0.04, w_pad=0.06, hspace=0.02)
+    if width_px >= 600 and height_px >= 400:
+        fig.set_layout_engine("constrained", h_pad=0.04, w_pad=0.06, hspace=0.02)
+    # (smaller, e.g. the plot job's warm-up: matplotlib's default margins; the constrained layout would
+    # collapse and warn, and warnings.catch_warnings does not keep that quiet across threads)
 
     lanes, lane_labels = _lanes(cases)
     if cases:
