@@ -85,6 +85,7 @@ class Terminal:
                   "-c", wrapped)
         self._cmd("set-option", "-t", "t", "remain-on-exit", "on")
         self._cmd("set-option", "-t", "t", "history-limit", "5000")
+        self.socket_path = self._cmd("display-message", "-p", "-t", "t", "#{socket_path}").stdout.strip()
 
     def capture(self, colour: bool = False, history: bool = True) -> str:
         args = ["capture-pane", "-p", "-J", "-t", "t"]
@@ -109,6 +110,8 @@ class Terminal:
 
     def close(self) -> None:
         self._cmd("kill-server", check=False)
+        if getattr(self, "socket_path", ""):
+            Path(self.socket_path).unlink(missing_ok=True)       # tmux leaves its socket file behind
 
 
 def run_in_terminal(tmux: str, tmp: Path, demo_raw: Path, *extra: str, env: dict | None = None):
