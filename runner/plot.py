@@ -16,13 +16,21 @@ Figure layout (time on x, seconds since the first memory sample):
 * upper panel: anonymous memory (bottom) and page cache (on top of it) as
   stacked areas, total cgroup usage as a thin line, the cap as a dashed
   horizontal line labelled ``cap 1.2 GiB``, one shaded band per phase with its
-  name (and configuration) written in it, OOM kills as red vertical lines
-  marked ``OOM kill``, and the anonymous peak;
+  name (and configuration) written in it (``start-up`` for the time before
+  nnU-Net's first phase; no band for a configuration nnU-Net skipped), OOM
+  kills as red vertical lines marked ``OOM kill``, and the anonymous peak;
 * lower panel (only when there are cases, same x axis): one lane per worker
   pid, one bar per case from its start to its end, labelled with the case id
   and its peak RSS when known; unfinished cases (killed, or in flight at the
   end) are red and hatched and run to the end of the data.  With many cases
   only the unfinished ones and the ~20 largest by peak RSS are labelled.
+
+Labels are placed where they fit, measured after the layout is done
+(:func:`draw_memory_figure` returns where each went, as :class:`PlotLayout`):
+a phase label stays inside its band and above the cap line, clear of the
+cap's own label (a shorter form, or none, when it does not fit); a case bar
+too narrow for its name gets the name in a small box over the bar, or just
+above or below it, where that covers no other label or bar.
 """
 from __future__ import annotations
 
@@ -42,6 +50,9 @@ __all__ = [
     "PhaseSpan",
     "CaseSpan",
     "PlotData",
+    "PlacedLabel",
+    "PlotLayout",
+    "draw_memory_figure",
     "render_memory_png",
     "plot_data_from_files",
 ]
@@ -88,6 +99,38 @@ class PlotData:
     title: str                      # e.g. "Dataset501_Demo  ·  outcome oom  ·  cap 1.2 GiB"
 
 
+Box = tuple[float, float, float, float]        # x0, y0, x1, y1 in figure pixels (origin bottom left)
+
+
+@dataclass(frozen=True)
+class PlacedLabel:
+    """A label as drawn: what it names, its text, where it is (figure pixels), its rotation."""
+
+    kind: str                   # "phase", "case" or "cap"
+    key: Any                    # the PhaseSpan, or the index of the case in PlotData.cases, or None
+    text: str
+    box: Box
+    rotation: float = 0.0
+
+
+@dataclass
+class PlotLayout:
+    """Where things went in the figure: for tests, and for a reader who wants to know why a label is missing."""
+
+    bands: list[PhaseSpan]                      # the phases that got a shaded band, in time order
+    labels: list[PlacedLabel]
+    memory_axes: Box | None = None
+    case_axes: Box | None = None
+    cap_y: float | None = None                  # the cap line's height in figure pixels
+    case_bars: dict[int, Box] | None = None     # index in PlotData.cases -> the bar
+
+    def phase_labels(self) -> list[PlacedLabel]:
+        return [lb for lb in self.labels if lb.kind == "phase"]
+
+    def case_labels(self) -> list[PlacedLabel]:
+        return [lb for lb in self.labels if lb.kind == "case"]
+
+
 # -- look ------------------------------------------------------------------------
 
 _DPI = 100
@@ -104,7 +147,9 @@ _PHASE_COLORS = {
     "fingerprint": "#fdf1d6",
     "planning": "#e3f1e0",
     "preprocessing": "#e6edf7",
+    "startup": "#ececec",
 }
+_PHASE_NAMES = {"startup": "start-up"}     # how a phase is written in its band
 _OTHER_PHASE_COLORS = ("#eeeeee", "#f6e8e8", "#e8f4f4")
 # Successive configurations of the same phase get alternating shades.
 _PHASE_ALT_COLORS = {
@@ -114,6 +159,7 @@ _PHASE_ALT_COLORS = {
     "verify": "#ddd2ea",
 }
 _FONT = 9
+_HEADROOM = 1.3              # the y axis reaches this times the cap (or the data): room for the phase labels
 _MAX_CASE_LABELS = 20        # with more cases than fit, label at most this many (plus the unfinished)
 _MAX_PID_LANES = 24          # more distinct pids than this: pack cases into lanes instead
 
@@ -131,6 +177,33 @@ def render_memory_png(data: PlotData, path: Path, width_px: int = 1400, height_p
     The file is written atomically (a temporary file in the same folder, then
     ``os.replace``), so a reader never sees half a PNG.  Returns ``path``.
     """
+    path = Path(path)
+    fig, _ = draw_memory_figure(data, width_px, height_px)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=_DPI)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)      # mkstemp makes 0600; the run's other files are 0644
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def draw_memory_figure(data: PlotData, width_px: int = 1400, height_px: int = 800) -> tuple[Any, PlotLayout]:
+    """The figure of ``data`` (a matplotlib Figure on an Agg canvas) and where its bands and labels went.
+
+    Nothing is written.  The layout is computed once, with every artist but
+    the labels inside the axes, and then frozen, so the label positions in
+    the returned :class:`PlotLayout` are those of the saved PNG.
+    """
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -138,7 +211,6 @@ def render_memory_png(data: PlotData, path: Path, width_px: int = 1400, height_p
     from matplotlib.patches import Patch
     from matplotlib.transforms import blended_transform_factory
 
-    path = Path(path)
     width_px = max(int(width_px), 200)
     height_px = max(int(height_px), 150)
 
@@ -170,7 +242,10 @@ def render_memory_png(data: PlotData, path: Path, width_px: int = 1400, height_p
 
     fig = Figure(figsize=(width_px / _DPI, height_px / _DPI), dpi=_DPI)
     FigureCanvasAgg(fig)
-    fig.set_layout_engine("constrained", h_pad=0.04, w_pad=0.06, hspace=0.02)
+    if width_px >= 600 and height_px >= 400:
+        fig.set_layout_engine("constrained", h_pad=0.04, w_pad=0.06, hspace=0.02)
+    # (smaller, e.g. the plot job's warm-up: matplotlib's default margins; the constrained layout would
+    # collapse and warn, and warnings.catch_warnings does not keep that quiet across threads)
 
     lanes, lane_labels = _lanes(cases)
     if cases:
@@ -180,10 +255,6 @@ def render_memory_png(data: PlotData, path: Path, width_px: int = 1400, height_p
         ax, axc = fig.subplots(1, 1), None
     if data.title:
         fig.suptitle(data.title, fontsize=_FONT + 3, fontweight="bold")
-
-    # Axes width in pixels, estimated (the layout is done at save time).
-    ax_width_px = width_px * 0.86 - 60
-    px_per_s = ax_width_px / (xlim[1] - xlim[0])
 
     # -- memory areas
     legend_handles: list[Any] = []
@@ -213,6 +284,7 @@ def render_memory_png(data: PlotData, path: Path, width_px: int = 1400, height_p
                 fontsize=_FONT + 2, color="#777777")
 
     # Peak of anonymous memory.
+    peak_text = None
     if anon:
         i_peak = int(np.argmax(ya))
         peak_bytes = max(s.anon_bytes for s in samples if s.anon_bytes is not None)
@@ -224,18 +296,19 @@ def render_memory_png(data: PlotData, path: Path, width_px: int = 1400, height_p
         near_right = (xa[i_peak] - xlim[0]) / (xlim[1] - xlim[0]) > 0.7
         # Next to the peak, below it when the cap line runs just above.
         below = bool(limit) and peak_bytes > 0.85 * limit
-        ax.annotate(label, (xa[i_peak], ya[i_peak]), xytext=(-8 if near_right else 8, -8 if below else 6),
-                    textcoords="offset points", ha="right" if near_right else "left",
-                    va="top" if below else "bottom",
-                    fontsize=_FONT - 1, color=_CASE_EDGE, zorder=7,
-                    bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.75, "linewidth": 0})
+        peak_text = ax.annotate(label, (xa[i_peak], ya[i_peak]), xytext=(-8 if near_right else 8, -8 if below else 6),
+                                textcoords="offset points", ha="right" if near_right else "left",
+                                va="top" if below else "bottom",
+                                fontsize=_FONT - 1, color=_CASE_EDGE, zorder=7,
+                                bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.75,
+                                      "linewidth": 0})
 
     # -- y range: room above the cap (or the data) for the phase labels
     top_data = max([v for v in observed] + [0]) / unit
     top = max(top_data, (limit or 0) / unit)
     if top <= 0:
         top = 1.0
-    ax.set_ylim(0, top * 1.2)
+    ax.set_ylim(0, top * _HEADROOM)
     ax.set_xlim(*xlim)
     ax.set_ylabel(f"cgroup memory ({unit_name})", fontsize=_FONT + 1)
     ax.grid(axis="y", color="#dddddd", linewidth=0.6, zorder=0)
@@ -243,13 +316,15 @@ def render_memory_png(data: PlotData, path: Path, width_px: int = 1400, height_p
     ax.tick_params(labelsize=_FONT)
 
     # -- cap
+    cap_text = None
     if limit:
         cap_label = f"cap {format_bytes(limit)}"
         ax.axhline(limit / unit, color=_CAP_COLOR, linestyle=(0, (6, 3)), linewidth=1.4, zorder=5)
         # At the left end: OOM kills (and their labels) are usually at the right.
-        ax.text(0.005, limit / unit, cap_label, transform=blended_transform_factory(ax.transAxes, ax.transData),
-                ha="left", va="bottom", fontsize=_FONT, color=_CAP_COLOR, fontweight="bold", zorder=7,
-                bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.8, "linewidth": 0})
+        cap_text = ax.text(0.005, limit / unit, cap_label,
+                           transform=blended_transform_factory(ax.transAxes, ax.transData),
+                           ha="left", va="bottom", fontsize=_FONT, color=_CAP_COLOR, fontweight="bold", zorder=7,
+                           bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.8, "linewidth": 0})
         legend_handles.append(Line2D([], [], color=_CAP_COLOR, linestyle=(0, (6, 3)), linewidth=1.4,
                                      label=cap_label))
     else:
@@ -257,7 +332,7 @@ def render_memory_png(data: PlotData, path: Path, width_px: int = 1400, height_p
                 fontsize=_FONT, color=_CAP_COLOR)
 
     # -- phases
-    band = blended_transform_factory(ax.transData, ax.transAxes)
+    bands: list[PhaseSpan] = []
     previous_phase = None
     alternate = False
     for i, p in enumerate(sorted(phases, key=lambda p: p.start)):
@@ -270,7 +345,7 @@ def render_memory_png(data: PlotData, path: Path, width_px: int = 1400, height_p
             if target is not None:
                 target.axvspan(a, b, color=color, alpha=1.0, linewidth=0, zorder=0.5)
                 target.axvline(a, color="#bbbbbb", linewidth=0.6, zorder=0.6)
-        _phase_label(ax, band, p, a, b, xlim, px_per_s)
+        bands.append(p)
 
     # -- OOM kills
     if ooms:
@@ -296,34 +371,39 @@ def render_memory_png(data: PlotData, path: Path, width_px: int = 1400, height_p
         ax.legend(handles=legend_handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(legend_handles),
                   fontsize=_FONT, frameon=False, borderaxespad=0.2, handlelength=1.8, columnspacing=1.4)
 
-    # -- cases
+    # -- cases (the bars; their labels once the layout is known)
     if axc is not None:
-        _draw_cases(axc, cases, lanes, lane_labels, t0, t_last, xlim, px_per_s)
+        chosen, many = _draw_case_bars(axc, cases, lanes, lane_labels, t0, t_last)
         axc.set_xlabel("time since the first memory sample (s)", fontsize=_FONT + 1)
         axc.tick_params(labelsize=_FONT)
         axc.set_xlim(*xlim)
     else:
+        chosen, many = set(), False
         ax.set_xlabel("time since the first memory sample (s)", fontsize=_FONT + 1)
 
-    # -- write atomically
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh, warnings.catch_warnings():
-            # Tiny figures: the layout engine gives up (and says so); the PNG is still written.
-            warnings.filterwarnings("ignore", message="constrained_layout not applied")
-            fig.savefig(fh, format="png", dpi=_DPI)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)      # mkstemp makes 0600; the run's other files are 0644
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
-    return path
+    # -- lay out once, then freeze the layout: the labels below are placed by measuring them
+    with warnings.catch_warnings():
+        # Tiny figures: the layout engine gives up (and says so); the figure is still drawn.
+        warnings.filterwarnings("ignore", message="constrained_layout not applied")
+        fig.canvas.draw()
+    fig.set_layout_engine("none")
+    renderer = fig.canvas.get_renderer()
+    placer = _Placer(renderer)
+    layout = PlotLayout(bands=bands, labels=[], memory_axes=_box(ax.get_window_extent(renderer)),
+                        case_axes=_box(axc.get_window_extent(renderer)) if axc is not None else None)
+    if cap_text is not None:
+        cap_box = placer.measure(cap_text, pad=2.0)
+        placer.take(cap_box)
+        layout.labels.append(PlacedLabel("cap", None, cap_text.get_text(), cap_box))
+        layout.cap_y = float(ax.transData.transform((0.0, limit / unit))[1]) if limit else None
+    if peak_text is not None:
+        placer.take(placer.measure(peak_text, pad=2.0))
+    floor_y = float(ax.transData.transform((0.0, top))[1])        # the cap line, or the top of the data
+    for p in bands:
+        _phase_label(ax, p, p.start - t0, p.end - t0, xlim, floor_y, placer, layout)
+    if axc is not None:
+        _case_labels(axc, cases, lanes, len(lane_labels), chosen, many, t0, t_last, placer, layout)
+    return fig, layout
 
 
 def _finite(x: Any) -> bool:
@@ -348,25 +428,78 @@ def _clusters(xs: list[float], gap: float) -> list[list[float]]:
     return groups
 
 
-def _phase_label(ax, transform, p: PhaseSpan, a: float, b: float, xlim, px_per_s: float) -> None:
-    """Write the phase name (and configuration) in its band, as it fits."""
+def _box(bbox) -> Box:
+    return (float(bbox.x0), float(bbox.y0), float(bbox.x1), float(bbox.y1))
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _inside(a: Box, region: Box, slack: float = 0.5) -> bool:
+    return (a[0] >= region[0] - slack and a[1] >= region[1] - slack
+            and a[2] <= region[2] + slack and a[3] <= region[3] + slack)
+
+
+class _Placer:
+    """Labels that must not cover each other: measure a text, check a place, take it."""
+
+    def __init__(self, renderer) -> None:
+        self.renderer = renderer
+        self.taken: list[Box] = []
+
+    def measure(self, text, pad: float = 0.0) -> Box:
+        x0, y0, x1, y1 = _box(text.get_window_extent(self.renderer))
+        return (x0 - pad, y0 - pad, x1 + pad, y1 + pad)
+
+    def free(self, box: Box, region: Box, avoid: list[Box] = ()) -> bool:   # type: ignore[assignment]
+        return (_inside(box, region) and not any(_overlap(box, other) for other in self.taken)
+                and not any(_overlap(box, other) for other in avoid))
+
+    def take(self, box: Box) -> None:
+        self.taken.append(box)
+
+
+def _phase_label(ax, p: PhaseSpan, a: float, b: float, xlim, floor_y: float, placer: _Placer,
+                 layout: PlotLayout) -> None:
+    """Write the phase's name in its band, above the cap line (or the data), in the first form that fits.
+
+    Forms, in order: ``preprocessing 3d_fullres`` on one line, on two lines,
+    the configuration alone, then the same turned upright (narrow bands), a
+    size smaller; none when nothing fits (the legend of the bands is the
+    x axis: the band is still there).
+    """
+    from matplotlib.transforms import blended_transform_factory
+
     lo, hi = max(a, xlim[0]), min(b, xlim[1])
-    width_px = (hi - lo) * px_per_s
-    if width_px < 10:
+    if hi <= lo:
         return
-    one_line = p.phase if not p.configuration else f"{p.phase} {p.configuration}"
-    two_lines = p.phase if not p.configuration else f"{p.phase}\n{p.configuration}"
-    cw = _char_px(_FONT)
-    style = {"fontsize": _FONT, "color": "#444444", "zorder": 1, "fontstyle": "italic"}
+    x_lo = float(ax.transData.transform((lo, 0.0))[0])
+    x_hi = float(ax.transData.transform((hi, 0.0))[0])
+    axes = layout.memory_axes or (0.0, 0.0, 0.0, 0.0)
+    region = (x_lo + 1.0, floor_y + 2.0, x_hi - 1.0, axes[3] - 1.0)
+    if region[2] - region[0] < 6 or region[3] - region[1] < 6:
+        return
+    name = _PHASE_NAMES.get(p.phase, p.phase)
+    one = f"{name} {p.configuration}" if p.configuration else name
+    forms: list[tuple[str, float, float]] = [(one, 0, _FONT)]
+    if p.configuration:
+        forms += [(f"{name}\n{p.configuration}", 0, _FONT), (p.configuration, 0, _FONT)]
+    forms += [(one, 90, _FONT)]
+    if p.configuration:
+        forms += [(p.configuration, 90, _FONT)]
+    forms += [(p.configuration or name, 90, _FONT - 1.5)]
+    transform = blended_transform_factory(ax.transData, ax.transAxes)
     mid = (lo + hi) / 2
-    if len(one_line) * cw + 8 <= width_px:
-        ax.text(mid, 0.975, one_line, transform=transform, ha="center", va="top", **style)
-    elif max(len(s) for s in two_lines.split("\n")) * cw + 8 <= width_px:
-        ax.text(mid, 0.975, two_lines, transform=transform, ha="center", va="top", linespacing=1.1, **style)
-    else:
-        # Narrow band: vertical text (clipped to the axes).
-        ax.text(mid, 0.975, one_line, transform=transform, ha="center", va="top", rotation=90,
-                clip_on=True, **style)
+    for text, rotation, size in forms:
+        artist = ax.text(mid, 0.985, text, transform=transform, ha="center", va="top", rotation=rotation,
+                         fontsize=size, color="#444444", zorder=1, fontstyle="italic", linespacing=1.1)
+        box = placer.measure(artist, pad=1.0)
+        if placer.free(box, region):
+            placer.take(box)
+            layout.labels.append(PlacedLabel("phase", p, text, box, rotation))
+            return
+        artist.remove()
 
 
 def _lanes(cases: list[CaseSpan]) -> tuple[list[int], list[str]]:
@@ -395,66 +528,37 @@ def _lanes(cases: list[CaseSpan]) -> tuple[list[int], list[str]]:
     return lanes, [f"lane {i + 1}" for i in range(len(lane_end))]
 
 
-def _draw_cases(axc, cases: list[CaseSpan], lanes: list[int], lane_labels: list[str],
-                t0: float, t_last: float, xlim: tuple[float, float], px_per_s: float) -> None:
+_BAR_HEIGHT = 0.62          # the rest of a lane is room for the names of bars too narrow to hold them
+
+
+def _draw_case_bars(axc, cases: list[CaseSpan], lanes: list[int], lane_labels: list[str],
+                    t0: float, t_last: float) -> tuple[set[int], bool]:
+    """The case bars, the lanes and the legend; returns which cases get a label (the budget) and whether many."""
     from matplotlib.patches import Patch
 
     n_lanes = len(lane_labels)
-    height = 0.72
-    fontsize = _FONT if n_lanes <= 8 else (_FONT - 1 if n_lanes <= 14 else _FONT - 2)
-    cw = _char_px(fontsize)
-
+    fontsize = _case_fontsize(n_lanes)
     finished = [(i, c) for i, c in enumerate(cases) if c.end is not None and _finite(c.end)]
     unfinished = [(i, c) for i, c in enumerate(cases) if not (c.end is not None and _finite(c.end))]
     if finished:
         axc.barh([lanes[i] for i, _ in finished], [max(c.end - c.start, 0.0) for _, c in finished],
-                 left=[c.start - t0 for _, c in finished], height=height, color=_CASE_COLOR,
+                 left=[c.start - t0 for _, c in finished], height=_BAR_HEIGHT, color=_CASE_COLOR,
                  edgecolor=_CASE_EDGE, linewidth=0.6, zorder=3)
     if unfinished:
         axc.barh([lanes[i] for i, _ in unfinished], [max(t_last - c.start, 0.0) for _, c in unfinished],
-                 left=[c.start - t0 for _, c in unfinished], height=height, color=_UNFINISHED_FACE,
+                 left=[c.start - t0 for _, c in unfinished], height=_BAR_HEIGHT, color=_UNFINISHED_FACE,
                  edgecolor=_OOM_COLOR, hatch="///", linewidth=1.0, zorder=3)
 
-    # Which bars get a label: all of them while there are few, else the
+    # Which bars get a label (the budget): all of them while there are few, else the
     # unfinished ones and the largest by peak RSS.
     chosen: set[int]
-    if len(cases) <= 2 * _MAX_CASE_LABELS:
+    many = len(cases) > 2 * _MAX_CASE_LABELS
+    if not many:
         chosen = set(range(len(cases)))
     else:
         by_peak = sorted((i for i, c in enumerate(cases) if c.peak_rss_bytes is not None),
                          key=lambda i: cases[i].peak_rss_bytes, reverse=True)
         chosen = {i for i, _ in unfinished} | set(by_peak[:_MAX_CASE_LABELS])
-    many = len(cases) > 2 * _MAX_CASE_LABELS
-
-    for i in sorted(chosen):
-        c = cases[i]
-        done = c.end is not None and _finite(c.end)
-        end = c.end if done else t_last
-        a, b = c.start - t0, end - t0
-        peak = f" · {format_bytes(c.peak_rss_bytes)}" if c.peak_rss_bytes is not None else ""
-        flag = "" if done else " (unfinished)"
-        bar_px = (b - a) * px_per_s
-        color = "white" if done else "#8b0000"
-        weight = "normal" if done else "bold"
-        for text in (f"{c.case}{peak}{flag}", f"{c.case}{peak}", c.case):
-            if len(text) * cw + 6 <= bar_px:
-                axc.text((a + b) / 2, lanes[i], text, ha="center", va="center", fontsize=fontsize,
-                         color=color, fontweight=weight, zorder=9, clip_on=True,
-                         bbox=None if done else {"boxstyle": "round,pad=0.1", "facecolor": "white",
-                                                 "alpha": 0.8, "linewidth": 0})
-                break
-        else:
-            if many or not done:
-                # Too narrow for its label but worth naming: a boxed label over the bar,
-                # kept inside the axes.
-                text = f"{c.case}{peak}"
-                half = (len(text) * (cw - 0.6) / 2 + 4) / px_per_s
-                x = min(max((a + b) / 2, xlim[0] + half), xlim[1] - half)
-                axc.text(x, lanes[i], text, ha="center", va="center",
-                         fontsize=fontsize - 1, color=_CASE_EDGE if done else "#8b0000", zorder=9,
-                         clip_on=True,
-                         bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.85,
-                               "linewidth": 0.4, "edgecolor": _CASE_EDGE if done else _OOM_COLOR})
 
     axc.set_yticks(range(n_lanes))
     axc.set_yticklabels(lane_labels, fontsize=fontsize)
@@ -471,12 +575,142 @@ def _draw_cases(axc, cases: list[CaseSpan], lanes: list[int], lane_labels: list[
                              label=f"{len(cases)} cases; labelled: unfinished + {_MAX_CASE_LABELS} largest peaks"))
     axc.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(handles),
                fontsize=_FONT - 1, frameon=False, borderaxespad=0.1, handlelength=1.6)
+    return chosen, many
+
+
+def _case_fontsize(n_lanes: int) -> float:
+    return _FONT if n_lanes <= 8 else (_FONT - 1 if n_lanes <= 14 else _FONT - 2)
+
+
+def _case_labels(axc, cases: list[CaseSpan], lanes: list[int], n_lanes: int, chosen: set[int], many: bool,
+                 t0: float, t_last: float, placer: _Placer, layout: PlotLayout) -> None:
+    """Name the chosen case bars, covering no other label.
+
+    Inside the bar when the name fits there.  A bar too narrow for it gets a
+    small box with its name over the bar, or just above or below it (between
+    the lanes), or beside it, covering no other bar; failing that, the bare
+    name over the bar and its neighbours'.  Several narrow bars side by side
+    in one lane (short cases one after the other) share one box that names
+    them in their order: ``case005, case001, case004``.
+    """
+    fontsize = _case_fontsize(n_lanes)
+    region = layout.case_axes or (0.0, 0.0, 0.0, 0.0)
+    region = (region[0] + 1.0, region[1] + 1.0, region[2] - 1.0, region[3] - 1.0)
+    half = _BAR_HEIGHT / 2
+    to_data = axc.transData.inverted()
+
+    def end_of(c: CaseSpan) -> float:
+        return c.end if c.end is not None and _finite(c.end) else t_last
+
+    def finished(c: CaseSpan) -> bool:
+        return c.end is not None and _finite(c.end)
+
+    bars: dict[int, Box] = {}
+    for i, c in enumerate(cases):
+        (x0, y0), (x1, y1) = axc.transData.transform([(c.start - t0, lanes[i] + half),
+                                                      (end_of(c) - t0, lanes[i] - half)])
+        bars[i] = (float(min(x0, x1)), float(min(y0, y1)), float(max(x0, x1)), float(max(y0, y1)))
+    layout.case_bars = bars
+
+    def priority(i: int) -> tuple:
+        c = cases[i]
+        return (finished(c), -(c.peak_rss_bytes or 0), c.start)
+
+    def peak_of(c: CaseSpan) -> str:
+        return f" · {format_bytes(c.peak_rss_bytes)}" if c.peak_rss_bytes is not None else ""
+
+    def inside(i: int) -> bool:
+        c = cases[i]
+        done = finished(c)
+        bar = bars[i]
+        inner = (bar[0] + 2.0, bar[1] - 1.0, bar[2] - 2.0, bar[3] + 1.0)
+        if inner[2] - inner[0] < 8:
+            return False
+        flag = "" if done else " (unfinished)"
+        for text in dict.fromkeys((f"{c.case}{peak_of(c)}{flag}", f"{c.case}{peak_of(c)}", c.case)):
+            artist = axc.text((c.start + end_of(c)) / 2 - t0, lanes[i], text, ha="center", va="center",
+                              fontsize=fontsize, color="white" if done else "#8b0000",
+                              fontweight="normal" if done else "bold", zorder=9, clip_on=True,
+                              bbox=None if done else {"boxstyle": "round,pad=0.1", "facecolor": "white",
+                                                      "alpha": 0.8, "linewidth": 0})
+            box = placer.measure(artist, pad=0.0 if done else 1.5)
+            if _inside(box, inner) and placer.free(box, region):
+                placer.take(box)
+                layout.labels.append(PlacedLabel("case", i, text, box))
+                return True
+            artist.remove()
+        return False
+
+    def boxed(members: list[int], texts: list[str], last_resort: str) -> bool:
+        """A boxed label for these bars (one, or several side by side in one lane)."""
+        lane = lanes[members[0]]
+        a = min(cases[i].start for i in members) - t0
+        b = max(end_of(cases[i]) for i in members) - t0
+        own = [bars[i] for i in members]
+        others = [box for j, box in bars.items() if j not in members]
+        done = all(finished(cases[i]) for i in members)
+        a_px, b_px = (float(v) for v in axc.transData.transform([(a, 0.0), (b, 0.0)])[:, 0])
+        right = float(to_data.transform((b_px + 4.0, 0.0))[0])
+        left = float(to_data.transform((a_px - 4.0, 0.0))[0])
+        mid = (a + b) / 2
+        over = (mid, lane, "center", "center", others)
+        spots = [(mid, lane - half - 0.03, "center", "bottom", others + own),
+                 (mid, lane + half + 0.03, "center", "top", others + own),
+                 (right, lane, "left", "center", others + own),
+                 (left, lane, "right", "center", others + own)]
+        # One bar: its name over it first; several: beside them first (a box over them would hide them).
+        spots.insert(0 if len(members) == 1 else 2, over)
+        tries = [(spot, text) for spot in spots for text in texts] + [((mid, lane, "center", "center", []),
+                                                                       last_resort)]
+        for (x, y, ha, va, avoid), text in tries:
+            artist = axc.text(x, y, text, ha=ha, va=va, fontsize=fontsize - 1,
+                              color=_CASE_EDGE if done else "#8b0000", zorder=9, clip_on=True,
+                              bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.85,
+                                    "linewidth": 0.4, "edgecolor": _CASE_EDGE if done else _OOM_COLOR})
+            box = placer.measure(artist, pad=1.0)
+            # Kept inside the axes: shift it sideways when it sticks out at an end (not beside the bars).
+            shift = max(0.0, region[0] - box[0]) - max(0.0, box[2] - region[2])
+            if shift and ha == "center":
+                x_px = float(axc.transData.transform((x, 0.0))[0]) + shift
+                artist.set_x(float(to_data.transform((x_px, 0.0))[0]))
+                box = (box[0] + shift, box[1], box[2] + shift, box[3])
+            if placer.free(box, region, avoid=avoid):
+                placer.take(box)
+                key: Any = members[0] if len(members) == 1 else tuple(members)
+                layout.labels.append(PlacedLabel("case", key, text, box))
+                return True
+            artist.remove()
+        return False
+
+    pending = [i for i in sorted(chosen, key=priority) if not inside(i)]
+
+    # Narrow bars side by side in one lane: closer than a name is wide.
+    name_px = max((len(cases[i].case) for i in pending), default=0) * _char_px(fontsize - 1)
+    groups: list[list[int]] = []
+    for lane in sorted({lanes[i] for i in pending}):
+        row = sorted((i for i in pending if lanes[i] == lane), key=lambda i: bars[i][0])
+        for i in row:
+            if groups and lanes[groups[-1][-1]] == lane and bars[i][0] - bars[groups[-1][-1]][2] < name_px:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+    # Crowded places first (they have the fewest places to go), then by the cases' priority.
+    for group in sorted(groups, key=lambda g: (len(g) == 1, min(priority(i) for i in g))):
+        if len(group) == 1:
+            c = cases[group[0]]
+            boxed(group, list(dict.fromkeys((f"{c.case}{peak_of(c)}", c.case))), c.case)
+        else:
+            names = ", ".join(cases[i].case for i in sorted(group, key=lambda i: cases[i].start))
+            if not boxed(group, [names], names):
+                for i in group:
+                    boxed([i], [cases[i].case], cases[i].case)
 
 
 # -- reading the run folder --------------------------------------------------------
 
 _NOT_DRAWN_PHASES = {"done", "startup"}
 _OOM_DEDUP_S = 0.5
+_PHASE_SLACK_S = 1.0        # the agent may start a configuration a moment before the supervisor reads its line
 
 
 def _json_lines(path: Path | None) -> list[dict]:
@@ -503,6 +737,27 @@ def _int(value: Any) -> int | None:
         except ValueError:
             return None
     return None
+
+
+def _skipped(p: PhaseSpan, cases: list[CaseSpan], kills: list[float], started: list[tuple[float, str | None]],
+             completed: set[str]) -> bool:
+    """A preprocessing phase in which nnU-Net did nothing: it gets no band.
+
+    nnU-Net announces every configuration it was asked for (``Configuration:
+    3d_lowres...``) and then skips one the plans do not have, and it prints a
+    bare ``Preprocessing...`` before the first; nnrun's agent never starts
+    those, and a configuration complete from an earlier run starts no case.
+    Kept: a phase in which a case ran or the OOM killer struck, and one the
+    agent started but never completed (nnU-Net failed in it before its first
+    case).
+    """
+    if p.phase != "preprocessing":
+        return False
+    if any(p.start <= c.start < p.end for c in cases) or any(p.start <= t <= p.end for t in kills):
+        return False
+    agent_started = p.configuration is not None and any(
+        config == p.configuration and p.start - _PHASE_SLACK_S <= t < p.end for t, config in started)
+    return not (agent_started and p.configuration not in completed)
 
 
 def plot_data_from_files(timeline_jsonl: Path, events_jsonl: Path | None, agent_jsonl: Path | None,
@@ -549,6 +804,7 @@ def plot_data_from_files(timeline_jsonl: Path, events_jsonl: Path | None, agent_
     marks: list[tuple[float, str, str | None]] = []
     exit_times: list[float] = []
     last_event_t: float | None = None
+    first_event_t: float | None = None
     for obj in _json_lines(events_jsonl):
         t = _num(obj.get("t"))
         if t is None:
@@ -562,6 +818,8 @@ def plot_data_from_files(timeline_jsonl: Path, events_jsonl: Path | None, agent_
             oom_times.append(t)
         elif event == "child_exit":
             exit_times.append(t)
+        elif event == "supervisor_start":
+            first_event_t = t if first_event_t is None else min(first_event_t, t)
     marks.sort(key=lambda m: m[0])
     exit_times.sort()
     fallback_end = max([t for t in (last_event_t, samples[-1].t if samples else None) if t is not None],
@@ -575,15 +833,31 @@ def plot_data_from_files(timeline_jsonl: Path, events_jsonl: Path | None, agent_
         if phase in _NOT_DRAWN_PHASES or end is None or end <= t:
             continue
         phases.append(PhaseSpan(phase=phase, configuration=configuration, start=t, end=end))
+    # Start-up: from the container's start (the first sample, or the supervisor's first word) to nnU-Net's
+    # first phase.
+    begin = min([t for t in (samples[0].t if samples else None, first_event_t,
+                             next((m[0] for m in marks if m[1] == "startup"), None)) if t is not None],
+                default=None)
+    if phases and begin is not None and begin < phases[0].start:
+        phases.insert(0, PhaseSpan(phase="startup", configuration=None, start=begin, end=phases[0].start))
 
     # Cases of the agent: start and end paired by (pid, case, phase, configuration).
     open_starts: dict[tuple, list[float]] = {}
     spans: list[tuple[str, int, float, float | None, int | None]] = []
+    started: list[tuple[float, str | None]] = []        # the agent's phase_start of preprocessing: (t, config)
+    completed: set[str] = set()                         # configurations the agent said were complete
+    agent_seen = False
     for obj in _json_lines(agent_jsonl):
         t = _num(obj.get("t"))
         event = obj.get("event")
         case = obj.get("case")
         pid = _int(obj.get("pid"))
+        if t is not None and event in ("agent_start", "phase_start"):
+            agent_seen = True
+            if event == "phase_start" and obj.get("phase") == "preprocessing":
+                started.append((t, obj.get("configuration")))
+        if event == "configuration_complete" and isinstance(obj.get("configuration"), str):
+            completed.add(obj["configuration"])
         if t is None or pid is None or not isinstance(case, str):
             continue
         key = (pid, case, obj.get("phase"), obj.get("configuration"))
@@ -613,6 +887,9 @@ def plot_data_from_files(timeline_jsonl: Path, events_jsonl: Path | None, agent_
     for t in sorted(oom_times):
         if not kills or t - kills[-1] > _OOM_DEDUP_S:
             kills.append(t)
+
+    if agent_seen:
+        phases = [p for p in phases if not _skipped(p, cases, kills, started, completed)]
 
     return PlotData(samples=samples, phases=phases, cases=cases, oom_kill_times=kills,
                     limit_bytes=limit_bytes, title=title)

@@ -22,6 +22,14 @@ fi
 # 2. A Docker engine that answers (installed and started when we are root).
 "$REPO/scripts/ensure-docker.sh"
 
+# 2a. tmux, for the terminal test (tests/integration/test_terminal_real.py: nnrun in a real 80-column terminal).
+if [ "$(id -u)" = 0 ] && ! command -v tmux >/dev/null 2>&1; then
+    log "installing tmux"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux >/dev/null 2>&1; } \
+        || log "could not install tmux: the terminal test will be skipped"
+fi
+
 # 2b. A one-node Slurm for the Slurm backend (root only: it installs and starts daemons).
 if [ "$(id -u)" = 0 ]; then "$REPO/scripts/ensure-slurm.sh"; fi
 

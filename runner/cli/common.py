@@ -96,19 +96,21 @@ def crash_log(exc: BaseException) -> str:
     return str(path)
 
 
-def finish(report: RunReport, as_json: bool, quiet: bool, is_result: bool = True) -> NoReturn:
+def finish(report: RunReport, as_json: bool, quiet: bool, is_result: bool = True, color: bool = True) -> NoReturn:
     """Print a run's report and exit with its code.
 
     The report of a run (``is_result``, whatever its outcome) is the command's
     result: stdout, or stderr with ``--json``.  An error that ended the command
-    before it had a result (``is_result=False``) is a diagnostic: stderr.
+    before it had a result (``is_result=False``) is a diagnostic: stderr.  On a
+    terminal the report is fitted to its width and coloured (not with
+    ``color=False``); anywhere else it is written as rendered.
     """
     if not quiet or report.outcome is not Outcome.OK:
+        from runner.cli.terminal import print_report
+
         text = render_human(report)
-        if is_result:
-            result(text, as_json)
-        else:
-            err(text)
+        stream = sys.stderr if (as_json or not is_result) else sys.stdout
+        print_report(text, stream, report.outcome, color=color)
     if as_json:
         sys.stdout.write(dumps(report) + "\n")
         sys.stdout.flush()

@@ -8,6 +8,7 @@ import typer
 from runner.cli import options as cli_options
 from runner.cli.common import NNUNET_EXTRA, Interrupts, command_as_typed, finish, report_for_error
 from runner.cli.progress import make_progress
+from runner.cli.terminal import color_wanted
 from runner.dataset import parse_dataset_id
 from runner.errors import BadInputError, NnrunError
 from runner.options import DEFAULT_NPFP
@@ -85,6 +86,9 @@ def preprocess_command(
     nnunet_output: bool = typer.Option(False, "--nnunet-output",
                                        help="Stream nnU-Net's own output to stderr (it is always in the log file)."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Do not render memory.png in the run folder."),
+    no_color: bool = typer.Option(False, "--no-color",
+                                  help="No colour or other terminal attributes in the progress panel and the "
+                                       "report (also: a non-empty NO_COLOR environment variable)."),
     shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N",
                                         help="K/N: preprocess only shard K (0..N-1) of N of the cases, e.g. one Slurm "
                                              "array task or Kubernetes index each. Needs the fingerprint and plans "
@@ -148,15 +152,16 @@ def preprocess_command(
                                shard=shard_spec, runtime=runtime, dataset_arg=dataset[0],
                                command=command_as_typed())
         engine_factory = engine_factory_for(runtime, host_python)
-        progress = make_progress(quiet, nnunet_output)
+        progress = make_progress(quiet, nnunet_output, color=color_wanted(no_color))
         try:
             with Interrupts():
                 report = Preprocess(opts, settings, engine_factory, progress).run()
         finally:
             progress.close()
     except NnrunError as err:
-        finish(report_for_error(err), as_json, quiet, is_result=False)     # no run, no result: stderr
-    finish(report, as_json, quiet)                                          # the run's report: stdout
+        finish(report_for_error(err), as_json, quiet, is_result=False,     # no run, no result: stderr
+               color=color_wanted(no_color))
+    finish(report, as_json, quiet, color=color_wanted(no_color))          # the run's report: stdout
 
 def engine_factory_for(runtime: str, host_python: str | None = None):
     """The engine behind --runtime (imported only when a run needs it: no Docker SDK at start-up)."""

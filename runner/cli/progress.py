@@ -151,17 +151,24 @@ class PlainProgress(_BaseProgress):
 
 
 class RichProgress(_BaseProgress):
-    """A live panel on a terminal: phase, case n/N, the cases in flight, a memory bar."""
+    """A live panel on a terminal: phase, case n/N, the cases in flight, a memory bar.
 
-    def __init__(self, show_nnunet_output: bool = False) -> None:
+    ``color=False`` (``--no-color``, ``NO_COLOR``): the same panel without any
+    colour or other attribute escapes (rich's cursor movement stays: the panel
+    is redrawn in place).  ``console``: a rich Console to draw on (tests).
+    """
+
+    def __init__(self, show_nnunet_output: bool = False, color: bool = True, console=None) -> None:
         super().__init__(show_nnunet_output)
-        from rich.console import Console
         from rich.live import Live
+
+        from runner.cli.terminal import make_console
 
         # (state first: Live calls get_renderable as soon as it is built)
         self._file_check: tuple[int, int] | None = None
         self._started = False
-        self.console = Console(stderr=True)
+        self.color = color
+        self.console = console if console is not None else make_console(color=color, stderr=True)
         self.live = Live(console=self.console, refresh_per_second=4, transient=True,
                          get_renderable=self._render)
 
@@ -170,8 +177,16 @@ class RichProgress(_BaseProgress):
             self.live.start()
             self._started = True
 
+    def _line(self, text: str, style_headline: bool = False) -> None:
+        """A line above the panel, wrapped between words for the terminal (rich would cut a long path)."""
+        from runner.cli.terminal import fit_line, styled_headline
+
+        fitted = fit_line(text, self.console.width)
+        self.console.print(styled_headline(fitted) if style_headline else fitted, highlight=False, markup=False,
+                           soft_wrap=True)
+
     def stage(self, message: str) -> None:
-        self.console.print(f"nnrun: {message}", highlight=False)
+        self._line(f"nnrun: {message}")
 
     def file_check(self, done: int, total: int) -> None:
         self._file_check = (done, total)
@@ -183,10 +198,10 @@ class RichProgress(_BaseProgress):
         line = self.state.apply_event(event)
         self._ensure_started()
         if line and event.get("event") in ("phase", "oom_kill", "watchdog"):
-            self.console.print(line, highlight=False)
+            self._line(line)
         early = self.early_oom.feed(event)
         if early:
-            self.console.print(early, highlight=False, markup=False)
+            self._line(early, style_headline=True)
 
     def _render(self):
         from rich.progress_bar import ProgressBar
@@ -201,15 +216,16 @@ class RichProgress(_BaseProgress):
             grid.add_row("files", f"{done}/{total} checked to the end")
             return grid
         grid.add_row("phase", describe_phase(st.phase, st.configuration) if st.phase else "starting")
+        bar_width = 30 if self.console.width >= 100 else 20       # an 80-column terminal: room for the text
         if st.cases_total and st.phase in ("verify", "fingerprint", "preprocessing"):
-            bar = ProgressBar(total=st.cases_total, completed=st.cases_done(), width=30)
+            bar = ProgressBar(total=st.cases_total, completed=st.cases_done(), width=bar_width)
             row = Table.grid(padding=(0, 1))
             row.add_row(bar, f"{st.cases_done()}/{st.cases_total} cases")
             grid.add_row("cases", row)
         if st.in_flight:
             grid.add_row("in flight", ", ".join(f"{c} (pid {p})" for p, c in sorted(st.in_flight.items())))
         if st.anon_bytes is not None and st.limit_bytes:
-            bar = ProgressBar(total=st.limit_bytes, completed=min(st.anon_bytes, st.limit_bytes), width=30,
+            bar = ProgressBar(total=st.limit_bytes, completed=min(st.anon_bytes, st.limit_bytes), width=bar_width,
                               complete_style="red" if st.anon_bytes > 0.9 * st.limit_bytes else "green")
             row = Table.grid(padding=(0, 1))
             row.add_row(bar, st.memory_text().removeprefix("memory: "))
@@ -230,11 +246,12 @@ class QuietProgress(_BaseProgress):
     def event(self, event: dict) -> None: pass
 
 
-def make_progress(quiet: bool, show_nnunet_output: bool = False, tty: bool | None = None):
+def make_progress(quiet: bool, show_nnunet_output: bool = False, tty: bool | None = None, color: bool = True):
+    """Quiet, a live panel on a terminal (in colour unless ``color`` is false), or plain lines."""
     if quiet:
         return QuietProgress(show_nnunet_output)
     if tty is None:
         tty = sys.stderr.isatty()
     if tty and not show_nnunet_output:
-        return RichProgress()
+        return RichProgress(color=color)
     return PlainProgress(show_nnunet_output)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from runner.cli.common import err as _err
-from runner.cli.common import out
+from runner.cli.terminal import color_wanted, print_report
 from runner.diagnosis.report import load_report, render_human, report_from_json
 from runner.errors import NnrunError, exit_code_for
 
@@ -17,6 +17,8 @@ def report_command(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR",
                                    help="A run folder: <preprocessed>/DatasetXXX_Name/.nnrun/runs/<run id>."),
     as_json: bool = typer.Option(False, "--json", help="Print the run's JSON report instead."),
+    no_color: bool = typer.Option(False, "--no-color",
+                                  help="No colour on a terminal (also: a non-empty NO_COLOR environment variable)."),
 ) -> None:
     """Print the report of an earlier run again, from its run folder."""
     try:
@@ -27,7 +29,8 @@ def report_command(
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
     else:
-        lines = [render_human(report_from_json(data))]
+        report = report_from_json(data)
+        lines = [render_human(report)]
         lines += [f"  {name + ':':<13} {run_dir / name}" for name in ("manifest.json", "timeline.jsonl", "memory.png")
                   if (run_dir / name).exists()]
-        out("\n".join(lines))
+        print_report("\n".join(lines), sys.stdout, report.outcome, color=color_wanted(no_color))
