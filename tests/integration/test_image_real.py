@@ -36,12 +36,29 @@ def test_the_images_lock_label_is_the_repositorys_lock(docker_ready):
     assert labels["io.nnrun.nnunetv2-version"] == lock.version_of("nnunetv2")
 
 
+# pip list/freeze never show distributions named like a stdlib module (pip's STDLIB_PKGS); the lock has argparse.
+PIP_HIDDEN = {"argparse", "wsgiref", "python"}
+
+
+def _in_image(image: str, *args: str) -> str:
+    proc = _docker("run", "--rm", "--network", "none", "--entrypoint", "/opt/venv/bin/python", image, *args)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def test_pip_freeze_in_the_image_is_the_lock(docker_ready):
     """Every package of the image's venv is the lock's, at the lock's version, and nothing else (pip included)."""
-    proc = _docker("run", "--rm", "--network", "none", "--entrypoint", "/opt/venv/bin/python", docker_ready,
-                   "-m", "pip", "freeze", "--all", "--disable-pip-version-check")
-    assert proc.returncode == 0, proc.stderr
-    diff = compare_freeze(parse_lock(LOCK.read_text()), parse_freeze(proc.stdout))
+    lock = parse_lock(LOCK.read_text())
+    frozen = parse_freeze(_in_image(docker_ready, "-m", "pip", "freeze", "--all", "--disable-pip-version-check"))
+    # What pip hides, importlib.metadata shows: take those from there.
+    listed = json.loads(_in_image(docker_ready, "-c", "import importlib.metadata as m, json; "
+                                  "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"))
+    hidden = {name: version for name, version in parse_freeze("\n".join(f"{k}=={v}" for k, v in listed.items())).items()
+              if name in PIP_HIDDEN}
+    diff = compare_freeze(lock, {**frozen, **hidden})
+    assert diff.ok, diff.summary()
+    # The same from importlib.metadata alone: every distribution of the venv, none outside the lock.
+    diff = compare_freeze(lock, parse_freeze("\n".join(f"{k}=={v}" for k, v in listed.items())))
     assert diff.ok, diff.summary()
 
 
