@@ -7,6 +7,7 @@ a :class:`DockerEngine` connects on first use.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -197,8 +198,12 @@ class DockerEngine:
     def import_image(self, tar_path: Path, ref: str) -> ImageInfo:
         """``docker import``: a root file system tarball as image ``ref``."""
         repo, tag = _split_ref(ref)
-        self._call(f"import {tar_path} as {ref}", self.client.api.import_image, src=str(tar_path),
-                   repository=repo, tag=tag)
+        answer = self._call(f"import {tar_path} as {ref}", self.client.api.import_image, src=str(tar_path),
+                            repository=repo, tag=tag)
+        # Podman (4.3) ignores the name of an import: tag the imported image by the id the engine answered.
+        found = re.findall(r"sha256:[0-9a-f]{64}", str(answer))
+        if found:
+            self._call(f"tag the imported image as {ref}", self.client.api.tag, found[-1], repo, tag, force=True)
         return self.image(ref)
 
     def build_image(self, context: Path, dockerfile: str, tag: str, buildargs: Mapping[str, str],

@@ -309,4 +309,5 @@ def render_result(result: BuildResult) -> str:
             f"  lock:     {result.lock_digest} ({result.wheels} packages, hashes required)\n"
             f"  versions: nnrun {result.labels.get('io.nnrun.version')}, "
             f"nnunetv2 {result.labels.get('io.nnrun.nnunetv2-version')}, "
-            f"torch {result.labels.get('io.nnrun.torch-version')}")
+            f"torch {result.labels.get('io.nnrun.torch-version')}\n"
+            f"  time:     " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
