@@ -1,10 +1,17 @@
 # nnrun image: nnU-Net v2 preprocessing plus nnrun's in-container supervisor.
 #
-# Build it with scripts/build-image.sh, which prepares the build context: a
-# `wheels/` folder resolved on the host (pip inside `docker build` cannot be
-# trusted to reach an index) and a copy of the `runner/` package.  Real users
-# keep the default base; where it cannot be pulled the script builds a local
-# Debian base and passes it as BASE_IMAGE.
+# The one recipe: runner/image/Dockerfile inside the nnrun package (the
+# repository's top-level Dockerfile is a byte-identical copy, kept so by a unit
+# test).  Build it with `nnrun image build` (scripts/build-image.sh calls it),
+# which prepares the build context from the installed package:
+#   wheels/   the wheels of runner/image/requirements.lock, fetched on the host
+#             (pip inside `docker build` cannot be trusted to reach an index),
+#             each one hashing to the lock's sha256;
+#   runner/   a copy of the nnrun package (with runner/image/requirements.lock).
+# Every Python package of the venv comes from the lock, with hashes required,
+# pip included (the venv is made without pip).  Real users keep the default
+# base; where it cannot be pulled nnrun builds a local Debian base and passes
+# it as BASE_IMAGE.
 ARG BASE_IMAGE=python:3.11-slim
 
 # ---- a base with Python 3 (a debootstrap base has none; python:3.11-slim skips the install)
@@ -15,14 +22,15 @@ RUN if ! command -v python3 >/dev/null 2>&1; then \
         rm -rf /var/lib/apt/lists/*; \
     fi
 
-# ---- stage 1: a virtualenv with nnU-Net, installed offline from the wheelhouse
+# ---- stage 1: a virtualenv with exactly the lock, installed offline from the wheelhouse
 FROM pybase AS venv
-ARG NNUNETV2_VERSION=2.8.1
-ARG TORCH_VERSION=2.13.0
+COPY runner/image/requirements.lock /tmp/requirements.lock
 COPY wheels /wheels
-RUN python3 -m venv /opt/venv && \
-    /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels \
-        "torch==${TORCH_VERSION}" "nnunetv2==${NNUNETV2_VERSION}" psutil && \
+RUN python3 -m venv --without-pip /opt/venv && \
+    pip_wheel="$(ls /wheels/pip-*.whl)" && \
+    /opt/venv/bin/python "$pip_wheel/pip" install --no-cache-dir --disable-pip-version-check \
+        --no-index --find-links /wheels --require-hashes -r /tmp/requirements.lock && \
+    /opt/venv/bin/python -m pip check && \
     /opt/venv/bin/python -c "import nnunetv2, torch, blosc2, SimpleITK"
 
 # ---- stage 2: the runtime image (the wheels stay behind in stage 1)
@@ -31,6 +39,7 @@ ARG NNUNETV2_VERSION=2.8.1
 ARG TORCH_VERSION=2.13.0
 ARG BASE_IMAGE=python:3.11-slim
 ARG NNRUN_VERSION=0.0.0
+ARG LOCK_DIGEST=
 COPY --from=venv /opt/venv /opt/venv
 # A fixed non-root user for runs that do not pass --user; nnrun itself runs the
 # container as the caller's uid:gid so that outputs belong to the caller.
@@ -53,6 +62,7 @@ LABEL org.opencontainers.image.title="nnrun" \
       io.nnrun.version="${NNRUN_VERSION}" \
       io.nnrun.nnunetv2-version="${NNUNETV2_VERSION}" \
       io.nnrun.torch-version="${TORCH_VERSION}" \
+      io.nnrun.lock-digest="${LOCK_DIGEST}" \
       io.nnrun.base-image="${BASE_IMAGE}"
 USER 1000:1000
 WORKDIR /tmp

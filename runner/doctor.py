@@ -20,6 +20,7 @@ from typing import Any
 from runner import __version__
 from runner.cgroup import detect_cgroup_version, parse_flat_keyed
 from runner.errors import NnrunError, Outcome, exit_code_for
+from runner.image import LABEL_LOCK_DIGEST, build_command_for, lock_digest
 from runner.units import MIB, format_bytes
 
 SCHEMA_VERSION = 1
@@ -31,13 +32,13 @@ PROBE_MEM_BYTES = 64 * MIB
 PROBE_TIMEOUT_S = 60.0
 # Advice that holds for an installed nnrun (the engine's own hints say the same).
 DAEMON_ADVICE = "start the Docker daemon (e.g. `sudo systemctl start docker`) or set DOCKER_HOST to where one listens"
-IMAGE_ADVICE = ("build the image with scripts/build-image.sh in nnrun's source repository, "
-                "or pass --image with an nnrun image")
+IMAGE_ADVICE = "build it with `nnrun image build`, or pass --image with an nnrun image"
 SWAP_ADVICE = ("swap is on: nnrun sets memory == memory+swap for its containers, "
                "but other processes may swap")
 LABEL_NNRUN = "io.nnrun.version"
 LABEL_NNUNET = "io.nnrun.nnunetv2-version"
 LABEL_TORCH = "io.nnrun.torch-version"
+LABEL_LOCK = LABEL_LOCK_DIGEST
 
 NAME_DAEMON = "docker daemon"
 NAME_CGROUP = "cgroup"
@@ -292,6 +293,14 @@ def _check_memory(ctx: _Context) -> Check:
     return Check(NAME_MEMORY, OK, f"{format_bytes(total)} RAM{avail}, no swap", None, data)
 
 
+def image_advice(image: str, engine: str | None = None) -> str:
+    """What to do about a missing image: the one command that builds it, or another --image."""
+    command = build_command_for(image, engine)
+    if command == "nnrun image build":
+        return IMAGE_ADVICE
+    return f"build it with `{command}`, or pass --image with an nnrun image"
+
+
 def _check_image(ctx: _Context) -> Check:
     if ctx.info is None:
         return _not_checked(NAME_IMAGE, "the Docker daemon is not reachable", "fix the docker daemon check first")
@@ -299,25 +308,42 @@ def _check_image(ctx: _Context) -> Check:
         img = ctx.engine.image(ctx.image)
     except NnrunError as err:
         # Podman has its own image store: the engine's hint says how to fill it.
-        advice = err.hint if ctx.info.name == "podman" and err.hint else IMAGE_ADVICE
+        advice = err.hint if ctx.info.name == "podman" and err.hint else image_advice(ctx.image)
         return Check(NAME_IMAGE, FAIL, _one_line(err.message), advice, {"image": ctx.image, "present": False})
     ctx.image_info = img
-    labels = dict(img.labels or {})
+    return evaluate_image(ctx.image, img.image_id, dict(img.labels or {}), lock_digest(),
+                          engine=ctx.info.name if ctx.info.name == "podman" else None)
+
+
+def evaluate_image(image: str, image_id: str | None, labels: Mapping[str, str], host_lock_digest: str | None,
+                   engine: str | None = None) -> Check:
+    """The image check from the image's labels: an nnrun image of this version, built from this nnrun's lock."""
     versions = {"nnrun": labels.get(LABEL_NNRUN), "nnunetv2": labels.get(LABEL_NNUNET),
                 "torch": labels.get(LABEL_TORCH)}
-    data = {"image": ctx.image, "present": True, "image_id": img.image_id, "versions": versions,
-            "expected_nnrun_version": __version__}
+    image_lock = labels.get(LABEL_LOCK) or None
+    data = {"image": image, "present": True, "image_id": image_id, "versions": versions,
+            "expected_nnrun_version": __version__, "lock_digest": image_lock, "expected_lock_digest": host_lock_digest,
+            "lock_matches": bool(image_lock) and image_lock == host_lock_digest}
     shown = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
-    detail = f"{ctx.image} ({_short_id(img.image_id)}): {shown or 'no io.nnrun.* version labels'}"
+    detail = f"{image} ({_short_id(image_id)}): {shown or 'no io.nnrun.* version labels'}"
+    rebuild = build_command_for(image, engine)
     if versions["nnrun"] is None:
         return Check(NAME_IMAGE, WARN, detail + "; not labelled as an nnrun image",
-                     f"use the nnrun image (nnrun:{__version__}, built by scripts/build-image.sh in nnrun's source "
-                     f"repository) with --image", data)
+                     f"build the nnrun image with `{rebuild}`, or pass --image with one", data)
+    problems = []
     if versions["nnrun"] != __version__:
-        return Check(NAME_IMAGE, WARN, detail + f"; this nnrun is {__version__}",
-                     f"rebuild the image with scripts/build-image.sh of nnrun {__version__}'s source repository: "
-                     "its supervisor may not match this nnrun", data)
-    return Check(NAME_IMAGE, OK, detail, None, data)
+        problems.append(f"this nnrun is {__version__}")
+    if host_lock_digest is None:
+        problems.append("this nnrun carries no image lock (an incomplete install)")
+    elif image_lock is None:
+        problems.append("the image has no lock digest label (built before the lock, or not by nnrun image build)")
+    elif image_lock != host_lock_digest:
+        problems.append(f"its package lock {_short_digest(image_lock)} is not this nnrun's "
+                        f"{_short_digest(host_lock_digest)}")
+    if problems:
+        return Check(NAME_IMAGE, WARN, detail + "; " + "; ".join(problems),
+                     f"rebuild the image with `{rebuild}`: its supervisor and packages may not match this nnrun", data)
+    return Check(NAME_IMAGE, OK, f"{detail}, lock {_short_digest(image_lock)}", None, data)
 
 
 _NOT_ENFORCED_ADVICE = ("the kernel does not enforce container memory limits: enable the memory cgroup controller and "
@@ -465,6 +491,13 @@ def _short_id(image_id: str | None) -> str:
     if not image_id:
         return "?"
     return image_id.split(":", 1)[-1][:12]
+
+
+def _short_digest(digest: str | None) -> str:
+    if not digest:
+        return "?"
+    algo, _, hexdigest = digest.partition(":")
+    return f"{algo}:{hexdigest[:12]}" if hexdigest else digest[:12]
 
 
 def _counter(value: int | None) -> str:

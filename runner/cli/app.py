@@ -19,6 +19,7 @@ from runner.cli.common import err as _err
 from runner.cli.demo import make_demo_command
 from runner.cli.doctor import doctor_command
 from runner.cli.estimate import estimate_command
+from runner.cli.image import image_app
 from runner.cli.k8s import k8s_app
 from runner.cli.merge import merge_command
 from runner.cli.preprocess import preprocess_command
@@ -58,6 +59,7 @@ app.command("report", context_settings=HELP)(report_command)
 app.command("doctor", context_settings=HELP)(doctor_command)
 app.command("make-demo", context_settings=HELP)(make_demo_command)
 app.add_typer(k8s_app, name="k8s")
+app.add_typer(image_app, name="image")
 
 _USAGE_ERRORS = parser_exception_types("UsageError")
 _EXITS = parser_exception_types("Exit")

@@ -7,6 +7,7 @@ a :class:`DockerEngine` connects on first use.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -14,13 +15,14 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from runner import __version__
 from runner.engines.base import ContainerSpec, ContainerState, EngineInfo, ImageInfo
 from runner.errors import BadInputError, InfraError
+from runner.image import build_command_for
 
 # Advice that holds for an installed nnrun (no checkout of its repository needed to follow it).
 DAEMON_HINT = "Start the Docker daemon (e.g. `sudo systemctl start docker`) or set DOCKER_HOST to where one listens"
-IMAGE_HINT = ("build the image with scripts/build-image.sh in nnrun's source repository, "
-              "or pass --image with an nnrun image this engine has")
+IMAGE_HINT = "build it with `nnrun image build`, or pass --image with an nnrun image this engine has"
 
 ENGINES = ("docker", "podman")
 PODMAN_HOST_ENV = "NNRUN_PODMAN_HOST"
@@ -49,8 +51,10 @@ def _daemon_hint(base_url: str, engine: str | None = None) -> str:
 
 def _image_hint(engine: str | None, image: str) -> str:
     if engine == "podman":
-        return (f"Podman has its own image store: copy the image from Docker with `docker save {image} | podman load`, "
-                f"or pass --image with an image Podman has")
+        return (f"Podman has its own image store: build it there with `{build_command_for(image, 'podman')}`, or copy "
+                f"it from Docker with `docker save {image} | podman load`, or pass --image with an image Podman has")
+    if image != f"nnrun:{__version__}":
+        return f"build it with `{build_command_for(image)}`, or pass --image with an nnrun image this engine has"
     return IMAGE_HINT
 
 
@@ -168,6 +172,87 @@ class DockerEngine:
             raise InfraError(f"image {ref} not found{self._in_store()}", hint=_image_hint(self.name, ref)) from None
         return ImageInfo(ref=ref, image_id=img.id, labels=dict(img.labels or {}),
                          repo_digests=list(img.attrs.get("RepoDigests") or []))
+
+    def has_image(self, ref: str) -> bool:
+        try:
+            self._call(f"inspect image {ref}", self.client.images.get, ref)
+            return True
+        except docker.errors.NotFound:
+            return False
+
+    def pull_image(self, ref: str, timeout_s: float = 90) -> None:
+        """Pull ``ref`` (InfraError when no registry answers within ``timeout_s``)."""
+        _ = self.client
+        repo, tag = _split_ref(ref)
+        try:
+            client = docker.DockerClient(base_url=self.base_url, timeout=int(timeout_s))
+        except docker.errors.DockerException as err:
+            raise InfraError(f"{self._label} failed to pull {ref}: {_short(err)}") from err
+        try:
+            self._call(f"pull {ref}", client.images.pull, repo, tag=tag)
+        except docker.errors.NotFound as err:
+            raise InfraError(f"{ref} not found in its registry: {_short(err)}") from None
+        finally:
+            client.close()
+
+    def import_image(self, tar_path: Path, ref: str) -> ImageInfo:
+        """``docker import``: a root file system tarball as image ``ref``."""
+        repo, tag = _split_ref(ref)
+        answer = self._call(f"import {tar_path} as {ref}", self.client.api.import_image, src=str(tar_path),
+                            repository=repo, tag=tag)
+        # Podman (4.3) ignores the name of an import: tag the imported image by the id the engine answered.
+        found = re.findall(r"sha256:[0-9a-f]{64}", str(answer))
+        if found:
+            self._call(f"tag the imported image as {ref}", self.client.api.tag, found[-1], repo, tag, force=True)
+        return self.image(ref)
+
+    def build_image(self, context: Path, dockerfile: str, tag: str, buildargs: Mapping[str, str],
+                    labels: Mapping[str, str], progress: Callable[[str], None] | None = None,
+                    nocache: bool = False) -> ImageInfo:
+        """Build ``context`` (a folder; ``dockerfile`` relative to it) as ``tag``; every output line to ``progress``.
+
+        The classic builder of the Engine API (what ``DOCKER_BUILDKIT=0 docker
+        build`` runs), intermediate containers removed; no HTTP timeout (a RUN
+        step may be silent for minutes).  A failed step is InfraError with the
+        engine's message; its last output lines are in the error's ``output_tail``.
+        """
+        _ = self.client
+        try:
+            client = docker.APIClient(base_url=self.base_url, timeout=None)   # type: ignore[arg-type]
+        except docker.errors.DockerException as err:
+            raise InfraError(f"{self._label} failed to build {tag}: {_short(err)}") from err
+        tail: list[str] = []
+        image_id = None
+        try:
+            stream = self._call(f"build {tag}", client.build, path=str(context), dockerfile=dockerfile, tag=tag,
+                                buildargs=dict(buildargs), labels=dict(labels) or None, rm=True, forcerm=True,
+                                pull=False, nocache=nocache, decode=True, timeout=None)
+            for chunk in _iterate(self, f"build {tag}", stream):
+                if not isinstance(chunk, dict):
+                    continue
+                if chunk.get("error") or chunk.get("errorDetail"):
+                    message = chunk.get("error") or (chunk.get("errorDetail") or {}).get("message") or "build failed"
+                    error = InfraError(f"{self._label} could not build {tag}: {' '.join(str(message).split())[:400]}",
+                                       hint="the build output above says which step failed")
+                    error.output_tail = tail[-20:]       # type: ignore[attr-defined]
+                    raise error
+                aux = chunk.get("aux")
+                if isinstance(aux, dict) and aux.get("ID"):
+                    image_id = aux["ID"]
+                text = chunk.get("stream") or chunk.get("status")
+                if text:
+                    for line in str(text).splitlines():
+                        if line.strip():
+                            tail = (tail + [line.rstrip()])[-20:]
+                            if progress is not None:
+                                progress(line.rstrip())
+        finally:
+            client.close()
+        info = self.image(tag)
+        if image_id and info.image_id != image_id:
+            raise InfraError(f"{tag} is {info.image_id}, not the image just built ({image_id}): another build "
+                             "tagged it meanwhile")
+        return info
 
     def create(self, spec: ContainerSpec) -> str:
         client = self.client                  # connects, so self.name says which engine answers
@@ -400,6 +485,25 @@ def host_config_kwargs(spec: ContainerSpec, engine: str = "docker") -> dict:
     if engine == "podman":
         kwargs.update(podman_kwargs(spec.pids_limit))
     return kwargs
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    """``repo[:tag]`` -> (repo, tag); a port in the registry part is not a tag; no tag is ``latest``."""
+    head, sep, tail = ref.rpartition(":")
+    if sep and "/" not in tail:
+        return head, tail
+    return ref, "latest"
+
+
+def _iterate(engine: DockerEngine, what: str, stream) -> Iterator:
+    """A streamed API response, its connection failures turned into InfraError."""
+    iterator = iter(stream)
+    while True:
+        try:
+            item = engine._call(what, next, iterator)
+        except StopIteration:
+            return
+        yield item
 
 
 def _short(err: Exception) -> str:

@@ -13,6 +13,7 @@ from runner import __version__
 from runner.dataset import RawDataset
 from runner.diagnosis.report import RunReport
 from runner.engines.base import ContainerSpec, EngineInfo, ImageInfo
+from runner.image import LABEL_LOCK_DIGEST, lock_digest
 from runner.options import PreprocessOptions, nnunet_argv
 from runner.run.settings import RunSettings
 
@@ -34,6 +35,14 @@ def command_line(argv: list[str] | None = None) -> list[str]:
     return ["nnrun", *argv[1:]]
 
 
+def lock_record(labels: dict[str, str], host_digest: str | None = None) -> dict:
+    """The image's package lock (its ``io.nnrun.lock-digest`` label) next to the lock this nnrun carries."""
+    image_digest = labels.get(LABEL_LOCK_DIGEST) or None
+    host_digest = host_digest if host_digest is not None else lock_digest()
+    return {"image_digest": image_digest, "nnrun_digest": host_digest,
+            "matches": image_digest is not None and image_digest == host_digest}
+
+
 def build_manifest(run_id: str, opts: PreprocessOptions, settings: RunSettings, spec: ContainerSpec,
                    dataset: RawDataset, info: EngineInfo, image: ImageInfo, mem_bytes: int) -> dict:
     """What a cluster admin needs to trust and reproduce the run."""
@@ -52,6 +61,7 @@ def build_manifest(run_id: str, opts: PreprocessOptions, settings: RunSettings, 
         "versions": {"nnrun": __version__, "nnunetv2": labels.get("io.nnrun.nnunetv2-version"),
                      "torch": labels.get("io.nnrun.torch-version"), "image_nnrun": labels.get("io.nnrun.version")},
         "image": {"ref": image.ref, "id": image.image_id, "repo_digests": image.repo_digests, "labels": labels},
+        "lock": lock_record(labels),
         "engine": asdict(info),
         "host": {"hostname": platform.node(), "kernel": platform.release(), "machine": platform.machine(),
                  "cpus": os.cpu_count(), "python": platform.python_version()},

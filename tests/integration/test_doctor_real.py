@@ -12,6 +12,7 @@ from runner.doctor import (
     NAME_PROBE,
     OK,
     doctor_json,
+    image_advice,
     render_doctor,
     run_checks,
 )
@@ -73,6 +74,8 @@ def test_doctor_unreachable_daemon(docker_ready, monkeypatch):
 def test_doctor_missing_image(docker_ready):
     report = run_checks(DockerEngine, "nnrun-doctor-test-no-such-image:0", None, None)
     image = report.check(NAME_IMAGE)
-    assert image.status == FAIL and "not found" in image.detail and image.advice == IMAGE_ADVICE
+    assert image.status == FAIL and "not found" in image.detail
+    assert image.advice == image_advice("nnrun-doctor-test-no-such-image:0") != IMAGE_ADVICE
+    assert "`nnrun image build --tag nnrun-doctor-test-no-such-image:0`" in image.advice
     assert report.check(NAME_PROBE).status == FAIL
     assert report.exit_code == 6

@@ -259,7 +259,8 @@ def test_missing_image_is_infra_with_setup_advice(docker_ready, demo_raw, tmp_pa
                        "--preprocessed", str(tmp_path / "pre"), "--skip-file-check",
                        "--image", "nnrun:no-such-tag")
     report = _assert_report(result, "infra", 6)
-    assert "nnrun:no-such-tag" in report["message"] and "--image" in report["hint"] and "build-image.sh" in report["hint"]
+    assert "nnrun:no-such-tag" in report["message"] and "--image" in report["hint"]
+    assert "`nnrun image build --tag nnrun:no-such-tag`" in report["hint"]
 
 
 def test_option_nnunet_rejects_after_dashdash_is_error(docker_ready, demo_raw, tmp_path):

@@ -113,7 +113,8 @@ def test_doctor_json_keeps_the_checks_on_stderr(no_docker, capsys):
 # -- 2. --version, -h everywhere, shell completion -------------------------------------------
 
 COMMANDS = [[], ["preprocess"], ["merge"], ["estimate"], ["report"], ["doctor"], ["make-demo"], ["version"],
-            ["slurm"], ["slurm", "submit"], ["slurm", "status"], ["k8s"], ["k8s", "manifest"], ["k8s", "diagnose"]]
+            ["slurm"], ["slurm", "submit"], ["slurm", "status"], ["k8s"], ["k8s", "manifest"], ["k8s", "diagnose"],
+            ["image"], ["image", "build"]]
 
 
 def test_version_option_prints_the_version(capsys):
@@ -162,7 +163,7 @@ def options_section(help_text: str) -> str:
     return help_text.split("\nOptions:\n", 1)[1]
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c not in ([], ["slurm"], ["k8s"])],
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c not in ([], ["slurm"], ["k8s"], ["image"])],
                          ids=lambda c: " ".join(c))
 def test_help_has_no_type_placeholders(command, capsys):
     code, out, _ = run([*command, "--help"], capsys)
@@ -182,6 +183,7 @@ def test_help_has_no_type_placeholders(command, capsys):
     (["slurm", "submit"], ["-d ID ", "--mem SIZE ", "--shards N ", "--retry N "]),
     (["slurm", "status"], ["--interval SECONDS ", "JOBID|DIR"]),
     (["k8s", "manifest"], ["-d ID ", "--mem SIZE ", "--shards N ", "--run-as UID:GID "]),
+    (["image", "build"], ["--tag IMAGE ", "--base-image IMAGE ", "--cache DIR ", "--runtime docker|podman "]),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) and v and not v[0].startswith("-") else None)
 def test_help_names_what_each_option_takes(command, expected, capsys):
     _, out, _ = run([*command, "--help"], capsys)
@@ -381,11 +383,20 @@ def test_no_user_facing_text_sends_users_to_the_scripts_of_a_checkout():
     assert found == []
 
 
-def test_the_image_hint_names_a_way_that_exists():
-    from runner.doctor import IMAGE_ADVICE
+def test_the_image_hint_names_a_way_that_exists(capsys):
+    from runner import __version__
+    from runner.doctor import IMAGE_ADVICE, image_advice
     from runner.engines.docker import IMAGE_HINT, _image_hint
-    for text in (IMAGE_HINT, IMAGE_ADVICE, _image_hint("docker", "nnrun:x")):
-        assert "--image" in text and "build-image.sh in nnrun's source repository" in text
+    default = f"nnrun:{__version__}"
+    for text in (IMAGE_HINT, IMAGE_ADVICE, _image_hint("docker", default), image_advice(default)):
+        assert "--image" in text and "`nnrun image build`" in text and "scripts/" not in text
+    # Another tag: the command that builds that tag.
+    for text in (_image_hint("docker", "nnrun:x"), image_advice("nnrun:x")):
+        assert "`nnrun image build --tag nnrun:x`" in text and "--image" in text
+    assert "`nnrun image build --tag nnrun:x --runtime podman`" in _image_hint("podman", "nnrun:x")
+    # The command exists and takes those options.
+    code, out, _ = run(["image", "build", "--help"], capsys)
+    assert code == 0 and "--tag IMAGE" in out and "--runtime docker|podman" in out
 
 
 def damage(raw, case="case000"):

@@ -33,6 +33,7 @@ from runner.doctor import (
 )
 from runner.engines.base import EngineInfo, ImageInfo
 from runner.errors import InfraError, Outcome, exit_code_for
+from runner.image import lock_digest
 from runner.units import GIB, MIB
 
 IMAGE = f"nnrun:{__version__}"
@@ -63,7 +64,7 @@ class FakeEngine:
         self.cgroup_version = cgroup_version
         self.image_labels = image_labels if image_labels is not None else {
             "io.nnrun.version": __version__, "io.nnrun.nnunetv2-version": "2.8.1",
-            "io.nnrun.torch-version": "2.13.0"}
+            "io.nnrun.torch-version": "2.13.0", "io.nnrun.lock-digest": lock_digest()}
         self.image_missing = image_missing
         self.probe_stdout = probe_stdout
         self.probe_exit = probe_exit
@@ -215,18 +216,19 @@ def test_image_missing(machine):
     assert image.status == FAIL
     assert image.detail == f"image {IMAGE} not found"
     assert image.advice == IMAGE_ADVICE
-    assert "--image" in IMAGE_ADVICE and "build-image.sh" in IMAGE_ADVICE and "setup.sh" not in IMAGE_ADVICE
+    assert "--image" in IMAGE_ADVICE and "`nnrun image build`" in IMAGE_ADVICE and "scripts/" not in IMAGE_ADVICE
     assert report.check(NAME_PROBE).status == FAIL and "not checked" in report.check(NAME_PROBE).detail
     assert engine.probes == []
     assert report.exit_code == INFRA
 
 
 def test_image_of_another_nnrun_version_warns(machine):
-    labels = {"io.nnrun.version": "0.0.9", "io.nnrun.nnunetv2-version": "2.8.1", "io.nnrun.torch-version": "2.13.0"}
+    labels = {"io.nnrun.version": "0.0.9", "io.nnrun.nnunetv2-version": "2.8.1", "io.nnrun.torch-version": "2.13.0",
+              "io.nnrun.lock-digest": lock_digest()}
     report = doctor(machine, FakeEngine(image_labels=labels))
     image = report.check(NAME_IMAGE)
     assert image.status == WARN and "nnrun 0.0.9" in image.detail and __version__ in image.detail
-    assert "scripts/build-image.sh" in image.advice
+    assert "`nnrun image build`" in image.advice and "scripts/" not in image.advice
     assert report.ok and report.exit_code == 0
 
 
