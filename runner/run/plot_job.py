@@ -34,13 +34,14 @@ import tempfile
 import threading
 from pathlib import Path
 
-from runner.plot import PlotData, plot_data_from_files, render_memory_png
+from runner.plot.data import PlotData, plot_data_from_files
+from runner.plot.render import render_memory_png
 from runner.rundir import AGENT_EVENTS_FILE, EVENTS_FILE, PLOT_FILE, TIMELINE_FILE
 
 
 def _warm_up() -> None:
     """Import matplotlib and draw a tiny figure with every kind of artist the real plot uses."""
-    from runner.plot import CaseSpan, MemorySample, PhaseSpan
+    from runner.plot.data import CaseSpan, MemorySample, PhaseSpan
     data = PlotData(samples=[MemorySample(0.0, 1 << 20, 1 << 19, 3 << 19), MemorySample(1.0, 2 << 20, 1 << 19, 5 << 19)],
                     phases=[PhaseSpan("preprocessing", "3d_fullres", 0.0, 1.0)],
                     cases=[CaseSpan("case000", 1, 0.1, 0.9, 1 << 20), CaseSpan("case001", 2, 0.2, None, None)],

@@ -11,15 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.plot import (
-    CaseSpan,
-    MemorySample,
-    PhaseSpan,
-    PlotData,
-    draw_memory_figure,
-    plot_data_from_files,
-    render_memory_png,
-)
+from runner.plot.data import CaseSpan, MemorySample, PhaseSpan, PlotData, plot_data_from_files
+from runner.plot.render import draw_memory_figure, render_memory_png
 
 pytest.importorskip("matplotlib")
 
@@ -249,7 +242,7 @@ def test_18000_samples_render_quickly(tmp_path):
 
 
 def test_importing_runner_plot_does_not_import_matplotlib():
-    code = "import sys, runner.plot; print('matplotlib' in sys.modules)"
+    code = "import sys, runner.plot.data, runner.plot.render; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parents[2])
     assert result.stdout.strip() == "False"

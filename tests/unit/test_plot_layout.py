@@ -17,15 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.plot import (
-    CaseSpan,
-    MemorySample,
-    PhaseSpan,
-    PlotData,
-    PlotLayout,
-    draw_memory_figure,
-    plot_data_from_files,
-)
+from runner.plot.data import CaseSpan, MemorySample, PhaseSpan, PlotData, PlotLayout, plot_data_from_files
+from runner.plot.render import draw_memory_figure
 
 pytest.importorskip("matplotlib")
 
