@@ -27,6 +27,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -115,7 +116,20 @@ class Terminal:
 
 
 def run_in_terminal(tmux: str, tmp: Path, demo_raw: Path, *extra: str, env: dict | None = None):
-    pre = tmp / "pre"
+    # Folders with paths of a user's length: nnrun wraps the `next:` command between shell words, never inside
+    # one, and pytest's own tmp paths (60+ characters) would be a word longer than the 80-column line allows.
+    short = Path(tempfile.mkdtemp(prefix="nnt-", dir="/tmp"))
+    try:
+        return _run_in_terminal(tmux, tmp, short, demo_raw, *extra, env=env)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def _run_in_terminal(tmux: str, tmp: Path, short: Path, demo_raw: Path, *extra: str, env: dict | None = None):
+    raw = short / "raw"
+    shutil.copytree(demo_raw, raw)
+    demo_raw = raw
+    pre = short / "pre"
     pre.mkdir()
     settings = {"NNRUN_TEST_OOM_VICTIM": "worker", "TERM": "xterm-256color", "COLUMNS": None, "LINES": None,
                 "NO_COLOR": None, "FORCE_COLOR": None, **(env or {})}

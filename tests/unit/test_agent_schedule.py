@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -197,6 +198,11 @@ def test_a_warm_worker_that_died_is_fatal(agent_env):
     proc = agent_schedule._WARM["procs"][0]
     os.kill(pids[0], signal.SIGKILL)
     proc.join(10)
+    # The pool's own handler thread may reap the worker while join() waits (join then returns early, and
+    # is_alive() answers True until that thread has stored the exit code): wait for the death to show.
+    deadline = time.monotonic() + 10
+    while proc.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
     with pytest.raises(RuntimeError, match="6 feet under"):
         agent_schedule.take_warm("3d_fullres", "fixed", 1)
 
