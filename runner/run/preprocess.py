@@ -198,10 +198,7 @@ class Preprocess:
         once, every pool at one worker (does the same case crash again alone?)."""
         if report.reason == "crash" and self.first_crash is None and self.last_death is not None:
             self.first_crash = self.last_death
-            one = self.opts.with_workers(npfp=1)
-            for configuration in self.opts.workers_per_configuration():
-                one = one.with_workers(configuration=configuration, np=1)
-            return one
+            return self.opts.with_workers(np=1, npfp=1)      # every pool at one worker
         rec = self.last_recommendation
         if report.outcome is not Outcome.OOM or rec is None or rec.options is None or rec.mem_bytes is not None:
             return None
@@ -590,10 +587,8 @@ class Preprocess:
                                           f"it counts against the --mem cap")
             report.recommendation_argv, report.recommendation = argv, shlex.join(argv)
         elif reason == "crash":
-            one = self.opts.with_workers(npfp=1)
-            for configuration in self.opts.workers_per_configuration():
-                one = one.with_workers(configuration=configuration, np=1)
-            argv = nnrun_argv(one, self.settings.mem, self.settings.passthrough_argv)
+            argv = nnrun_argv(self.opts.with_workers(np=1, npfp=1), self.settings.mem,
+                              self.settings.passthrough_argv)
             report.recommendation_text = wording.crash_advice(death)
             report.recommendation_argv, report.recommendation = argv, shlex.join(argv)
         elif reason == "killed":
