@@ -83,6 +83,10 @@ def count_oom_kills(facts: RunFacts) -> tuple[int | None, str | None]:
     return None, None
 
 
+# Exits this close together were seen by the same supervisor poll (it polls every 50 ms).
+SAME_POLL_S = 0.06
+
+
 def _likeliest_first(exits: list[WorkerExit], facts: RunFacts) -> list[WorkerExit]:
     """Among workers that vanished together, the kernel's likeliest pick first.
 
@@ -122,7 +126,7 @@ def find_victims(facts: RunFacts, kills: int) -> tuple[Victim, ...]:
             after_rise = alive_exits     # the supervisor could not read the counter: order is all we have
         if after_rise:
             first_t = min(w.t for w in after_rise)
-            same_poll = [w for w in after_rise if w.t - first_t < 0.06]
+            same_poll = [w for w in after_rise if w.t - first_t < SAME_POLL_S]
             w = _likeliest_first(same_poll, facts)[0]
             victims.append(Victim("worker", w.pid, None, w.t))
         else:

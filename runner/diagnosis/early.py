@@ -13,6 +13,12 @@ supervisor's and the agent's, as the progress sink receives them) and returns
 the headline once, with the same rules as the final diagnosis
 (:func:`runner.diagnosis.classify.find_victims`), so the two agree.
 
+Which of several workers that vanished in one poll the kernel killed is a
+choice among all of them (open case, RSS), so an OOM line is held until the
+poll is complete: until an event from a later moment, or nnU-Net's exit,
+arrives.  Without that the host could read the first of a poll's exits, name
+it, and the final report, which sees them all, name another.
+
 It states only facts that cannot change: the OOM kill, the process, its case.
 The final report (its content and exit code are unchanged) follows when
 nnU-Net has ended; it may add what happened after (cases in flight, peak).
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import signal
 
-from runner.diagnosis.classify import CRASH_SIGNALS, Death, Victim, find_victims
+from runner.diagnosis.classify import CRASH_SIGNALS, SAME_POLL_S, Death, Victim, find_victims
 from runner.diagnosis.facts import RunFacts, WorkerExit, worker_exit
 from runner.diagnosis.wording import early_death_line, early_oom_line
 from runner.rundir import (
@@ -55,11 +61,15 @@ class EarlyOom:
         self.configuration: str | None = None
         self.open_cases: dict[int, str | None] = {}        # worker pid -> the case it holds (agent's case_start)
         self.said: str | None = None
+        self.pending_since: float | None = None   # the time of the poll that showed an OOM victim, not yet said
 
     def feed(self, event: dict) -> str | None:
         if self.said is not None:
             return None
         kind = event.get("event")
+        t = event.get("t")
+        poll_complete = kind == EV_CHILD_EXIT or (
+            self.pending_since is not None and isinstance(t, (int, float)) and t - self.pending_since >= SAME_POLL_S)
         if kind == EV_SUPERVISOR_START:
             self.oom_start = event.get("oom_kill")
             self.oom_last = self.oom_start
@@ -89,10 +99,19 @@ class EarlyOom:
         elif kind == EV_CHILD_EXIT:
             self.returncode = event.get("returncode")
         elif kind == EV_WORKER_DIED and event.get("worker_pid") is not None:
-            return self._crash(event)
-        else:
+            said = self._crash(event)
+            if said is not None:
+                return said
+        decided = self._decide()
+        if decided is None:
             return None
-        return self._decide()
+        line, since = decided
+        if not poll_complete:
+            if self.pending_since is None:
+                self.pending_since = since if since is not None else (t if isinstance(t, (int, float)) else None)
+            return None
+        self.said = line
+        return line
 
     def _crash(self, event: dict) -> str | None:
         """nnrun's pool saw a worker die of a crash signal: that is certain at once (no OOM kill dies of
@@ -109,7 +128,8 @@ class EarlyOom:
         self.said = early_death_line(death, "crash")
         return self.said
 
-    def _decide(self) -> str | None:
+    def _decide(self) -> tuple[str, float | None] | None:
+        """The OOM line the events so far give, and the time of the poll that showed its victim."""
         if self.oom_last is None or self.oom_last <= (self.oom_start or 0):
             return None
         kills = self.oom_last - (self.oom_start or 0)
@@ -131,5 +151,4 @@ class EarlyOom:
             phase, configuration = self.exit_phase.get(first.pid, (phase, configuration))
             case = self.open_cases.get(first.pid)
             first = Victim("worker", first.pid, case, first.t)
-        self.said = early_oom_line(first, phase, configuration)
-        return self.said
+        return early_oom_line(first, phase, configuration), first.t

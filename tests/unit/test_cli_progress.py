@@ -66,8 +66,9 @@ SEQUENCE = [
 ]
 
 
-# The early diagnosis line (runner.diagnosis.early) the sinks print once the killed worker is known: in SEQUENCE,
-# right after the worker_exit at the counter's rise.
+# The early diagnosis line (runner.diagnosis.early) the sinks print once the killed worker is known and the poll
+# that showed it is complete: in SEQUENCE, right after the first event from after the worker_exit at the counter's
+# rise (the watchdog's).
 EARLY_LINE = ("nnrun: oom (out of memory): the kernel OOM-killed a worker (pid 69) while preprocessing case002 "
               "(3d_fullres) (full report when nnU-Net has ended)")
 
@@ -77,7 +78,7 @@ def _expected_plain_lines() -> list[str]:
     for event, line in SEQUENCE:
         if line:
             lines.append(line)
-        if event.get("event") == "worker_exit":
+        if event.get("event") == "watchdog":
             lines.append(EARLY_LINE)
     return lines
 
