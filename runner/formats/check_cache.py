@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from runner.formats.nifti import check_files
+from runner.formats.check import check_files
 from runner.rundir import write_json_atomic
 
 CACHE_VERSION = 1
@@ -67,7 +67,7 @@ def _save(path: Path, files: dict) -> None:
 
 def check_files_once(paths: Iterable, workers: int = 2, progress: Callable[[int, int], None] | None = None,
                      cache_dir: Path | None = None) -> list:
-    """``runner.formats.nifti.check_files`` for the files not verified complete before in this very version."""
+    """``runner.formats.check.check_files`` for the files not verified complete before in this very version."""
     paths = [Path(p) for p in paths]
     if not paths:
         return check_files(paths, workers=workers, progress=progress)

@@ -392,12 +392,14 @@ def check_one(path) -> None:
 
 
 def check_files(paths: Iterable, workers: int = 2,
-                progress: Callable[[int, int], None] | None = None) -> list[DamagedFileError]:
+                progress: Callable[[int, int], None] | None = None,
+                check: Callable[[str], object] | None = None) -> list[DamagedFileError]:
     """Check many files in parallel; return every problem found, in input order.
 
     ``.nii`` / ``.nii.gz`` files get the full :func:`check_file_complete`; files
-    with any other ending (e.g. .mha, .nrrd, .png, .tif) only get an
-    "exists, non-empty, readable" check, since nnrun has no parser for them.
+    with any other ending only get an "exists, non-empty, readable" check
+    here; ``check`` replaces :func:`check_one` (the pre-flight passes
+    ``runner.formats.check.check_one``, which proves every format complete).
     ``progress(done, total)`` is called from the calling thread after each file.
     """
     paths = list(paths)
@@ -406,7 +408,7 @@ def check_files(paths: Iterable, workers: int = 2,
     if total == 0:
         return []
     with ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="nnrun-check") as pool:
-        futures = {pool.submit(_check_collect, p): i for i, p in enumerate(paths)}
+        futures = {pool.submit(_check_collect, p, check or check_one): i for i, p in enumerate(paths)}
         for done, fut in enumerate(as_completed(futures), start=1):
             problems[futures[fut]] = fut.result()
             if progress is not None:
@@ -414,9 +416,9 @@ def check_files(paths: Iterable, workers: int = 2,
     return [p for p in problems if p is not None]
 
 
-def _check_collect(path) -> DamagedFileError | None:
+def _check_collect(path, check: Callable[[str], object]) -> DamagedFileError | None:
     try:
-        check_one(path)
+        check(path)
     except DamagedFileError as e:
         return e
     return None
