@@ -206,16 +206,20 @@ def shard_from_env(environ: dict | None = None) -> Shard | None:
 
 
 def header_weights(images: dict[str, list[str]]) -> dict[str, int]:
-    """Voxels x channels of each case, from the image headers (NIfTI); file sizes for other formats."""
-    from runner.formats.nifti import read_header
+    """Voxels x channels of each case, from the image headers (every format nnU-Net reads); else file sizes."""
+    from runner.formats.headers import read_info, reader_for
+
+    def ending(name: str) -> str:
+        return ".nii.gz" if name.lower().endswith(".nii.gz") else os.path.splitext(name)[1]
 
     weights = {}
     for case, files in images.items():
         total = 0
         for f in files:
             try:
-                total += math.prod(read_header(f).shape[:3])
-            except Exception:  # noqa: BLE001 - not NIfTI or unreadable: its size still orders the cases
+                info = read_info(f, reader_for({"file_ending": ending(f)}, f))
+                total += math.prod(info.shape) * info.components
+            except Exception:  # noqa: BLE001 - unreadable: its size still orders the cases
                 try:
                     total += os.path.getsize(f)
                 except OSError:

@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runner.dataset import RawDataset
-from runner.formats.nifti import read_header
+from runner.formats.headers import case_infos
 from runner.units import format_bytes
 
 MODEL_PATH = Path(__file__).with_name("estimate_model.json")
@@ -101,6 +101,7 @@ class CaseGeometry:
     image_itemsize: int
     label_itemsize: int
     dataset_cases: int = 1
+    is_2d: bool = False             # one slice (natural images): nnU-Net plans only 2d
 
     @property
     def voxels(self) -> int:
@@ -113,21 +114,20 @@ def _as3(values, fill) -> tuple:
 
 
 def dataset_geometry(dataset: RawDataset) -> list[CaseGeometry]:
-    """Header-only geometry of every case (first 540 bytes of each file; no voxel data)."""
+    """Header-only geometry of every case, read with the reader nnU-Net picks (no voxel data)."""
     geoms = []
     n = len(dataset.cases)
-    for case in dataset.cases:
-        headers = [read_header(p) for p in case.images]
-        label = read_header(case.label)
-        first = headers[0]
+    for info in case_infos(dataset):
+        first = info.images[0]
         geoms.append(CaseGeometry(
-            case_id=case.case_id,
+            case_id=info.case_id,
             shape=tuple(int(s) for s in _as3(first.shape, 1)),
             spacing=tuple(abs(float(s)) for s in _as3(first.spacing, 1.0)),
-            channels=len(headers),
-            image_itemsize=max(h.bitpix // 8 for h in headers),
-            label_itemsize=label.bitpix // 8,
+            channels=info.channels,
+            image_itemsize=max(h.itemsize for h in info.images),
+            label_itemsize=info.label.itemsize,
             dataset_cases=n,
+            is_2d=all(h.is_2d for h in info.images),
         ))
     return geoms
 
@@ -437,7 +437,11 @@ def estimate(dataset: RawDataset, plans: dict | None, configurations: Iterable[s
         est.notes.append("the main process alone is predicted to exceed the cap at the end of the fingerprint "
                          f"({format_bytes(est.main_fingerprint_peak_bytes)} with the margin: it gathers 1e8 float32 "
                          "samples per channel)")
+    only_2d = bool(geoms) and all(g.is_2d for g in geoms)
     for cfg in configurations:
+        if only_2d and plans is None and cfg != "2d":
+            est.notes.append(f"a 2D dataset: nnU-Net plans no {cfg} (only 2d)")
+            continue
         note = configuration_note(plans, cfg)
         if note:
             est.notes.append(note)

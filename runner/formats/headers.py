@@ -24,6 +24,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runner.errors import BadInputError, DamagedFileError
 
@@ -149,8 +150,8 @@ def _sitk_info(path: str, reader: str) -> ImageInfo:
 
 def _nibabel_info(path: str, reader: str) -> ImageInfo:
     import nibabel
-    img = nibabel.load(path)                       # lazy: the header only
-    hdr = img.header
+    img: Any = nibabel.load(path)                  # lazy: the header only
+    hdr: Any = img.header
     shape = [int(s) for s in img.shape]
     zooms = [abs(float(z)) for z in hdr.get_zooms()]
     itemsize = int(hdr.get_data_dtype().itemsize)
@@ -228,3 +229,44 @@ def _tiff3d_info(path: str, is_label: bool) -> ImageInfo:
     z, y, x = squeezed
     zyx = read_tiff3d_spacing(tiff3d_spacing_file(path, is_label)) or (1.0, 1.0, 1.0)
     return ImageInfo(path, TIFF_3D, (x, y, z), (zyx[2], zyx[1], zyx[0]), itemsize, 1, False)
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """The headers of one case: its channel files and its label."""
+
+    case_id: str
+    images: tuple[ImageInfo, ...]
+    label: ImageInfo
+
+    @property
+    def channels(self) -> int:
+        return sum(i.components for i in self.images)
+
+
+def case_infos(dataset) -> list[CaseInfo]:
+    """Header-only geometry of every case of a :class:`~runner.dataset.RawDataset`, with nnU-Net's reader."""
+    if not dataset.cases:
+        return []
+    reader = reader_for(dataset.dataset_json, dataset.cases[0].images[0])
+    return [CaseInfo(case.case_id, tuple(read_info(p, reader) for p in case.images),
+                     read_info(case.label, reader, is_label=True))
+            for case in dataset.cases]
+
+
+def _close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(abs(x - y) <= 1e-5 * max(1.0, abs(x), abs(y)) for x, y in zip(a, b))
+
+
+def geometry_problem(info: CaseInfo) -> str | None:
+    """What nnU-Net fails on: channels or label of another shape (or spacing) than the first channel."""
+    first = info.images[0]
+    for other in (*info.images[1:], info.label):
+        what = "label" if other is info.label else f"channel {Path(other.path).name}"
+        if other.shape != first.shape:
+            return (f"case {info.case_id}: image {Path(first.path).name} is {first.shape_text()} but its {what} "
+                    f"is {other.shape_text()}")
+        if not _close(other.spacing, first.spacing):
+            return (f"case {info.case_id}: image {Path(first.path).name} has spacing {list(first.spacing)} "
+                    f"but its {what} has {list(other.spacing)}")
+    return None

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from runner.dataset import RawDataset, load_raw_dataset
 from runner.errors import BadInputError, NnrunError
-from runner.formats.nifti import read_header
 from runner.incontainer.preprocess import STAGING
 from runner.options import PreprocessOptions, validate
 from runner.run.settings import ProgressSink, RunSettings
@@ -46,7 +45,20 @@ def preflight(opts: PreprocessOptions, settings: RunSettings, sink: ProgressSink
         check_shard_run(opts, preprocessed_root / dataset.name, settings.mem)
     elif not settings.skip_file_check:      # a shard checks its own cases' files, once it knows them
         check_dataset_files(dataset, settings, sink)
+    if settings.shard is None:
+        check_case_geometry(dataset)
     return mem_bytes, dataset, preprocessed_root
+
+
+def check_case_geometry(dataset: RawDataset) -> None:
+    """nnU-Net's conventions, from headers: every channel and the label of a case share shape and spacing."""
+    from runner.formats.headers import case_infos, geometry_problem
+    for info in case_infos(dataset):
+        problem = geometry_problem(info)
+        if problem:
+            raise BadInputError(f"{dataset.name}: {problem}",
+                                hint="nnU-Net needs every channel and the label of a case on the same grid; "
+                                     "resample or fix the file")
 
 
 def check_dataset_files(dataset: RawDataset, settings: RunSettings, sink: ProgressSink) -> None:
@@ -107,16 +119,16 @@ def shard_dataset(dataset: RawDataset, cases: list[str]) -> RawDataset:
 
 def shape_mismatches(dataset: RawDataset) -> list[str]:
     """Cases whose label's shape differs from their image's, from headers only."""
+    from runner.formats.headers import case_infos
     found = []
-    for case in dataset.cases:
-        try:
-            image = read_header(case.images[0])
-            label = read_header(case.label)
-        except NnrunError:
-            continue
-        if tuple(image.shape[:3]) != tuple(label.shape[:3]):
-            found.append(f"{case.case_id} (image {'x'.join(map(str, image.shape))}, "
-                         f"label {'x'.join(map(str, label.shape))})")
+    try:
+        infos = case_infos(dataset)
+    except NnrunError:
+        return found
+    for info in infos:
+        image, label = info.images[0], info.label
+        if image.shape != label.shape:
+            found.append(f"{info.case_id} (image {image.shape_text()}, label {label.shape_text()})")
     return found
 
 

@@ -550,19 +550,14 @@ def test_unreadable_counters_fall_back_to_the_engine(tiny_raw, tmp_path):
     assert_report_json_matches(report)
 
 
-def test_nnunet_error_with_a_shape_mismatch_names_the_case(shapes_raw, tmp_path):
-    def fails(engine):
-        engine.write_status(status(returncode=1, phase="fingerprint", completed_phases=[],
-                                   last_exception_line=BROADCAST))
-        return 1
-
-    engine = FakeEngine(fails)
-    report, _ = run_fake(shapes_raw, tmp_path, engine, skip_file_check=True)
-    assert report.outcome is Outcome.ERROR and report.exit_code == 4
-    assert report.phase == "fingerprint"
-    assert BROADCAST in report.message and "case001" in report.message
-    assert report.error_detail == BROADCAST
-    assert_report_json_matches(report)
+def test_shape_mismatch_is_bad_input_before_any_container(shapes_raw, tmp_path):
+    """nnU-Net would fail mid-run (broadcast error); the headers show it up front, naming the case and shapes."""
+    engine = FakeEngine(lambda e: pytest.fail("no container for a shape mismatch"))
+    with pytest.raises(BadInputError) as info:
+        run_fake(shapes_raw, tmp_path, engine, skip_file_check=True)
+    message = info.value.one_line()
+    assert "case001" in message and "12x10x5" in message and "12x10x6" in message
+    assert not any(c.startswith("start") for c in engine.calls)
 
 
 def test_container_exit_1_without_supervisor_status_is_infra(tiny_raw, tmp_path):
