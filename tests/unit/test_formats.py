@@ -1,0 +1,193 @@
+"""Every format nnU-Net 2.8.1 reads: real files written by SimpleITK, Pillow and tifffile, each valid, cut and garbage.
+
+A valid file always passes the completeness proof and gives its geometry from
+the header; a cut file (the first two thirds of its data) and a garbage file
+(random bytes under the right name) are DamagedFileError naming the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runner.errors import BadInputError, DamagedFileError
+from runner.formats import headers
+from runner.formats.check import check_files, check_one
+
+sitk = pytest.importorskip("SimpleITK")
+tifffile = pytest.importorskip("tifffile")
+Image = pytest.importorskip("PIL.Image")
+
+SHAPE_ZYX = (6, 20, 30)
+SPACING_XYZ = (0.5, 0.75, 2.5)
+
+
+def volume() -> np.ndarray:
+    return (np.random.default_rng(1).random(SHAPE_ZYX) * 1000).astype(np.int16)
+
+
+def write_sitk(path: Path, compress: bool) -> Path:
+    img = sitk.GetImageFromArray(volume())
+    img.SetSpacing(SPACING_XYZ)
+    sitk.WriteImage(img, str(path), useCompression=compress)
+    return path
+
+
+def write_png(path: Path, rgb: bool = False) -> Path:
+    shape = (40, 50, 3) if rgb else (40, 50)
+    Image.fromarray((np.random.default_rng(2).random(shape) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def write_tif(path: Path, compress: bool, three_d: bool = True) -> Path:
+    data = volume() if three_d else volume()[0]
+    tifffile.imwrite(path, data, compression="zlib" if compress else None)
+    return path
+
+
+# (file name, writer, the file holding the voxels (for .mhd: the detached one), reader)
+CASES = {
+    "mha-raw": ("a.mha", lambda p: write_sitk(p, False), None, headers.SIMPLEITK),
+    "mha-zlib": ("a.mha", lambda p: write_sitk(p, True), None, headers.SIMPLEITK),
+    "mhd-raw": ("a.mhd", lambda p: write_sitk(p, False), "a.raw", headers.SIMPLEITK),
+    "mhd-zlib": ("a.mhd", lambda p: write_sitk(p, True), "a.zraw", headers.SIMPLEITK),
+    "nrrd-raw": ("a.nrrd", lambda p: write_sitk(p, False), None, headers.SIMPLEITK),
+    "nrrd-gzip": ("a.nrrd", lambda p: write_sitk(p, True), None, headers.SIMPLEITK),
+    "gipl": ("a.gipl", lambda p: write_sitk(p, False), None, headers.SIMPLEITK),
+    "nii.gz": ("a.nii.gz", lambda p: write_sitk(p, True), None, headers.SIMPLEITK),
+    "png-grey": ("a.png", write_png, None, headers.NATURAL_2D),
+    "png-rgb": ("a.png", lambda p: write_png(p, rgb=True), None, headers.NATURAL_2D),
+    "bmp": ("a.bmp", write_png, None, headers.NATURAL_2D),
+    "tif-3d-raw": ("a.tif", lambda p: write_tif(p, False), None, headers.TIFF_3D),
+    "tif-3d-zlib": ("a.tif", lambda p: write_tif(p, True), None, headers.TIFF_3D),
+    "tif-2d-zlib": ("a.tif", lambda p: write_tif(p, True, three_d=False), None, headers.NATURAL_2D),
+}
+
+
+@pytest.fixture(params=sorted(CASES))
+def written(request, tmp_path):
+    name, writer, data_name, reader = CASES[request.param]
+    path = writer(tmp_path / name)
+    return request.param, path, (tmp_path / data_name if data_name else path), reader
+
+
+def test_valid_file_passes_and_gives_its_geometry(written):
+    kind, path, _, reader = written
+    check_one(path)
+    info = headers.read_info(path, reader)
+    if reader == headers.NATURAL_2D and kind.startswith(("png", "bmp")):
+        assert info.shape == (50, 40, 1) and info.is_2d
+        assert info.spacing == headers.NATURAL_SPACING_XYZ
+        assert info.components == (3 if kind == "png-rgb" else 1)
+    elif kind == "tif-2d-zlib":
+        assert info.shape == (30, 20, 1) and info.is_2d
+    elif reader == headers.TIFF_3D:
+        assert info.shape == (30, 20, 6) and info.spacing == (1.0, 1.0, 1.0)   # no spacing file: nnU-Net's 1, 1, 1
+    else:
+        assert info.shape == (30, 20, 6) and not info.is_2d
+        assert np.allclose(info.spacing, SPACING_XYZ)
+        assert info.itemsize == 2
+
+
+def test_cut_file_is_damaged_and_named(written):
+    _, path, data_path, _ = written
+    raw = data_path.read_bytes()
+    data_path.write_bytes(raw[: len(raw) * 2 // 3])
+    with pytest.raises(DamagedFileError) as err:
+        check_one(path)
+    assert err.value.path in (str(path), str(data_path))
+    assert "damaged input file" in err.value.message
+
+
+def test_garbage_file_is_damaged(written):
+    _, path, _, reader = written
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(DamagedFileError):
+        check_one(path)
+    with pytest.raises(DamagedFileError):
+        headers.read_info(path, reader)
+
+
+def test_flipped_bytes_in_a_compressed_stream_are_found(tmp_path):
+    for name, compress in (("b.mha", True), ("b.nrrd", True)):
+        path = write_sitk(tmp_path / name, compress)
+        raw = bytearray(path.read_bytes())
+        mid = len(raw) * 3 // 4
+        raw[mid:mid + 32] = bytes(255 - b for b in raw[mid:mid + 32])
+        path.write_bytes(bytes(raw))
+        with pytest.raises(DamagedFileError, match="corrupt|truncated"):
+            check_one(path)
+    png = write_png(tmp_path / "c.png")
+    raw = bytearray(png.read_bytes())
+    raw[60] ^= 0xFF                           # inside IDAT: the chunk's CRC no longer matches
+    png.write_bytes(bytes(raw))
+    with pytest.raises(DamagedFileError, match="CRC|corrupt"):
+        check_one(png)
+
+
+def test_missing_detached_data_file(tmp_path):
+    path = write_sitk(tmp_path / "a.mhd", False)
+    (tmp_path / "a.raw").unlink()
+    with pytest.raises(DamagedFileError, match="data file a.raw is missing"):
+        check_one(path)
+
+
+def test_check_files_in_parallel_names_every_bad_file(tmp_path):
+    good = [write_sitk(tmp_path / "g.mha", True), write_png(tmp_path / "g.png")]
+    bad = write_sitk(tmp_path / "bad.nrrd", True)
+    bad.write_bytes(bad.read_bytes()[:-200])
+    problems = check_files([*good, bad], workers=2)
+    assert [p.path for p in problems] == [str(bad)]
+
+
+# --------------------------------------------------------------------------- nnU-Net's reader choice
+
+@pytest.mark.parametrize("ending, reader", [
+    (".nii.gz", headers.SIMPLEITK), (".nii", headers.NIBABEL), (".nrrd", headers.SIMPLEITK),
+    (".mha", headers.SIMPLEITK), (".gipl", headers.SIMPLEITK), (".png", headers.NATURAL_2D),
+    (".bmp", headers.NATURAL_2D), (".tif", headers.NATURAL_2D), (".tiff", headers.TIFF_3D),
+    (".PNG", headers.NATURAL_2D),
+])
+def test_reader_from_file_ending_like_nnunet(ending, reader):
+    assert headers.reader_for({"file_ending": ending}) == reader
+
+
+def test_reader_overwrite_and_unknown_ending():
+    assert headers.reader_for({"file_ending": ".nii.gz", "overwrite_image_reader_writer": "NibabelIO"}) == \
+        headers.NIBABEL
+    # an unknown class: nnU-Net warns and falls back to the ending
+    assert headers.reader_for({"file_ending": ".mha", "overwrite_image_reader_writer": "Nope"}) == headers.SIMPLEITK
+    with pytest.raises(BadInputError, match="no reader for file ending '.jpg'"):
+        headers.reader_for({"file_ending": ".jpg"})
+
+
+def test_a_3d_tif_is_read_by_tiff3dio_a_2d_one_by_natural_image(tmp_path):
+    three = write_tif(tmp_path / "x_0000.tif", True)
+    two = write_tif(tmp_path / "y_0000.tif", True, three_d=False)
+    assert headers.reader_for({"file_ending": ".tif"}, str(three)) == headers.TIFF_3D
+    assert headers.reader_for({"file_ending": ".tif"}, str(two)) == headers.NATURAL_2D
+
+
+def test_tiff3d_spacing_file_next_to_the_case(tmp_path):
+    image = write_tif(tmp_path / "c1_0000.tif", True)
+    label = write_tif(tmp_path / "c1.tif", True)
+    (tmp_path / "c1.json").write_text(json.dumps({"spacing": [2.5, 0.75, 0.5]}))      # z, y, x
+    assert headers.read_info(image, headers.TIFF_3D).spacing == (0.5, 0.75, 2.5)
+    assert headers.read_info(label, headers.TIFF_3D, is_label=True).spacing == (0.5, 0.75, 2.5)
+    (tmp_path / "c1.json").write_text("{not json")
+    with pytest.raises(DamagedFileError, match="spacing file"):
+        headers.read_info(image, headers.TIFF_3D)
+
+
+def test_geometry_problem_names_the_case_and_both_shapes(tmp_path):
+    img = headers.ImageInfo("c_0000.mha", headers.SIMPLEITK, (30, 20, 6), SPACING_XYZ, 2, 1, False)
+    lab = headers.ImageInfo("c.mha", headers.SIMPLEITK, (30, 20, 7), SPACING_XYZ, 1, 1, False)
+    assert headers.geometry_problem(headers.CaseInfo("c", (img,), img)) is None
+    text = headers.geometry_problem(headers.CaseInfo("c", (img,), lab))
+    assert text is not None and "case c" in text and "30x20x6" in text and "30x20x7" in text
+    other = headers.ImageInfo("c.mha", headers.SIMPLEITK, (30, 20, 6), (0.5, 0.75, 3.0), 1, 1, False)
+    text = headers.geometry_problem(headers.CaseInfo("c", (img,), other))
+    assert text is not None and "spacing" in text
