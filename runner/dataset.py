@@ -32,6 +32,8 @@ MAX_DATASET_ID = 999
 _DATASET_DIR_RE = re.compile(r"Dataset(\d{3})")
 _DATASET_NAME_RE = re.compile(r"Dataset(\d{3})(_.*)?")
 _MAX_LISTED = 5
+# Endings nnU-Net may read with NaturalImage2DIO, where one file can hold several (colour) channels.
+COLOUR_ENDINGS = (".png", ".bmp", ".tif")
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,12 @@ def _cases_from_folders(folder: Path, name: str, ending: str, num_channels: int)
     cases = []
     for cid in identifiers:
         images = []
-        for c in range(num_channels):
+        wanted = num_channels
+        if ending.lower() in COLOUR_ENDINGS:
+            # one RGB(A) file gives nnU-Net's NaturalImage2DIO 3 (4) channels: the files present, from _0000 on,
+            # must hold the declared channels (the pre-flight counts them from the headers)
+            wanted = max(1, sum(1 for c in range(num_channels) if f"{cid}_{c:04d}{ending}" in present))
+        for c in range(wanted):
             fname = f"{cid}_{c:04d}{ending}"
             if fname not in present:
                 missing.append(f"imagesTr/{fname}")

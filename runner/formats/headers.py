@@ -185,8 +185,10 @@ def _natural_info(path: str) -> ImageInfo:
             width, height = im.size
             mode = im.mode
             comps = len(im.getbands()) if mode not in ("P", "1") else 1
-            if mode == "P":
-                comps = 3 if "transparency" not in im.info else 4   # skimage converts palettes to RGB(A)
+            if mode == "P":      # imageio (skimage) gives a grey palette as grey, others as RGB(A)
+                palette = im.getpalette() or []
+                grey = all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
+                comps = 1 if grey else (4 if "transparency" in im.info else 3)
             itemsize = _PIL_ITEMSIZE.get(mode, 1)
         if comps == 2:        # LA: skimage gives (H, W, 2), which NaturalImage2DIO refuses
             raise DamagedFileError(path, "a grey+alpha image: NaturalImage2DIO needs grey, RGB or RGBA")
@@ -256,6 +258,15 @@ def case_infos(dataset) -> list[CaseInfo]:
 
 def _close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(abs(x - y) <= 1e-5 * max(1.0, abs(x), abs(y)) for x, y in zip(a, b))
+
+
+def channel_problem(info: CaseInfo, declared: int) -> str | None:
+    """A case whose files give nnU-Net another number of channels than dataset.json declares."""
+    if info.channels == declared:
+        return None
+    files = ", ".join(Path(i.path).name for i in info.images)
+    return (f"case {info.case_id}: its image file(s) {files} hold {info.channels} channel(s) but dataset.json's "
+            f"channel_names declares {declared}")
 
 
 def geometry_problem(info: CaseInfo) -> str | None:

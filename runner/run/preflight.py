@@ -51,10 +51,11 @@ def preflight(opts: PreprocessOptions, settings: RunSettings, sink: ProgressSink
 
 
 def check_case_geometry(dataset: RawDataset) -> None:
-    """nnU-Net's conventions, from headers: every channel and the label of a case share shape and spacing."""
-    from runner.formats.headers import case_infos, geometry_problem
+    """nnU-Net's conventions, from headers: every channel and the label of a case share shape and spacing,
+    and the channel files hold the channels dataset.json declares."""
+    from runner.formats.headers import case_infos, channel_problem, geometry_problem
     for info in case_infos(dataset):
-        problem = geometry_problem(info)
+        problem = geometry_problem(info) or channel_problem(info, dataset.num_channels)
         if problem:
             raise BadInputError(f"{dataset.name}: {problem}",
                                 hint="nnU-Net needs every channel and the label of a case on the same grid; "

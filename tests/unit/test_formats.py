@@ -191,3 +191,64 @@ def test_geometry_problem_names_the_case_and_both_shapes(tmp_path):
     other = headers.ImageInfo("c.mha", headers.SIMPLEITK, (30, 20, 6), (0.5, 0.75, 3.0), 1, 1, False)
     text = headers.geometry_problem(headers.CaseInfo("c", (img,), other))
     assert text is not None and "spacing" in text
+
+
+# --------------------------------------------------------------------------- datasets: conventions and estimate
+
+def _dataset(tmp_path, ending, dataset_id=531, **kw):
+    from runner.dataset import load_raw_dataset
+    from tests.format_datasets import make_format_dataset
+    make_format_dataset(tmp_path, ending, dataset_id, cases=3, shape_zyx=(6, 24, 32), **kw)
+    return load_raw_dataset(tmp_path, dataset_id)
+
+
+@pytest.mark.parametrize("ending", [".mha", ".nrrd", ".png", ".tif", ".nii.gz"])
+def test_every_format_gets_an_estimate_and_passes_the_pre_flight(tmp_path, ending):
+    from runner.estimate.model import Baseline, dataset_geometry, estimate, load_model
+    from runner.run.preflight import check_case_geometry
+    ds = _dataset(tmp_path, ending)
+    check_case_geometry(ds)
+    assert check_files(ds.all_files()) == []
+    geoms = dataset_geometry(ds)
+    assert [g.case_id for g in geoms] == ["case000", "case001", "case002"]
+    baseline = Baseline(main_bytes=400 << 20, worker_bytes=400 << 20, image_id="x", measured=True)
+    est = estimate(ds, None, ("2d", "3d_fullres"), 8 << 30, baseline, load_model(), cpus=2)
+    if ending == ".png":         # natural images: nnU-Net plans only 2d
+        assert all(g.is_2d and g.shape[2] == 1 for g in geoms)
+        assert set(est.max_np) == {"2d"} and any("only 2d" in n for n in est.notes)
+    else:
+        assert geoms[0].shape == (32, 24, 6) and set(est.max_np) == {"2d", "3d_fullres"}
+        assert np.allclose(geoms[0].spacing, (0.8, 0.8, 2.0))     # .tif: from the CASE.json spacing file
+    assert all(n >= 1 for n in est.max_np.values())
+
+
+def test_label_of_another_shape_is_bad_input_naming_the_case(tmp_path):
+    from runner.run.preflight import check_case_geometry
+    from tests.format_datasets import write_case
+    ds = _dataset(tmp_path, ".mha")
+    image, label = volume(), np.zeros((7, 20, 30), np.uint8)
+    write_case(Path(ds.path), "case001", ".mha", image, label)
+    with pytest.raises(BadInputError) as err:
+        check_case_geometry(ds)
+    text = err.value.one_line()
+    assert "case001" in text and "30x20x6" in text and "30x20x7" in text
+
+
+def test_one_rgb_png_holds_three_declared_channels(tmp_path):
+    from runner.dataset import load_raw_dataset
+    from runner.run.preflight import check_case_geometry
+    folder = Path(tmp_path) / "Dataset532_Rgb"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    write_png(folder / "imagesTr" / "c1_0000.png", rgb=True)
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(folder / "labelsTr" / "c1.png")
+    dj = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "road": 1},
+          "numTraining": 1, "file_ending": ".png"}
+    (folder / "dataset.json").write_text(json.dumps(dj))
+    ds = load_raw_dataset(tmp_path, 532)
+    assert len(ds.cases[0].images) == 1
+    check_case_geometry(ds)                        # 3 channels from one RGB file, as NaturalImage2DIO reads it
+    dj["channel_names"] = {"0": "R", "1": "G"}
+    (folder / "dataset.json").write_text(json.dumps(dj))
+    with pytest.raises(BadInputError, match="hold 3 channel"):
+        check_case_geometry(load_raw_dataset(tmp_path, 532))
