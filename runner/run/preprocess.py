@@ -108,7 +108,7 @@ class Preprocess:
             est = estimate(dataset, plans, self.opts.configurations, mem_bytes, baseline, load_model(),
                            cpus=os.cpu_count() or 1)
         except (NnrunError, OSError, ValueError, KeyError, RuntimeError) as err:
-            # No estimate (e.g. a format nnrun cannot read headers of): nnU-Net's own defaults.
+            # No estimate (e.g. the baseline probe failed): nnU-Net's own defaults.
             self.schedule_note = f"no estimate ({err}); using nnU-Net's fixed worker counts"
             self.sink.stage(self.schedule_note)
             self.settings = replace(settings, schedule="fixed", np_auto=False, npfp_auto=False)
