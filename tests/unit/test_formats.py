@@ -252,3 +252,17 @@ def test_one_rgb_png_holds_three_declared_channels(tmp_path):
     (folder / "dataset.json").write_text(json.dumps(dj))
     with pytest.raises(BadInputError, match="hold 3 channel"):
         check_case_geometry(load_raw_dataset(tmp_path, 532))
+
+
+def test_a_cut_file_recorded_by_the_old_existence_only_check_is_read_again(tmp_path):
+    """Cache records of version 1 covered .mha files found only to exist: they must not be trusted."""
+    from runner.formats import check_cache
+    path = write_sitk(tmp_path / "cut.mha", True)
+    path.write_bytes(path.read_bytes()[:-300])
+    cache = tmp_path / "cache"
+    record = check_cache.cache_file([path], cache)
+    record.parent.mkdir(parents=True)
+    key = check_cache._key(path)
+    record.write_text(json.dumps({"version": 1, "files": {str(path.resolve()): key}}))
+    problems = check_cache.check_files_once([path], cache_dir=cache)
+    assert [p.path for p in problems] == [str(path)]
