@@ -1,8 +1,9 @@
 """Predict the peak memory of nnU-Net preprocessing, per case and phase, from image headers only.
 
 ``nnrun estimate`` answers "how many workers fit under this cap?" before any
-run: it reads each case's NIfTI header (shape, spacing, data type, channel
-count; no voxel data), derives the target spacing of each configuration (from
+run: it reads each case's headers with the reader nnU-Net picks for the
+dataset, whatever the format (``runner.formats.headers``: shape, spacing, data
+type, channel count; no voxel data), derives the target spacing of each configuration (from
 ``nnUNetPlans.json`` when it exists, else nnU-Net's planner rule), and predicts
 each worker's peak RSS per case:
 
@@ -87,7 +88,7 @@ DEFAULT_MODEL: dict = {
 
 @dataclass(frozen=True)
 class CaseGeometry:
-    """What the headers say about one case (axes as in the NIfTI header: x, y, z).
+    """What the headers say about one case (axes x, y, z, as in a NIfTI or SimpleITK header).
 
     ``dataset_cases`` is the number of cases in the dataset: the fingerprint
     worker samples ``1e8 // dataset_cases`` foreground voxels per channel, so a
