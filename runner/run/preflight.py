@@ -46,15 +46,26 @@ def preflight(opts: PreprocessOptions, settings: RunSettings, sink: ProgressSink
     elif not settings.skip_file_check:      # a shard checks its own cases' files, once it knows them
         check_dataset_files(dataset, settings, sink)
     if settings.shard is None:
-        check_case_geometry(dataset)
+        check_case_geometry(dataset, unreadable_ok=settings.skip_file_check)
     return mem_bytes, dataset, preprocessed_root
 
 
-def check_case_geometry(dataset: RawDataset) -> None:
+def check_case_geometry(dataset: RawDataset, unreadable_ok: bool = False) -> None:
     """nnU-Net's conventions, from headers: every channel and the label of a case share shape and spacing,
-    and the channel files hold the channels dataset.json declares."""
-    from runner.formats.headers import case_infos, channel_problem, geometry_problem
-    for info in case_infos(dataset):
+    and the channel files hold the channels dataset.json declares.  ``unreadable_ok``
+    (--skip-file-check): files whose headers cannot be read are skipped, not refused."""
+    from runner.errors import DamagedFileError
+    from runner.formats.headers import case_info, channel_problem, geometry_problem, reader_for
+    if not dataset.cases:
+        return
+    reader = reader_for(dataset.dataset_json, dataset.cases[0].images[0])
+    for case in dataset.cases:
+        try:
+            info = case_info(case, reader)
+        except DamagedFileError:
+            if unreadable_ok:      # --skip-file-check: a header no library reads is the user's to judge
+                continue
+            raise
         problem = geometry_problem(info) or channel_problem(info, dataset.num_channels)
         if problem:
             raise BadInputError(f"{dataset.name}: {problem}",
