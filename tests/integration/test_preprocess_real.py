@@ -166,18 +166,20 @@ def test_truncated_image_is_bad_input_before_any_container(docker_ready, tmp_pat
     _assert_one_line_report(result.stderr, "bad_input")
 
 
-def test_label_with_other_shape_is_error_naming_the_case(docker_ready, tmp_path):
+def test_label_with_other_shape_is_bad_input_naming_the_case(docker_ready, tmp_path):
+    """Native nnU-Net fails mid-fingerprint (a broadcast ValueError naming no case); nnrun refuses up front."""
     raw = tmp_path / "raw"
     specs = [CaseSpec((64, 64, 24), (1.0, 1.0, 3.0)), CaseSpec((64, 64, 24), (1.0, 1.0, 3.0), label_shape=(64, 64, 20)),
              CaseSpec((64, 64, 24), (1.0, 1.0, 3.0))]
     make_dataset(raw, 501, "Shapes", specs)
+    before = set(nnrun_containers())
     result = run_nnrun("preprocess", "-d", "501", "--mem", "3g", "--raw", str(raw), "--preprocessed",
                        str(tmp_path / "pre"), *FAST, "-npfp", "2", "-np", "2")
-    report = _assert_report(result, "error", 4)
-    assert report["phase"] == "fingerprint"
-    assert report["oom_kills"] == 0
-    assert "ValueError" in report["message"] and "case001" in report["message"]
-    assert "Traceback" not in report["message"]
+    report = _assert_report(result, "bad_input", 2)
+    assert "case001" in report["message"] and "64x64x24" in report["message"] and "64x64x20" in report["message"]
+    assert set(nnrun_containers()) == before
+    assert not (tmp_path / "pre").exists()
+    _assert_one_line_report(result.stderr, "bad_input")
 
 
 def _start_background(demo_raw: Path, pre: Path, *extra: str) -> subprocess.Popen:
