@@ -266,3 +266,50 @@ def test_a_cut_file_recorded_by_the_old_existence_only_check_is_read_again(tmp_p
     record.write_text(json.dumps({"version": 1, "files": {str(path.resolve()): key}}))
     problems = check_cache.check_files_once([path], cache_dir=cache)
     assert [p.path for p in problems] == [str(path)]
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "P", "RGBA", "1"])
+def test_valid_png_of_every_pixel_kind_passes(tmp_path, mode):
+    rng = np.random.default_rng(3)
+    if mode == "I;16":
+        im = Image.fromarray((rng.random((33, 47)) * 60000).astype(np.uint16))
+    elif mode == "RGBA":
+        im = Image.fromarray((rng.random((33, 47, 4)) * 255).astype(np.uint8))
+    else:
+        im = Image.fromarray((rng.random((33, 47)) * 255).astype(np.uint8)).convert(mode)
+    path = tmp_path / "x.png"
+    im.save(path)
+    check_one(path)
+    info = headers.read_info(path, headers.NATURAL_2D)
+    assert info.shape == (47, 33, 1)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def test_interlaced_png_passes_and_a_short_one_does_not(tmp_path):
+    """Adam7 (Pillow cannot write it): seven passes of filtered rows, built here; Pillow must decode it."""
+    import struct
+    import zlib
+    width, height = 13, 9
+    arr = (np.arange(width * height).reshape(height, width) % 251).astype(np.uint8)
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+    raw = b"".join(b"\0" + arr[y, x0::dx].tobytes()
+                   for x0, y0, dx, dy in passes if x0 < width for y in range(y0, height, dy))
+
+    def write(data: bytes) -> Path:
+        path = tmp_path / "i.png"
+        ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 1)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(data))
+                         + _chunk(b"IEND", b""))
+        return path
+
+    path = write(raw)
+    with Image.open(path) as im:
+        assert np.array_equal(np.asarray(im), arr)        # a real, valid interlaced PNG
+    check_one(path)
+    with pytest.raises(DamagedFileError, match="inflates to"):
+        check_one(write(raw[:-5]))                        # CRCs fine, image data short
