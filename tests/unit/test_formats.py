@@ -56,6 +56,8 @@ CASES = {
     "mhd-zlib": ("a.mhd", lambda p: write_sitk(p, True), "a.zraw", headers.SIMPLEITK),
     "nrrd-raw": ("a.nrrd", lambda p: write_sitk(p, False), None, headers.SIMPLEITK),
     "nrrd-gzip": ("a.nrrd", lambda p: write_sitk(p, True), None, headers.SIMPLEITK),
+    "nhdr-raw": ("a.nhdr", lambda p: write_sitk(p, False), "a.raw", headers.SIMPLEITK),
+    "nhdr-gzip": ("a.nhdr", lambda p: write_sitk(p, True), "a.raw.gz", headers.SIMPLEITK),
     "gipl": ("a.gipl", lambda p: write_sitk(p, False), None, headers.SIMPLEITK),
     "nii.gz": ("a.nii.gz", lambda p: write_sitk(p, True), None, headers.SIMPLEITK),
     "png-grey": ("a.png", write_png, None, headers.NATURAL_2D),
