@@ -12,7 +12,7 @@ NNRUN_HOME="${NNRUN_HOME:-$REPO/.demo}"
 log() { echo "setup: $*" >&2; }
 
 # 1. nnrun and its test tools on the host (editable, so the checkout is what runs).
-if ! python3 -c "import runner.cli.app, docker, typer, psutil, pytest, hypothesis, jsonschema, blosc2, ruff, mypy" >/dev/null 2>&1 \
+if ! python3 -c "import runner.cli.app, docker, typer, psutil, pytest, hypothesis, jsonschema, blosc2, ruff, mypy, SimpleITK, nibabel, PIL, tifffile" >/dev/null 2>&1 \
    || [ "$(python3 -c 'import runner,os;print(os.path.dirname(os.path.dirname(os.path.abspath(runner.__file__))))' 2>/dev/null)" != "$REPO" ]; then
     log "installing nnrun (editable) with its test dependencies"
     python3 -m pip install -q --disable-pip-version-check -e "$REPO[test]" 2>&1 | grep -v -e '^WARNING: Location' -e 'Running pip as the' >&2 || true

@@ -281,15 +281,18 @@ def channel_problem(info: CaseInfo, declared: int) -> str | None:
             f"channel_names declares {declared}")
 
 
-def geometry_problem(info: CaseInfo) -> str | None:
-    """What nnU-Net fails on: channels or label of another shape (or spacing) than the first channel."""
+def geometry_problem(info: CaseInfo, check_spacing: bool = True) -> str | None:
+    """What nnU-Net fails on: channels or label of another shape than the first channel, and, with
+    ``check_spacing``, of another spacing.  nnU-Net 2.8.1 fails on a spacing mismatch only under
+    --verify_dataset_integrity (``np.allclose``); without it, it preprocesses such a case on the image's
+    spacing, so nnrun must not refuse it then (a dataset native nnU-Net takes must pass)."""
     first = info.images[0]
     for other in (*info.images[1:], info.label):
         what = "label" if other is info.label else f"channel {Path(other.path).name}"
         if other.shape != first.shape:
             return (f"case {info.case_id}: image {Path(first.path).name} is {first.shape_text()} but its {what} "
                     f"is {other.shape_text()}")
-        if not _close(other.spacing, first.spacing):
+        if check_spacing and not _close(other.spacing, first.spacing):
             return (f"case {info.case_id}: image {Path(first.path).name} has spacing {list(first.spacing)} "
                     f"but its {what} has {list(other.spacing)}")
     return None

@@ -46,13 +46,15 @@ def preflight(opts: PreprocessOptions, settings: RunSettings, sink: ProgressSink
     elif not settings.skip_file_check:      # a shard checks its own cases' files, once it knows them
         check_dataset_files(dataset, settings, sink)
     if settings.shard is None:
-        check_case_geometry(dataset, unreadable_ok=settings.skip_file_check)
+        check_case_geometry(dataset, unreadable_ok=settings.skip_file_check,
+                            check_spacing=opts.verify_dataset_integrity)
     return mem_bytes, dataset, preprocessed_root
 
 
-def check_case_geometry(dataset: RawDataset, unreadable_ok: bool = False) -> None:
-    """nnU-Net's conventions, from headers: every channel and the label of a case share shape and spacing,
-    and the channel files hold the channels dataset.json declares.  ``unreadable_ok``
+def check_case_geometry(dataset: RawDataset, unreadable_ok: bool = False, check_spacing: bool = True) -> None:
+    """nnU-Net's conventions, from headers: every channel and the label of a case share shape (and spacing,
+    with ``check_spacing``: --verify_dataset_integrity), and the channel files hold the channels dataset.json
+    declares.  ``unreadable_ok``
     (--skip-file-check): files whose headers cannot be read are skipped, not refused."""
     from runner.errors import DamagedFileError
     from runner.formats.headers import case_info, channel_problem, geometry_problem, reader_for
@@ -66,7 +68,7 @@ def check_case_geometry(dataset: RawDataset, unreadable_ok: bool = False) -> Non
             if unreadable_ok:      # --skip-file-check: a header no library reads is the user's to judge
                 continue
             raise
-        problem = geometry_problem(info) or channel_problem(info, dataset.num_channels)
+        problem = geometry_problem(info, check_spacing) or channel_problem(info, dataset.num_channels)
         if problem:
             raise BadInputError(f"{dataset.name}: {problem}",
                                 hint="nnU-Net needs every channel and the label of a case on the same grid; "

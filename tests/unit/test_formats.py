@@ -193,6 +193,8 @@ def test_geometry_problem_names_the_case_and_both_shapes(tmp_path):
     other = headers.ImageInfo("c.mha", headers.SIMPLEITK, (30, 20, 6), (0.5, 0.75, 3.0), 1, 1, False)
     text = headers.geometry_problem(headers.CaseInfo("c", (img,), other))
     assert text is not None and "spacing" in text
+    # without --verify_dataset_integrity nnU-Net preprocesses a spacing mismatch: not refused then
+    assert headers.geometry_problem(headers.CaseInfo("c", (img,), other), check_spacing=False) is None
 
 
 # --------------------------------------------------------------------------- datasets: conventions and estimate
