@@ -138,6 +138,11 @@ def classify(facts: RunFacts) -> Verdict:
     """The outcome of a run that got as far as creating a container."""
     kills, source = count_oom_kills(facts)
     if facts.interrupt_signal is not None:
+        # A SIGTERM after the kernel's counter rose is the job manager reacting to the OOM kill
+        # (seen on a real cgroup v2 host: a systemd scope's default OOMPolicy=stop SIGTERMs every
+        # process of the unit, nnrun included): the run died of the OOM kill.  Ctrl-C stays an interrupt.
+        if facts.interrupt_signal == signal.SIGTERM and kills and source == "cgroup":
+            return Verdict(Outcome.OOM, kills, source, find_victims(facts, kills))
         return Verdict(Outcome.INTERRUPTED, kills, source)
     if kills:
         return Verdict(Outcome.OOM, kills, source, find_victims(facts, kills))

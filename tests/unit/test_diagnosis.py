@@ -340,10 +340,25 @@ def test_classify_is_total_and_oom_iff_the_readable_counter_rose(f):
 
 @settings(max_examples=100, deadline=None)
 @given(facts_strategy, st.sampled_from((signal.SIGINT, signal.SIGTERM)))
-def test_an_interrupt_always_classifies_as_interrupted(f, signum):
+def test_an_interrupt_classifies_as_interrupted_unless_a_sigterm_followed_a_counted_oom_kill(f, signum):
     v = classify(replace(f, interrupt_signal=signum))
-    assert v.outcome is Outcome.INTERRUPTED
-    assert exit_code_for(v.outcome, signum) in (130, 143)
+    counted = f.oom_kill_after is not None and f.oom_kill_after > (f.oom_kill_before or 0)
+    if signum == signal.SIGTERM and counted:
+        # systemd's OOMPolicy=stop (a scope's default) SIGTERMs nnrun after the kernel's kill.
+        assert v.outcome is Outcome.OOM and v.oom_source == "cgroup"
+    else:
+        assert v.outcome is Outcome.INTERRUPTED
+        assert exit_code_for(v.outcome, signum) in (130, 143)
+
+
+def test_sigterm_after_a_worker_oom_kill_in_a_systemd_scope_is_oom():
+    """What the cgroup v2 guest showed: systemd-run --scope -p MemoryMax=..., a worker OOM-killed, then the
+    scope's OOMPolicy=stop SIGTERMed nnrun; the report said 'interrupted' with oom_kills 1."""
+    f = facts(oom_kill_before=0, oom_kill_after=1, interrupt_signal=signal.SIGTERM)
+    v = classify(f)
+    assert v.outcome is Outcome.OOM and v.oom_kills == 1 and v.victim == "worker"
+    assert classify(replace(f, interrupt_signal=signal.SIGINT)).outcome is Outcome.INTERRUPTED
+    assert classify(replace(f, oom_kill_after=0)).outcome is Outcome.INTERRUPTED
 
 
 # -- recommend ---------------------------------------------------------------------
