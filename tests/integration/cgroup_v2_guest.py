@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent / "cgv2"
 SCRIPT = REPO / "scripts" / "cgroup-v2-guest.sh"
 IMAGE = "nnrun-cgv2:test"
-BOOT_TIMEOUT_S = float(os.environ.get("NNRUN_CGV2_TIMEOUT", "900"))
+BOOT_TIMEOUT_S = float(os.environ.get("NNRUN_CGV2_TIMEOUT", "1200"))
 SCENARIOS = ("host", "cgroupfs", "podman")
 
 # dataset id -> (name, fake-nnunet.json): what each case of the stand-in does (tests/integration/cgv2/fake_nnunetv2).
@@ -101,7 +101,7 @@ def _slim_tar(source: Path, target: Path) -> None:
 
 def slim_image(guest: Path, share: Path) -> None:
     """The slim test image on the host (base: the guest build's minbase python3 root), saved into the share."""
-    base = f"nnrun-cgv2-base:{(guest / 'stamp').read_text().strip()}"
+    base = f"nnrun-cgv2-base:{(guest / 'stamp').read_text().strip()}-slim1"
     if subprocess.run(["docker", "image", "inspect", base], capture_output=True).returncode != 0:
         slim = share / "slim-base.tar"
         _slim_tar(guest / "slim-base.tar", slim)

@@ -119,7 +119,16 @@ def test_a_worker_killed_without_the_oom_killer_is_not_oom(guest):
 
 
 def test_host_runtime_in_a_systemd_scope_with_memory_max(guest):
-    _assert_worker_oom(guest, "host_scope_oom")
+    """A scope's default OOMPolicy=stop SIGTERMs every process of the scope right after the kernel's kill
+    (nnrun, the supervisor and nnU-Net's main process within milliseconds): still oom from the counter,
+    the worker named as the victim and its case in flight, no retry, exit 3."""
+    name = "host_scope_oom"
+    report = guest.report(name)
+    assert report.get("outcome") == "oom" and guest.meta(name).get("exit_code") == 3, _show(guest, name)
+    assert report.get("oom_source") == "cgroup" and report.get("oom_kills") == 1, _show(guest, name)
+    assert report.get("victim") == "worker", _show(guest, name)
+    assert "case001" in ([report.get("victim_case")] + list(report.get("cases_in_flight") or [])), _show(guest, name)
+    assert report.get("phase") == "fingerprint" and len(report.get("attempts") or [None]) == 1, _show(guest, name)
 
 
 def test_rootless_podman_ok_and_worker_oom(guest):

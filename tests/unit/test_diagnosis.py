@@ -478,3 +478,10 @@ def test_describe_phase_names_the_configuration_in_preprocessing_only():
     assert describe_phase("fingerprint", None) == "fingerprint extraction"
     assert describe_phase("fingerprint", "3d_fullres") == "fingerprint extraction"
     assert "before" in describe_phase(None, None)
+
+
+def test_the_oom_message_says_nnrun_was_stopped_after_the_kill():
+    from runner.diagnosis.wording import stopped_after_oom_clause
+    text = stopped_after_oom_clause(signal.SIGTERM)
+    assert "SIGTERM" in text and "OOMPolicy=stop" in text
+    assert "signal 77" in stopped_after_oom_clause(77)

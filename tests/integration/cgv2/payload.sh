@@ -69,8 +69,20 @@ preprocess() {
         >"$R/$name.json" 2>"$R/$name.stderr"
     local rc=$?
     meta "$name" exit_code=$rc seconds="$(elapsed "$t")" driver="$(docker info -f '{{.CgroupDriver}}' 2>/dev/null)"
+    keep_run_folder "$name"
     say "$name: exit $rc after $(elapsed "$t") s: $(head -c 300 "$R/$name.json")"
 }
+
+keep_run_folder() {   # NAME: the run folder's small files next to the results (for a failing test's message)
+    local dir
+    dir=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('run_dir') or '')" "$R/$1.json" 2>/dev/null)
+    [ -n "$dir" ] && [ -d "$dir" ] || return 0
+    mkdir -p "$R/$1.run"
+    for f in nnunet.log status.json events.jsonl agent.jsonl; do
+        [ -f "$dir/$f" ] && tail -c 20000 "$dir/$f" >"$R/$1.run/$f"
+    done
+}
+export -f keep_run_folder
 
 docker_scenarios() {   # SUFFIX: the Docker scenarios under the daemon's current cgroup driver
     local sfx=$1
@@ -78,6 +90,13 @@ docker_scenarios() {   # SUFFIX: the Docker scenarios under the daemon's current
     preprocess "worker_oom$sfx" 602 300m NNRUN_TEST_OOM_VICTIM=worker
     preprocess "main_oom$sfx" 603 300m NNRUN_TEST_OOM_VICTIM=main
 }
+
+# Rootless Podman as user runner (uid 1000), alongside the Docker scenarios (it does not use dockerd).
+podman_pid=""
+if [ -f "$S/scenarios/podman" ] && [ -f "$S/podman-rootless.sh" ]; then
+    ( t=$(date +%s.%N); bash "$S/podman-rootless.sh"; say "podman: $(elapsed "$t") s" ) &
+    podman_pid=$!
+fi
 
 # doctor: the cgroup version and the real OOM probe.
 t=$(date +%s.%N)
@@ -144,12 +163,7 @@ if [ -f "$S/scenarios/cgroupfs" ]; then
     docker_scenarios _cgroupfs
 fi
 
-# Rootless Podman as user runner (uid 1000).
-if [ -f "$S/scenarios/podman" ] && [ -f "$S/podman-rootless.sh" ]; then
-    t=$(date +%s.%N)
-    bash "$S/podman-rootless.sh"
-    say "podman: $(elapsed "$t") s"
-fi
+[ -n "$podman_pid" ] && wait "$podman_pid"
 
 meta done seconds="$(elapsed "$T0")"
 say "payload done"

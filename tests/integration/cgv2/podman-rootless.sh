@@ -48,6 +48,7 @@ run() {   # run NAME DATASET MEM [VAR=VALUE...]
         --mem "$mem" -npfp 2 --no_pp --retry 0 --no-plot --json --runtime podman --image "$IMAGE" \
         --raw /home/$U/raw --preprocessed /home/$U/pre >"$R/$name.json" 2>"$R/$name.stderr"
     meta "$name" exit_code=$? seconds="$(elapsed "$t")" info="$info"
+    keep_run_folder "$name"
     echo "[podman] $name: $(head -c 300 "$R/$name.json")"
 }
 run podman_ok 601 1g
