@@ -256,8 +256,7 @@ class DockerEngine:
 
     def create(self, spec: ContainerSpec) -> str:
         client = self.client                  # connects, so self.name says which engine answers
-        rootless = self.name == "podman" and is_rootless(self._call("report its info", client.info))
-        kwargs = host_config_kwargs(spec, engine=self.name or "docker", rootless=rootless)
+        kwargs = host_config_kwargs(spec, engine=self.name or "docker")
         try:
             container = self._call("create the container", client.containers.create,
                                    spec.image, command=spec.command, **kwargs)
@@ -451,19 +450,10 @@ def _is_oom_event(event, container_id: str) -> bool:
     return not ids or any(container_id.startswith(i) or i.startswith(container_id) for i in ids)
 
 
-def is_rootless(info: dict) -> bool:
-    """Whether the engine's ``/info`` says it runs rootless (Podman and Docker list ``name=rootless``)."""
-    return any(str(o) == "name=rootless" or str(o).startswith("name=rootless,")
-               for o in (info or {}).get("SecurityOptions") or [])
-
-
-def host_config_kwargs(spec: ContainerSpec, engine: str = "docker", rootless: bool = False) -> dict:
+def host_config_kwargs(spec: ContainerSpec, engine: str = "docker") -> dict:
     """The Docker SDK ``containers.create`` arguments for a spec (also used by tests and compose checks).
 
-    ``engine="podman"`` adds the rlimits Podman needs (:func:`podman_kwargs`); nothing else differs, except
-    rootless Podman: there the caller's uid is root of the container's user namespace and the container's
-    uid N is one of the caller's subuids, which cannot write the caller's folders (seen on a real cgroup v2
-    host: the supervisor exited 1 before nnU-Net ran).  ``keep-id`` maps the caller's uid to itself.
+    ``engine="podman"`` adds the rlimits Podman needs (:func:`podman_kwargs`); nothing else differs.
     """
     kwargs: dict = {
         "mem_limit": spec.mem_limit_bytes,
@@ -494,8 +484,6 @@ def host_config_kwargs(spec: ContainerSpec, engine: str = "docker", rootless: bo
         kwargs["security_opt"] = ["no-new-privileges"]
     if engine == "podman":
         kwargs.update(podman_kwargs(spec.pids_limit))
-        if rootless:
-            kwargs["userns_mode"] = "keep-id"
     return kwargs
 
 

@@ -26,7 +26,6 @@ from runner.engines.docker import (
     engine_factory,
     host_config_kwargs,
     is_podman,
-    is_rootless,
     podman_base_url,
     podman_kwargs,
     podman_socket_candidates,
@@ -146,30 +145,6 @@ def test_podman_create_arguments_add_only_rlimits_it_can_set():
     # nproc (tasks per uid) always stays above the pids cgroup limit, whatever it is.
     big = podman_kwargs(pids_limit=50_000)["ulimits"]
     assert next(u for u in big if u["name"] == "nproc")["hard"] >= 50_000
-
-
-def test_rootless_podman_maps_the_callers_uid_to_itself():
-    """Seen in the cgroup v2 guest: rootless Podman ran the container's uid 1000 as a subuid of the caller,
-    which could not write the caller's run folder (the supervisor exited 1 before nnU-Net ran)."""
-    spec = _spec(user="1000:1000")
-    rootful = host_config_kwargs(spec, engine="podman")
-    rootless = host_config_kwargs(spec, engine="podman", rootless=True)
-    assert "userns_mode" not in rootful
-    assert rootless["userns_mode"] == "keep-id"
-    assert {k: v for k, v in rootless.items() if k != "userns_mode"} == rootful
-    # Docker never gets a Podman-only user namespace mode.
-    assert "userns_mode" not in host_config_kwargs(spec, engine="docker", rootless=True)
-
-
-@pytest.mark.parametrize("options,rootless", [
-    (["name=seccomp,profile=default", "name=rootless"], True),   # Podman 4.3 compat /info, rootless
-    (["name=seccomp,profile=default"], False),                   # rootful
-    (["name=rootless,foo=bar"], True),
-    (None, False),
-])
-def test_is_rootless_reads_the_engines_security_options(options, rootless):
-    assert is_rootless({"SecurityOptions": options}) is rootless
-    assert is_rootless({}) is False
 
 
 def test_podman_socket_from_env_then_standard_places(tmp_path):
