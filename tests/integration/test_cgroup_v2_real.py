@@ -131,6 +131,8 @@ def test_host_runtime_in_a_systemd_scope_with_memory_max(guest):
     assert report.get("phase") == "fingerprint" and len(report.get("attempts") or [None]) == 1, _show(guest, name)
 
 
+@pytest.mark.skipif(not guest_mod.PODMAN, reason="rootless Podman in the guest is opt-in (NNRUN_CGV2_PODMAN=1): it "
+                    "does not pass yet and costs minutes of emulated CPU")
 @pytest.mark.xfail(strict=True, reason="rootless Podman in the guest: nnrun's container exits 1 before nnU-Net "
                    "starts (outcome infra), cause not found yet; strict: passing makes this marker fail")
 def test_rootless_podman_ok_and_worker_oom(guest):

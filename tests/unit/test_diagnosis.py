@@ -485,3 +485,21 @@ def test_the_oom_message_says_nnrun_was_stopped_after_the_kill():
     text = stopped_after_oom_clause(signal.SIGTERM)
     assert "SIGTERM" in text and "OOMPolicy=stop" in text
     assert "signal 77" in stopped_after_oom_clause(77)
+
+
+def test_a_worker_that_vanished_just_before_the_counter_showed_the_kill_is_the_victim():
+    """The cgroup v2 guest, loaded: the worker holding case001 (265 MB) vanished with the counter still 0,
+    the counter read 1 0.24 s later, then the pool tore down its idle worker (counter 1 before and after).
+    The victim is the worker that held the case, not the idle one seen after the rise."""
+    f = facts(phase="fingerprint", configuration=None, nnunet_returncode=1, oom_kill_before=0, oom_kill_after=1,
+              worker_exits=(WorkerExit(pid=11, t=909.641, main_alive=True, oom_kill_before=0, oom_kill_after=0,
+                                       last_rss_bytes=265_789_440),
+                            WorkerExit(pid=10, t=910.070, main_alive=True, oom_kill_before=1, oom_kill_after=1,
+                                       last_rss_bytes=20_815_872)),
+              open_case_pids=frozenset({11}), open_cases=((11, "case001"),))
+    v = classify(f)
+    assert v.outcome is Outcome.OOM and v.victim == "worker"
+    assert [x.pid for x in v.victims] == [11]
+    # A flat-counter exit long before the rise is not a candidate: the idle worker after the rise stays the pick.
+    early = replace(f, worker_exits=(replace(f.worker_exits[0], t=900.0), f.worker_exits[1]))
+    assert [x.pid for x in classify(early).victims] == [10]
