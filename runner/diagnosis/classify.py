@@ -118,8 +118,14 @@ def find_victims(facts: RunFacts, kills: int) -> tuple[Victim, ...]:
     for w in alive_exits:
         if w.oom_kill_after is not None and w.oom_kill_before is not None and w.oom_kill_after > w.oom_kill_before:
             windows.setdefault((w.oom_kill_before, w.oom_kill_after), []).append(w)
+    in_windows = {id(w) for exits in windows.values() for w in exits}
     for (before, after), exits in windows.items():
-        for w in _likeliest_first(exits, facts)[: after - before]:
+        # The counter may show the kill after the killed worker is gone (seen on a cgroup v2 host): a worker
+        # that vanished just before, with the counter still at this window's start, is a candidate too.
+        first_t = min(w.t for w in exits)
+        lagging = [w for w in alive_exits if id(w) not in in_windows and w.oom_kill_after == before
+                   and 0 <= first_t - w.t < COUNTER_LAG_S]
+        for w in _likeliest_first(lagging + exits, facts)[: after - before]:
             victims.append(Victim("worker", w.pid, None, w.t))
     if not victims and kills > 0:
         # The counter rose but no exit lined up with it (the kill fell one poll

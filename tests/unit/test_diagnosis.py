@@ -503,3 +503,20 @@ def test_a_worker_that_vanished_just_before_the_counter_showed_the_kill_is_the_v
     # A flat-counter exit long before the rise is not a candidate: the idle worker after the rise stays the pick.
     early = replace(f, worker_exits=(replace(f.worker_exits[0], t=900.0), f.worker_exits[1]))
     assert [x.pid for x in classify(early).victims] == [10]
+
+
+def test_the_worker_holding_the_case_beats_the_idle_one_whose_exit_window_saw_the_rise():
+    """The cgroup v2 guest again: the worker holding case001 (255 MB) vanished at .663 with the counter 0 -> 0,
+    the idle worker at .748 in the poll where the counter went 0 -> 1.  The kill was the case holder's."""
+    f = facts(phase="fingerprint", configuration=None, nnunet_returncode=1, oom_kill_before=0, oom_kill_after=1,
+              worker_exits=(WorkerExit(pid=10, t=536.663, main_alive=True, oom_kill_before=0, oom_kill_after=0,
+                                       last_rss_bytes=255_561_728),
+                            WorkerExit(pid=11, t=536.748, main_alive=True, oom_kill_before=0, oom_kill_after=1,
+                                       last_rss_bytes=28_876_800)),
+              open_case_pids=frozenset({10}), open_cases=((10, "case001"),))
+    v = classify(f)
+    assert v.outcome is Outcome.OOM and [x.pid for x in v.victims] == [10]
+    # Without a case held and with less RSS, the earlier exit is not preferred over the window's own.
+    idle = replace(f, open_case_pids=frozenset(), open_cases=(),
+                   worker_exits=(replace(f.worker_exits[0], last_rss_bytes=1_000), f.worker_exits[1]))
+    assert [x.pid for x in classify(idle).victims] == [11]
