@@ -85,6 +85,11 @@ def count_oom_kills(facts: RunFacts) -> tuple[int | None, str | None]:
 
 # Exits this close together were seen by the same supervisor poll (it polls every 50 ms).
 SAME_POLL_S = 0.06
+# How long the cgroup's oom_kill counter may lag behind the killed worker's exit.  Seen on a real
+# cgroup v2 host (kernel 6.1 under emulation, loaded): the worker holding the case vanished with the
+# counter flat, the counter showed the kill 0.24 s later, and the pool's idle worker, torn down after
+# that, was the only exit "after the rise".
+COUNTER_LAG_S = 1.0
 
 
 def _likeliest_first(exits: list[WorkerExit], facts: RunFacts) -> list[WorkerExit]:
@@ -113,8 +118,14 @@ def find_victims(facts: RunFacts, kills: int) -> tuple[Victim, ...]:
     for w in alive_exits:
         if w.oom_kill_after is not None and w.oom_kill_before is not None and w.oom_kill_after > w.oom_kill_before:
             windows.setdefault((w.oom_kill_before, w.oom_kill_after), []).append(w)
+    in_windows = {id(w) for exits in windows.values() for w in exits}
     for (before, after), exits in windows.items():
-        for w in _likeliest_first(exits, facts)[: after - before]:
+        # The counter may show the kill after the killed worker is gone (seen on a cgroup v2 host): a worker
+        # that vanished just before, with the counter still at this window's start, is a candidate too.
+        first_t = min(w.t for w in exits)
+        lagging = [w for w in alive_exits if id(w) not in in_windows and w.oom_kill_after == before
+                   and 0 <= first_t - w.t < COUNTER_LAG_S]
+        for w in _likeliest_first(lagging + exits, facts)[: after - before]:
             victims.append(Victim("worker", w.pid, None, w.t))
     if not victims and kills > 0:
         # The counter rose but no exit lined up with it (the kill fell one poll
@@ -127,7 +138,11 @@ def find_victims(facts: RunFacts, kills: int) -> tuple[Victim, ...]:
         if after_rise:
             first_t = min(w.t for w in after_rise)
             same_poll = [w for w in after_rise if w.t - first_t < SAME_POLL_S]
-            w = _likeliest_first(same_poll, facts)[0]
+            # The counter may show the kill after the killed worker is already gone: the exits just
+            # before the first risen reading are candidates too (the one holding a case first).
+            lagging = [w for w in alive_exits if w not in after_rise and w.oom_kill_before is not None
+                       and w.oom_kill_before <= base and 0 <= first_t - w.t < COUNTER_LAG_S]
+            w = _likeliest_first(lagging + same_poll, facts)[0]
             victims.append(Victim("worker", w.pid, None, w.t))
         else:
             victims.append(Victim("worker", None, None, None))
@@ -138,6 +153,11 @@ def classify(facts: RunFacts) -> Verdict:
     """The outcome of a run that got as far as creating a container."""
     kills, source = count_oom_kills(facts)
     if facts.interrupt_signal is not None:
+        # A SIGTERM after the kernel's counter rose is the job manager reacting to the OOM kill
+        # (seen on a real cgroup v2 host: a systemd scope's default OOMPolicy=stop SIGTERMs every
+        # process of the unit, nnrun included): the run died of the OOM kill.  Ctrl-C stays an interrupt.
+        if facts.interrupt_signal == signal.SIGTERM and kills and source == "cgroup":
+            return Verdict(Outcome.OOM, kills, source, find_victims(facts, kills))
         return Verdict(Outcome.INTERRUPTED, kills, source)
     if kills:
         return Verdict(Outcome.OOM, kills, source, find_victims(facts, kills))

@@ -70,6 +70,13 @@ def oom_message(first: Victim | None, phase: str | None, configuration: str | No
     return f"the kernel OOM-killed a worker process{pid} {during}{flight}"
 
 
+def stopped_after_oom_clause(signum: int) -> str:
+    """nnrun was signalled after the kill: the job's manager reacting to it (a systemd unit's OOMPolicy=stop)."""
+    name = signal.Signals(signum).name if signum in {int(s) for s in signal.Signals} else f"signal {signum}"
+    return (f"; then nnrun got {name} (the job's manager stopped it after the kill, as a systemd scope's "
+            f"default OOMPolicy=stop does)")
+
+
 def early_oom_line(first: Victim, phase: str | None, configuration: str | None) -> str:
     """The OOM line printed as soon as the kill is certain, before the full report."""
     in_flight = [first.case] if first.case else []

@@ -200,6 +200,8 @@ class Preprocess:
             self.first_crash = self.last_death
             return self.opts.with_workers(np=1, npfp=1)      # every pool at one worker
         rec = self.last_recommendation
+        if report.interrupt_signal is not None:
+            return None       # nnrun itself is being stopped (e.g. systemd's OOMPolicy=stop after the kill)
         if report.outcome is not Outcome.OOM or rec is None or rec.options is None or rec.mem_bytes is not None:
             return None
         return rec.options if rec.options != self.opts else None
@@ -514,6 +516,8 @@ class Preprocess:
         elif o is Outcome.OOM:
             report.message = wording.oom_message(victims[0] if victims else None, phase, facts.configuration,
                                                  in_flight, exact) + peak
+            if facts.interrupt_signal is not None:
+                report.message += wording.stopped_after_oom_clause(facts.interrupt_signal)
             rec = recommend(verdict, phase, facts.configuration, opts, report.limit_bytes, host_mem)
             self.last_recommendation = rec
             if rec is not None:

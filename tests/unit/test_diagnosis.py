@@ -340,10 +340,25 @@ def test_classify_is_total_and_oom_iff_the_readable_counter_rose(f):
 
 @settings(max_examples=100, deadline=None)
 @given(facts_strategy, st.sampled_from((signal.SIGINT, signal.SIGTERM)))
-def test_an_interrupt_always_classifies_as_interrupted(f, signum):
+def test_an_interrupt_classifies_as_interrupted_unless_a_sigterm_followed_a_counted_oom_kill(f, signum):
     v = classify(replace(f, interrupt_signal=signum))
-    assert v.outcome is Outcome.INTERRUPTED
-    assert exit_code_for(v.outcome, signum) in (130, 143)
+    counted = f.oom_kill_after is not None and f.oom_kill_after > (f.oom_kill_before or 0)
+    if signum == signal.SIGTERM and counted:
+        # systemd's OOMPolicy=stop (a scope's default) SIGTERMs nnrun after the kernel's kill.
+        assert v.outcome is Outcome.OOM and v.oom_source == "cgroup"
+    else:
+        assert v.outcome is Outcome.INTERRUPTED
+        assert exit_code_for(v.outcome, signum) in (130, 143)
+
+
+def test_sigterm_after_a_worker_oom_kill_in_a_systemd_scope_is_oom():
+    """What the cgroup v2 guest showed: systemd-run --scope -p MemoryMax=..., a worker OOM-killed, then the
+    scope's OOMPolicy=stop SIGTERMed nnrun; the report said 'interrupted' with oom_kills 1."""
+    f = facts(oom_kill_before=0, oom_kill_after=1, interrupt_signal=signal.SIGTERM)
+    v = classify(f)
+    assert v.outcome is Outcome.OOM and v.oom_kills == 1 and v.victim == "worker"
+    assert classify(replace(f, interrupt_signal=signal.SIGINT)).outcome is Outcome.INTERRUPTED
+    assert classify(replace(f, oom_kill_after=0)).outcome is Outcome.INTERRUPTED
 
 
 # -- recommend ---------------------------------------------------------------------
@@ -463,3 +478,45 @@ def test_describe_phase_names_the_configuration_in_preprocessing_only():
     assert describe_phase("fingerprint", None) == "fingerprint extraction"
     assert describe_phase("fingerprint", "3d_fullres") == "fingerprint extraction"
     assert "before" in describe_phase(None, None)
+
+
+def test_the_oom_message_says_nnrun_was_stopped_after_the_kill():
+    from runner.diagnosis.wording import stopped_after_oom_clause
+    text = stopped_after_oom_clause(signal.SIGTERM)
+    assert "SIGTERM" in text and "OOMPolicy=stop" in text
+    assert "signal 77" in stopped_after_oom_clause(77)
+
+
+def test_a_worker_that_vanished_just_before_the_counter_showed_the_kill_is_the_victim():
+    """The cgroup v2 guest, loaded: the worker holding case001 (265 MB) vanished with the counter still 0,
+    the counter read 1 0.24 s later, then the pool tore down its idle worker (counter 1 before and after).
+    The victim is the worker that held the case, not the idle one seen after the rise."""
+    f = facts(phase="fingerprint", configuration=None, nnunet_returncode=1, oom_kill_before=0, oom_kill_after=1,
+              worker_exits=(WorkerExit(pid=11, t=909.641, main_alive=True, oom_kill_before=0, oom_kill_after=0,
+                                       last_rss_bytes=265_789_440),
+                            WorkerExit(pid=10, t=910.070, main_alive=True, oom_kill_before=1, oom_kill_after=1,
+                                       last_rss_bytes=20_815_872)),
+              open_case_pids=frozenset({11}), open_cases=((11, "case001"),))
+    v = classify(f)
+    assert v.outcome is Outcome.OOM and v.victim == "worker"
+    assert [x.pid for x in v.victims] == [11]
+    # A flat-counter exit long before the rise is not a candidate: the idle worker after the rise stays the pick.
+    early = replace(f, worker_exits=(replace(f.worker_exits[0], t=900.0), f.worker_exits[1]))
+    assert [x.pid for x in classify(early).victims] == [10]
+
+
+def test_the_worker_holding_the_case_beats_the_idle_one_whose_exit_window_saw_the_rise():
+    """The cgroup v2 guest again: the worker holding case001 (255 MB) vanished at .663 with the counter 0 -> 0,
+    the idle worker at .748 in the poll where the counter went 0 -> 1.  The kill was the case holder's."""
+    f = facts(phase="fingerprint", configuration=None, nnunet_returncode=1, oom_kill_before=0, oom_kill_after=1,
+              worker_exits=(WorkerExit(pid=10, t=536.663, main_alive=True, oom_kill_before=0, oom_kill_after=0,
+                                       last_rss_bytes=255_561_728),
+                            WorkerExit(pid=11, t=536.748, main_alive=True, oom_kill_before=0, oom_kill_after=1,
+                                       last_rss_bytes=28_876_800)),
+              open_case_pids=frozenset({10}), open_cases=((10, "case001"),))
+    v = classify(f)
+    assert v.outcome is Outcome.OOM and [x.pid for x in v.victims] == [10]
+    # Without a case held and with less RSS, the earlier exit is not preferred over the window's own.
+    idle = replace(f, open_case_pids=frozenset(), open_cases=(),
+                   worker_exits=(replace(f.worker_exits[0], last_rss_bytes=1_000), f.worker_exits[1]))
+    assert [x.pid for x in classify(idle).victims] == [11]
