@@ -50,11 +50,11 @@ def _container() -> str | None:
     return out.split()[0] if out.split() else None
 
 
-def _first_case_start(pre: Path, phase: str, timeout: float = 240) -> dict:
+def _first_case_start(pre: Path, phase: str, timeout: float = 240, dataset_id: int = DATASET_ID) -> dict:
     """The agent's first case_start event of ``phase`` (the worker's pid in the container, its case)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for log in pre.glob(f"Dataset{DATASET_ID}_*/.nnrun/runs/*/{AGENT_EVENTS_FILE}"):
+        for log in pre.glob(f"Dataset{dataset_id}_*/.nnrun/runs/*/{AGENT_EVENTS_FILE}"):
             for line in log.read_text(errors="replace").splitlines():
                 try:
                     event = json.loads(line)
@@ -155,13 +155,24 @@ def test_a_full_dev_shm_is_named_with_the_shm_size_to_use(docker_ready, raw, tmp
 
 def test_a_worker_exception_names_the_case_and_its_last_line(docker_ready, tmp_path):
     raw = tmp_path / "raw"
-    # The second case's label is smaller than its image: nnU-Net's fingerprint worker raises on that case.
-    cases = [CASES[0], CaseSpec(CASES[1].shape, CASES[1].spacing, label_shape=(200, 224, 136))]
-    make_dataset(raw, DATASET_ID + 1, "BadLabel", cases, seed=4)
+    good = make_dataset(raw, DATASET_ID + 1, "BadLabel", CASES[:2], seed=4)
+    # A label smaller than its image is refused by nnrun's pre-flight check, before any container starts
+    # (tests/unit/test_formats.py).  To reach nnU-Net's own exception the damage happens after that check,
+    # as a copy still being written would: once the fingerprint's first case starts, case001's label is
+    # swapped for one 8 voxels shorter.  nnU-Net's fingerprint worker raises on that case.
+    bad = make_dataset(tmp_path / "bad", DATASET_ID + 1, "BadLabel",
+                       [CASES[0], CaseSpec(CASES[1].shape, CASES[1].spacing, label_shape=(200, 224, 136))], seed=4)
+    bad_label = next((bad / "labelsTr").glob("case001.*"))
+    target = good / "labelsTr" / bad_label.name
     pre = tmp_path / "pre"
     proc = subprocess.Popen(nnrun_cmd("preprocess", "-d", str(DATASET_ID + 1), "--mem", "6g", "--raw", str(raw),
                                       "--preprocessed", str(pre), "--image", IMAGE, *FAST, "--json"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    first = _first_case_start(pre, "fingerprint", dataset_id=DATASET_ID + 1)
+    assert first["case"] == "case000", first
+    swap = target.with_name(target.name + ".swap")
+    swap.write_bytes(bad_label.read_bytes())
+    os.replace(swap, target)
     report, stderr = _finish(proc)
     print(stderr[-1500:])
     assert (report["outcome"], report["exit_code"]) == ("error", 4), report["message"]
