@@ -71,6 +71,20 @@ class BadInputError(NnrunError):
     outcome = Outcome.BAD_INPUT
 
 
+class NotEnoughMemoryError(BadInputError):
+    """The cap cannot hold what the run needs even with one worker per pool: refused before any container.
+
+    ``mem_arg`` is the ``--mem`` that would fit (:func:`runner.estimate.need.memory_needed`);
+    ``recommendation_argv`` the whole command to run instead, when the caller knows it.
+    """
+
+    def __init__(self, message: str, *, hint: str, mem_arg: str | None,
+                 recommendation_argv: list[str] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.mem_arg = mem_arg
+        self.recommendation_argv = recommendation_argv
+
+
 class DamagedFileError(BadInputError):
     """An image or label file is truncated, garbled or not what its header says."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -126,6 +127,9 @@ def one_dataset(values: list[str], per: str) -> str:
 
 def report_for_error(error: NnrunError) -> RunReport:
     report = RunReport(outcome=error.outcome, message=error.one_line(), hint=error.hint)
+    argv = getattr(error, "recommendation_argv", None)     # NotEnoughMemoryError: the command that fits
+    if argv:
+        report.recommendation_argv, report.recommendation = list(argv), shlex.join(argv)
     if isinstance(error, RunInterrupted):
         report.interrupt_signal = error.signum
     return report

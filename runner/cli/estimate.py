@@ -13,9 +13,10 @@ from runner.cli import options as cli_options
 from runner.cli.common import err as _err
 from runner.cli.common import finish, one_dataset, report_for_error, result
 from runner.dataset import load_raw_dataset, parse_dataset_id
-from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
+from runner.errors import BadInputError, NnrunError, NotEnoughMemoryError, Outcome, exit_code_for
 from runner.estimate.baseline import default_cache_dir, measure_baseline
 from runner.estimate.model import Estimate, estimate, load_model
+from runner.estimate.need import memory_needed
 from runner.options import DEFAULT_CONFIGURATIONS, PreprocessOptions, validate
 from runner.run.settings import DEFAULT_IMAGE
 from runner.units import format_bytes, format_mem_arg_at_most, parse_mem
@@ -75,12 +76,37 @@ def estimate_command(
         return
     from runner.estimate.model import estimate_json, render_estimate
     from runner.run.admission import check_fits
-    result(render_estimate(est), as_json)
-    if as_json:
-        sys.stdout.write(json.dumps(estimate_json(est)) + "\n")
+    fingerprint_needed, measured = _earlier_knowledge(one_dataset(dataset, "estimate"), raw, preprocessed, est)
+    refusal = None
     try:
-        check_fits(est, None, fingerprint_needed=True)   # what `nnrun preprocess` would refuse
-    except BadInputError as err:
-        _err(f"nnrun: bad_input: {err.one_line()}")
-        raise typer.Exit(exit_code_for(Outcome.BAD_INPUT)) from None
+        # What `nnrun preprocess` would need and refuse (nnrun choosing the workers), from the same function.
+        need = check_fits(est, None, fingerprint_needed=fingerprint_needed, measured=measured)
+    except NotEnoughMemoryError as err:
+        refusal = err
+        need = memory_needed(est, fingerprint=fingerprint_needed, configurations=None, measured=measured)
+    text = render_estimate(est) + "\n" + f"memory needed with one worker: --mem {need.mem_arg} ({need.reason()})"
+    if measured:
+        text += f"\n{len(measured)} case peaks measured by earlier runs of this dataset replace their estimates"
+    result(text, as_json)
+    if as_json:
+        sys.stdout.write(json.dumps({**estimate_json(est), "memory_needed": need.to_dict(),
+                                     "fingerprint_needed": fingerprint_needed,
+                                     "measured_cases": len(measured)}) + "\n")
+    if refusal is not None:
+        _err(f"nnrun: bad_input: {refusal.one_line()}")
+        raise typer.Exit(exit_code_for(Outcome.BAD_INPUT))
     raise typer.Exit(0)
+
+
+def _earlier_knowledge(dataset_arg: str, raw: str | None, preprocessed: str | None, est: Estimate) -> tuple[bool, dict]:
+    """(does the fingerprint still have to run, the per-case peaks earlier runs measured): what
+    `nnrun preprocess` would know about the same dataset, so both print the same --mem."""
+    from runner.run.history import earlier_peaks
+
+    pre_root = preprocessed or os.environ.get("nnUNet_preprocessed")
+    raw_root = raw or os.environ.get("nnUNet_raw")
+    if not pre_root or not raw_root:
+        return True, {}
+    folder = Path(pre_root) / load_raw_dataset(Path(raw_root), dataset_arg).name
+    return (not (folder / "dataset_fingerprint.json").is_file(),
+            earlier_peaks(folder, est.baseline.image_id))

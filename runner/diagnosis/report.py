@@ -38,6 +38,7 @@ class RunReport:
     recommendation: str | None = None
     recommendation_argv: list[str] | None = None
     recommendation_text: str | None = None
+    memory_needed: dict | None = None     # runner.estimate.need.MemoryNeed.to_dict(): what the --mem advised rests on
     container_exit_code: int | None = None
     duration_s: float | None = None
     log_path: str | None = None

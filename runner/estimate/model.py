@@ -400,6 +400,7 @@ class Estimate:
     max_npfp: int = 0
     too_large: list[dict] = field(default_factory=list)   # {case, phase, configuration, predicted_peak_bytes}
     main_fingerprint_peak_bytes: int = 0
+    main_fingerprint_pool_bytes: int = 0                # the main process while fingerprint workers run
     target_spacings: dict = field(default_factory=dict)   # configuration -> [x, y, z] (null: each case's own)
     notes: list[str] = field(default_factory=list)
 
@@ -431,7 +432,7 @@ def estimate(dataset: RawDataset, plans: dict | None, configurations: Iterable[s
         return sorted((p - baseline.shared_bytes for p in peaks), reverse=True)
 
     fp = add("fingerprint", None, None)
-    main_pool = main_bytes_during_fingerprint_pool(geoms, baseline)
+    main_pool = est.main_fingerprint_pool_bytes = main_bytes_during_fingerprint_pool(geoms, baseline)
     est.max_npfp = max_workers_that_fit(fp, main_pool, cap_bytes, margin, cpus)
     est.main_fingerprint_peak_bytes = predict_main_fingerprint_bytes(geoms, baseline, model)
     if est.main_fingerprint_peak_bytes * (1.0 + margin) > cap_bytes:

@@ -19,12 +19,14 @@
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
-from runner.errors import BadInputError
+from runner.errors import NotEnoughMemoryError
 from runner.estimate.model import Estimate
+from runner.estimate.need import MemoryNeed, PeakKey, mem_hint, memory_needed
 from runner.options import PreprocessOptions
-from runner.units import format_bytes, format_mem_arg
+from runner.units import format_bytes
 
 
 def case_extras(est: Estimate, configuration: str) -> dict[str, int]:
@@ -100,41 +102,31 @@ def resolve_workers(opts: PreprocessOptions, est: Estimate, np_auto: bool, npfp_
 
 
 def check_fits(est: Estimate, host_mem_bytes: int | None, fingerprint_needed: bool,
-               preprocessing: bool = True) -> None:
-    """bad_input, with the --mem it needs, when a case (or the fingerprint's main process) cannot fit.
+               preprocessing: bool = True, configurations: Iterable[str] | None = None,
+               measured: Mapping[PeakKey, int] | None = None, main_only: bool = False) -> MemoryNeed:
+    """The memory the run needs with one worker per pool; NotEnoughMemoryError (bad_input) when even that
+    cannot fit the cap.
 
-    Refuse only when the point estimate itself exceeds the cap: the margin
-    (the model's worst error) decides how cases are packed, and the advised
-    --mem includes it, but a cap between the estimate and estimate + margin is
-    worth a try (measured: a case predicted at 2.10 GB peaked at 1.99 GB).
+    Refuse only when the point value itself exceeds the cap: the margin (the
+    model's worst error) decides how cases are packed, and the advised --mem
+    includes it, but a cap between the point value and point + margin is worth
+    a try (measured: a case predicted at 2.10 GB peaked at 1.99 GB).  Every
+    part is checked at once (:func:`memory_needed`), so the --mem named here is
+    the one that fits, not the first of several refusals.
+
+    ``main_only`` (the user pinned the workers): refuse only when nnU-Net's
+    main process cannot run (its imports, or the fingerprint samples it holds
+    while the workers run); the --mem named is the same.
     """
-    def alone(row) -> int:
-        return row["predicted_peak_bytes"] - est.baseline.shared_bytes + est.baseline.main_bytes
-
-    # Only the phases this run does: a --no_pp run never preprocesses, a run with a fingerprint never extracts it.
-    rows = [r for r in est.too_large if (fingerprint_needed if r["phase"] == "fingerprint" else preprocessing)
-            and alone(r) > est.cap_bytes]
-    if rows:
-        worst = max(rows, key=lambda r: r["predicted_peak_bytes"])
-        need = int((worst["predicted_peak_bytes"] - est.baseline.shared_bytes + est.baseline.main_bytes)
-                   * (1.0 + est.margin))
-        where = ("fingerprint extraction" if worst["phase"] == "fingerprint"
-                 else f"preprocessing {worst['configuration']}")
-        more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
-        raise BadInputError(
-            f"case {worst['case']} needs about {format_bytes(alone(worst))} in {where} (its worker, "
-            f"{format_bytes(worst['predicted_peak_bytes'])}, next to nnU-Net's main process){more}: "
-            f"it does not fit the {format_bytes(est.cap_bytes)} cap even alone",
-            hint=_mem_hint(need, host_mem_bytes))
-    if fingerprint_needed and est.main_fingerprint_peak_bytes > est.cap_bytes:
-        need = int(est.main_fingerprint_peak_bytes * (1.0 + est.margin))
-        raise BadInputError(
-            f"nnU-Net's main process needs about {format_bytes(est.main_fingerprint_peak_bytes)} at the end of "
-            f"fingerprint extraction: more than the {format_bytes(est.cap_bytes)} cap",
-            hint=_mem_hint(need, host_mem_bytes))
-
-
-def _mem_hint(need: int, host_mem_bytes: int | None) -> str:
-    if host_mem_bytes and need > host_mem_bytes:
-        return f"it needs about {format_bytes(need)}, more than this host has: use a larger machine"
-    return f"run with --mem {format_mem_arg(need)} or more"
+    need = memory_needed(est, fingerprint=fingerprint_needed, configurations=configurations if preprocessing else (),
+                         measured=measured)
+    over = [p for p in need.parts if p.bytes > est.cap_bytes and (p.kind in ("main", "main_pool") or not main_only)]
+    if over:
+        worst = max(over, key=lambda p: p.bytes)
+        more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""
+        raise NotEnoughMemoryError(
+            f"{worst.what} needs about {format_bytes(worst.bytes)}{more}: more than the "
+            f"{format_bytes(est.cap_bytes)} cap, even with one worker",
+            hint=mem_hint(need, host_mem_bytes),
+            mem_arg=None if host_mem_bytes and need.mem_bytes > host_mem_bytes else need.mem_arg)
+    return need

@@ -25,7 +25,7 @@ from runner.diagnosis.classify import Death, Verdict, classify, shm_was_full
 from runner.diagnosis.facts import RunFacts, highest
 from runner.diagnosis.report import RunReport, to_json
 from runner.engines.base import Engine
-from runner.errors import BadInputError, NnrunError, Outcome, RunInterrupted
+from runner.errors import BadInputError, NnrunError, NotEnoughMemoryError, Outcome, RunInterrupted
 from runner.incontainer.preprocess import STAGING, TMP_MARK
 from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv
 from runner.run.contract import RUN_LABEL, build_spec, container_user, hand_over
@@ -85,7 +85,9 @@ class Preprocess:
         self.recovered: list[str] = []
         self._log_tail = b""                # the container's last output (the supervisor's fallback status)
         self.last_recommendation = None
-        self.estimate = None
+        self.estimate = None                     # the estimate (None: none could be made)
+        self.earlier_peaks: dict = {}            # per-case peaks measured by earlier runs (runner.run.history)
+        self.fingerprint_needed = True
         self.schedule_note: str | None = None
         self.shard_cases: list[str] = []        # --shard: this shard's cases (from the shared map)
         self.last_death: Death | None = None     # the last attempt's non-OOM death
@@ -93,11 +95,18 @@ class Preprocess:
         # --retry: 2 when nnrun chose the worker counts, else only what the user asked for.
         self.retries = settings.retries if settings.retries is not None else (0 if settings.workers_pinned else 2)
 
-    def _choose_workers(self, dataset: RawDataset, preprocessed_dataset: Path, mem_bytes: int, info) -> None:
-        """Estimate per-case peaks (headers only) and let nnrun pick the worker counts / admission plan."""
+    def _estimate(self, dataset: RawDataset, preprocessed_dataset: Path, mem_bytes: int, info,
+                  choose: bool) -> None:
+        """Estimate per-case peaks (headers only), refuse a cap that cannot hold the run, and (``choose``)
+        let nnrun pick the worker counts / admission plan.
+
+        Pinned workers (``choose`` False) are refused only when the cap cannot hold nnU-Net's main process
+        (its imports, or the fingerprint samples it gathers): a worker's case may still be worth a try.
+        """
         from runner.estimate.baseline import default_cache_dir, measure_baseline
         from runner.estimate.model import estimate, load_model
         from runner.run.admission import check_fits, resolve_workers
+        from runner.run.history import earlier_peaks
 
         settings = self.settings
         self.sink.stage("estimating per-case memory from the image headers")
@@ -107,17 +116,30 @@ class Preprocess:
             plans = json.loads(plans_path.read_text()) if plans_path.is_file() else None
             est = estimate(dataset, plans, self.opts.configurations, mem_bytes, baseline, load_model(),
                            cpus=os.cpu_count() or 1)
-        except (NnrunError, OSError, ValueError, KeyError, RuntimeError) as err:
+            self.earlier_peaks = earlier_peaks(preprocessed_dataset, baseline.image_id, self.opts.plans_name)
+        except Exception as err:  # noqa: BLE001 - with pinned workers the estimate is advice only
+            if not choose:
+                return         # the user's worker counts run as they are, with the old advice
+            if not isinstance(err, (NnrunError, OSError, ValueError, KeyError, RuntimeError)):
+                raise
             # No estimate (e.g. the baseline probe failed): nnU-Net's own defaults.
             self.schedule_note = f"no estimate ({err}); using nnU-Net's fixed worker counts"
             self.sink.stage(self.schedule_note)
             self.settings = replace(settings, schedule="fixed", np_auto=False, npfp_auto=False)
             return
-        fingerprint_needed = self.opts.clean or not (preprocessed_dataset / "dataset_fingerprint.json").is_file()
+        self.fingerprint_needed = self.opts.clean or not (preprocessed_dataset / "dataset_fingerprint.json").is_file()
         # Under --runtime host the "host memory" is the job's limit, which --mem cannot exceed anyway.
-        check_fits(est, info.mem_total_bytes if info.name != "host" else None, fingerprint_needed,
-                   preprocessing=not self.opts.no_pp)
+        host_mem = info.mem_total_bytes if info.name != "host" else None
+        try:
+            check_fits(est, host_mem, self.fingerprint_needed, preprocessing=not self.opts.no_pp,
+                       measured=self.earlier_peaks, main_only=not choose)
+        except NotEnoughMemoryError as err:
+            if err.mem_arg:
+                err.recommendation_argv = nnrun_argv(self.opts, err.mem_arg, settings.passthrough_argv)
+            raise
         self.estimate = est
+        if not choose:
+            return
         self.opts = resolve_workers(self.opts, est, settings.np_auto, settings.npfp_auto, settings.schedule)
         chosen = self.opts.workers_per_configuration()
         self.sink.stage(f"workers: -npfp {self.opts.npfp}; " + ", ".join(f"{c} {n}" for c, n in chosen.items())
@@ -230,9 +252,9 @@ class Preprocess:
             dataset = self._shard_cases(dataset, preprocessed_dataset, mem_bytes)
             if not settings.skip_file_check:
                 check_dataset_files(dataset, settings, sink)
-        if settings.schedule == "memory" or settings.np_auto or settings.npfp_auto:
-            self._choose_workers(dataset, preprocessed_dataset, mem_bytes, info)
-            opts, settings = self.opts, self.settings
+        self._estimate(dataset, preprocessed_dataset, mem_bytes, info,
+                       choose=settings.schedule == "memory" or settings.np_auto or settings.npfp_auto)
+        opts, settings = self.opts, self.settings
         try:
             preprocessed_dataset.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -518,7 +540,11 @@ class Preprocess:
                                                  in_flight, exact) + peak
             if facts.interrupt_signal is not None:
                 report.message += wording.stopped_after_oom_clause(facts.interrupt_signal)
-            rec = recommend(verdict, phase, facts.configuration, opts, report.limit_bytes, host_mem)
+            need = self._need_after_oom(phase, facts.configuration, records, victims, workers, report.limit_bytes)
+            rec = recommend(verdict, phase, facts.configuration, opts, report.limit_bytes, host_mem, need,
+                            fit_npfp=self.estimate.max_npfp if self.estimate else None,
+                            fit_np=dict(self.estimate.max_np) if self.estimate else None)
+            report.memory_needed = need.to_dict() if need is not None else None
             self.last_recommendation = rec
             if rec is not None:
                 report.recommendation_text = rec.text
@@ -551,6 +577,33 @@ class Preprocess:
         elif o is Outcome.INFRA:
             report.message = wording.infra_message(facts.container_exit_code, facts.start_error)
             report.phase = "startup"
+
+    def _need_after_oom(self, phase: str | None, configuration: str | None, records: list, victims: list,
+                        workers: int, limit_bytes: int):
+        """What the rest of the run needs with one worker (None: no estimate), from the estimate, the peaks
+        measured in this run and earlier ones, and what the kill proved: a process killed at the cap while
+        it ran alone (one worker, or the main process outside a pool) needed more than the cap."""
+        from runner.estimate.need import memory_needed
+        from runner.run.history import merge_peaks, peaks_from_events
+
+        if self.estimate is None:
+            return None
+        this_run = peaks_from_events([{"event": "case_end", "case": r.case, "phase": r.phase,
+                                       "configuration": r.configuration, "peak_rss_bytes": r.peak_rss_bytes}
+                                      for r in records if r.status == "done"])
+        configs = list(self.opts.configurations)
+        if phase == "preprocessing" and configuration in configs:
+            configs = configs[configs.index(configuration):]      # the configurations before it are done
+        fingerprint = phase in (None, "startup", "verify", "fingerprint") and self.fingerprint_needed
+        at_least: dict[str, int] = {}
+        first = victims[0] if victims else None
+        if first is not None and first.role == "main" and (workers <= 1 or phase not in ("verify", "fingerprint",
+                                                                                          "preprocessing")):
+            at_least["main"] = limit_bytes
+        elif first is not None and first.role == "worker" and first.case and workers <= 1:
+            at_least[first.case] = limit_bytes
+        return memory_needed(self.estimate, fingerprint=fingerprint, configurations=() if self.opts.no_pp else configs,
+                             measured=merge_peaks(self.earlier_peaks, this_run), at_least=at_least)
 
     @staticmethod
     def _output_disk_full(facts: RunFacts, log_path: Path, preprocessed_dataset: Path) -> bool:

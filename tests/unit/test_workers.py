@@ -91,8 +91,8 @@ def test_check_fits_ignores_preprocessing_for_a_no_pp_run():
     from runner.run.admission import check_fits
 
     est = Estimate(cap_bytes=1 << 30, margin=0.15, baseline=Baseline(200 << 20, 400 << 20, "i", True),
-                   cpus=2, too_large=[{"case": "big", "phase": "preprocessing", "configuration": "3d_fullres",
-                                       "predicted_peak_bytes": 2 << 30}])
+                   cpus=2, per_case=[{"case": "big", "phase": "preprocessing", "configuration": "3d_fullres",
+                                      "predicted_peak_bytes": 2 << 30, "extra_bytes": (2 << 30) - (400 << 20)}])
     check_fits(est, None, fingerprint_needed=True, preprocessing=False)
     with pytest.raises(BadInputError, match="big"):
         check_fits(est, None, fingerprint_needed=True, preprocessing=True)

@@ -29,7 +29,7 @@ from runner.backends.k8s.names import (
 )
 from runner.backends.k8s.quantity import bytes_quantity, quantity_bytes
 from runner.diagnosis.wording import headline
-from runner.errors import BadInputError, Outcome, exit_code_for
+from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
 from runner.shards import SHARD_COUNT_ENV, SHARD_LIST_ENV, ShardError, parse_shard_list
 from runner.units import format_bytes, format_mem_arg, parse_mem
 
@@ -396,6 +396,22 @@ def more_memory(limit_bytes: int) -> str:
     return format_mem_arg(math.ceil(limit_bytes * 1.5))
 
 
+_NEXT_MEM = re.compile(r"^\s*next:\s+nnrun .*?--mem\s+(\S+)", re.MULTILINE)
+
+
+def advised_mem(pod: PodRecord) -> str | None:
+    """The --mem of nnrun's `next:` line in the pod's termination message (its log tail), if any."""
+    for term in (pod.terminated, pod.last_terminated):
+        found = _NEXT_MEM.findall(term.message or "") if term is not None else []
+        if found:
+            try:
+                parse_mem(found[-1])
+            except NnrunError:
+                continue
+            return found[-1]
+    return None
+
+
 def _option_value(argv: list[str], flag: str) -> str | None:
     head = argv[:argv.index("--")] if "--" in argv else argv
     return head[head.index(flag) + 1] if flag in head[:-1] else None
@@ -483,7 +499,10 @@ def _resubmissions(current: list[IndexEntry]) -> list[Resubmit]:
             bases = [e.pod.manifest_argv for e in sorted(failed, key=lambda e: _created_key(e.pod))
                      if e.pod.manifest_argv]
             if states == (STATE_OOM,):
-                mem = more_memory(max(limits)) if limits else None
+                # nnrun's own advice when it outlived the kill (its report's `next:` line, from the estimate and
+                # the measured peaks: runner.estimate.need); 1.5 times the limit only when no pod has one.
+                advised = [m for m in (advised_mem(e.pod) for e in failed) if m]
+                mem = (max(advised, key=parse_mem) if advised else more_memory(max(limits)) if limits else None)
             else:       # the --mem the Job was made with, else its limit
                 given = _option_value(bases[-1], "--mem") if bases else None
                 mem = given or (format_mem_arg(max(limits)) if limits else None)
