@@ -422,7 +422,7 @@ def bench_latency(demo: Path, work: Path, tiny: bool, ev: DockerEvents) -> dict:
     pre_wn = base / "worker-native"
     copy_plans(pre_w / demo.name, pre_wn)
     worker_mem, worker_args = "1200m", ["-c", "3d_fullres", "-np", "4", "-npfp", "1"]
-    main_mem = "600m" if tiny else "1200m"
+    main_mem = "1g" if tiny else "1200m"
     main_args = ["-c", "3d_fullres", "-np", "1", "-npfp", "1"]
     out["worker"] = {"mem": worker_mem, "args": worker_args}
     out["main"] = {"mem": main_mem, "args": main_args}
