@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner.demo import CaseSpec, make_dataset
+from runner.rundir import read_jsonl
 from tests.integration.conftest import IMAGE, REPO, parse_single_json
 
 pytestmark = pytest.mark.docker
@@ -37,6 +38,20 @@ def raw(tmp_path_factory) -> Path:
                  [CaseSpec((176, 176, 128), (1.0, 1.0, 1.0)), CaseSpec((160, 192, 136), (0.9, 0.9, 1.1)),
                   CaseSpec((184, 168, 120), (1.1, 1.1, 0.9))], seed=12)
     return root
+
+
+def _near_cap_to_kill_s(report: dict) -> float | None:
+    """Seconds from the first host sample with anonymous memory at 90 % of the cap to the first sample
+    whose OOM-kill counter rose (the run folder's timeline.jsonl): how long the cap was fought over."""
+    if not report.get("run_dir"):
+        return None
+    samples = read_jsonl(Path(report["run_dir"]) / "timeline.jsonl")
+    if not samples:
+        return None
+    first_kills = samples[0].get("oom_kill") or 0
+    near = next((s["t"] for s in samples if s.get("limit") and (s.get("anon") or 0) >= 0.9 * s["limit"]), None)
+    kill = next((s["t"] for s in samples if (s.get("oom_kill") or 0) > first_kills), None)
+    return round(kill - near, 1) if near is not None and kill is not None and kill >= near else None
 
 
 def _run(argv: list[str], timeout: float = 900) -> tuple[dict, float, str]:
@@ -75,7 +90,8 @@ def test_following_the_advice_finishes_in_one_more_run(docker_ready, raw, tmp_pa
             assert first["outcome"] == "ok", err[-2000:]
         start, wall, err = _run(["preprocess", "-d", str(dataset), "--mem", mem, "-c", "3d_fullres", *extra, *common])
         row = {"start": f"{dataset} --mem {mem} {' '.join(extra) or '(nnrun chooses)'}",
-               "outcome": start["outcome"], "wall_s": round(wall, 1), "next": None, "then": None, "then_s": None}
+               "outcome": start["outcome"], "wall_s": round(wall, 1), "next": None, "then": None, "then_s": None,
+               "near_cap_to_kill_s": _near_cap_to_kill_s(start) if start["outcome"] == "oom" else None}
         rows.append(row)
         if start["outcome"] == "ok":
             row["then"] = "ok (no advice needed)"
@@ -94,12 +110,16 @@ def test_following_the_advice_finishes_in_one_more_run(docker_ready, raw, tmp_pa
         row["then"], row["then_s"] = then["outcome"], round(then_wall, 1)
         if then["outcome"] != "ok":
             row["then"] += f": {then['message'][:160]}"
-    print("\nstart | outcome (wall s) | next (nnrun's recommendation_argv) | then (wall s)")
+    print("\nstart | outcome (wall s; OOM: s from anon at 90 % of the cap to the kill) | next "
+          "(nnrun's recommendation_argv) | then (wall s)")
     for r in rows:
-        print(f"{r['start']} | {r['outcome']} ({r['wall_s']}) | {r['next']} | {r['then']} ({r['then_s']})")
+        near = f"; {r['near_cap_to_kill_s']} s near the cap" if r["near_cap_to_kill_s"] is not None else ""
+        print(f"{r['start']} | {r['outcome']} ({r['wall_s']}{near}) | {r['next']} | {r['then']} ({r['then_s']})")
     finished = sum(1 for r in rows if r["then"] and r["then"].startswith("ok"))
     refusals = [r for r in rows if r["outcome"] == "bad_input"]
     print(f"reached ok in one more run: {finished} of {len(rows)}; refusals took "
           + ", ".join(f"{r['wall_s']} s" for r in refusals))
     assert finished >= 7, rows
     assert all(r["wall_s"] < 60 for r in refusals), refusals     # minutes of thrashing before: 284 s
+    slow = [r for r in rows if (r["near_cap_to_kill_s"] or 0) > 120]
+    assert not slow, slow
