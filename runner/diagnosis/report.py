@@ -150,8 +150,9 @@ def render_human(report: RunReport) -> str:
     o = report.outcome
     lines: list[str] = []
     if o in (Outcome.BAD_INPUT, Outcome.INFRA) and report.log_path is None:
-        # Nothing ran: one line says it all.
-        return f"nnrun: {o.value}: {report.message}"
+        # Nothing ran: one line says it all (and the command that fits, for a cap too small).
+        nxt = f"\n  next:         {report.recommendation}" if report.recommendation else ""
+        return f"nnrun: {o.value}: {report.message}{nxt}"
     head = headline(o)
     lines.append(f"{head}: {report.message}")
     if o is not Outcome.OK:
