@@ -2,7 +2,7 @@
 
 A demo-generator dataset with one large case (its preprocessing worker peaks
 near 1.9 GiB) and small ones.  The case -> shard map puts the large case
-alone in shard 0.  At ``--mem 1600m`` the plan job and the small shards fit;
+alone in shard 0.  At ``--mem 1800m`` the plan job and the small shards fit;
 Slurm's task/cgroup OOM-kills shard 0's worker.  ``nnrun slurm status``
 reports that shard as OUT_OF_MEMORY with its case; its printed command
 resubmits only that shard with more memory and completes the dataset, which
@@ -37,7 +37,7 @@ def test_real_array_one_shard_oom_killed_by_slurm_then_resubmitted(slurm_ready, 
               "-c", "3d_fullres", "-np", "1", "-npfp", "1", "--json"]
     jobs: list[str] = []
     try:
-        code, sub, err = nnrun(env, "slurm", "submit", "--mem", "1600m", "--shards", "3", *common)
+        code, sub, err = nnrun(env, "slurm", "submit", "--mem", "1800m", "--shards", "3", *common)
         assert code == 0, err
         jobs += [sub["plan_job_id"], sub["array_job_id"]]
         code, st, err = nnrun(env, "slurm", "status", sub["array_job_id"], "--wait", "--interval", "1",
