@@ -87,20 +87,20 @@ def check_configurations(configurations: tuple[str, ...] | list[str], plans: dic
     if plans_final and plans is not None:
         valid = have
     else:
-        valid = list(have) + [c for c in PLANNER_CONFIGURATIONS if c not in have and planner in BUILTIN_PLANNERS]
+        valid = list(have) + [c for c in PLANNER_CONFIGURATIONS if c not in have]
     unknown = [c for c in configurations if c not in valid]
     if not unknown:
         return None
     if planner not in BUILTIN_PLANNERS and not (plans_final and plans is not None):
         return (f"-c {' '.join(unknown)}: not a configuration nnU-Net's own planners make; accepted because "
-                f"-pl {planner} may plan it (nnU-Net skips a configuration its plans do not have, and the report "
-                f"lists it as skipped)")
+                f"-pl {planner} may plan it (nnU-Net skips a configuration its plans do not have; the report "
+                f"will list it as skipped)")
     name = unknown[0]
     valid_text = " ".join(valid) if valid else "none"
     if plans is not None and name in PLANNER_CONFIGURATIONS:
-        why = skip_reason(name, plans, plans_file) or f"{plans_file} has no {name}"
-        raise BadInputError(f"unknown configuration {name!r} for -c: {why}; valid: {valid_text}",
-                            hint="nnU-Net would skip it and preprocess nothing for it")
+        why = planner_rule(name, plans)
+        raise BadInputError(f"-c {name}: {plans_file} has none" + (f" ({why})" if why else "")
+                            + f"; valid: {valid_text}", hint="nnU-Net would skip it and preprocess nothing for it")
     source = (f"the configurations of {plans_file}" if plans_final and plans is not None
               else "the configurations nnU-Net's planner makes"
               + (f" or {plans_file} has" if have else ""))
@@ -116,38 +116,46 @@ def _shape_text(shape) -> str:
 
 
 def skip_reason(configuration: str, plans: dict | None, plans_file: str) -> str | None:
-    """Why nnU-Net skips ``configuration`` with these plans (None: the plans have it, or there are none)."""
+    """Why nnU-Net skips ``configuration`` with these plans (None: the plans have it, or there are none):
+    "the plans have none: nnU-Net plans it only when ..."."""
     if plans is None:
         return None
     cfgs = plans.get("configurations")
     cfgs = cfgs if isinstance(cfgs, dict) else {}
     if configuration in cfgs:
         return None
+    why = planner_rule(configuration, plans)
+    return f"{plans_file} has none" + (f": {why}" if why else "")
+
+
+def planner_rule(configuration: str, plans: dict) -> str | None:
+    """The rule of nnU-Net's planner that left ``configuration`` out of ``plans``, with this dataset's numbers
+    (None: not one of the planner's names, or plans made by a planner nnU-Net does not ship)."""
+    cfgs = plans.get("configurations")
+    cfgs = cfgs if isinstance(cfgs, dict) else {}
     planner = plans.get("experiment_planner_used")
-    if planner is not None and planner not in BUILTIN_PLANNERS:     # its own rules: nothing to explain
-        return f"{plans_file} (planned by {planner}) has no {configuration}"
-    if configuration in ("3d_fullres", "3d_lowres", "3d_cascade_fullres") and "3d_fullres" not in cfgs:
-        if "2d" in cfgs:
-            return (f"the plans have no {configuration}: the images are 2D (their median shape has a single "
-                    f"slice), and nnU-Net plans only 2d for them")
-        return f"{plans_file} has no {configuration}"
-    if configuration == "3d_lowres":
-        full = cfgs.get("3d_fullres") or {}
-        rule = ("nnU-Net plans 3d_lowres only when the 3d_fullres patch holds less than "
-                f"{LOWRES_CREATION_THRESHOLD:.0%} of the voxels of the median image after resampling")
+    if (planner is not None and planner not in BUILTIN_PLANNERS) or configuration not in PLANNER_CONFIGURATIONS:
+        return None
+    if configuration != "2d" and "3d_fullres" not in cfgs and "2d" in cfgs:
+        return ("the images are 2D (the median image has a single slice) and nnU-Net plans only 2d for "
+                "2D images")
+    if configuration == "3d_lowres" and "3d_fullres" in cfgs:
+        full = cfgs["3d_fullres"] if isinstance(cfgs["3d_fullres"], dict) else {}
+        rule = ("nnU-Net plans it only when the 3d_fullres patch holds less than "
+                f"{LOWRES_CREATION_THRESHOLD * 100:.0f} % of the voxels of the median image after resampling")
         patch, median = full.get("patch_size"), full.get("median_image_size_in_voxels")
         try:
             ratio = _voxels(patch) / _voxels(median)
         except (TypeError, ValueError, ZeroDivisionError):
-            return f"the plans have no 3d_lowres: {rule}"
+            return rule
         if ratio >= LOWRES_CREATION_THRESHOLD:
-            return (f"the plans have no 3d_lowres: {rule} (here the patch {_shape_text(patch)} holds "
-                    f"{ratio:.0%} of the median image {_shape_text(median)})")
-        return ("the plans have no 3d_lowres: nnU-Net tried a coarser spacing for it and dropped it because that "
-                "spacing did not halve the voxel count of the median image")
-    if configuration == "3d_cascade_fullres":
-        return "the plans have no 3d_cascade_fullres: nnU-Net plans it only together with 3d_lowres"
-    return f"{plans_file} has no {configuration}"
+            return (f"{rule}; here the patch {_shape_text(patch)} holds {ratio * 100:.0f} % of the median image "
+                    f"{_shape_text(median)}")
+        return ("nnU-Net tried a coarser spacing for it and dropped it because that spacing did not halve the "
+                "voxel count of the median image")
+    if configuration == "3d_cascade_fullres" and "3d_lowres" not in cfgs:
+        return "nnU-Net plans it only together with 3d_lowres"
+    return None
 
 
 def preprocessed_and_skipped(configurations: tuple[str, ...] | list[str], plans: dict | None,
