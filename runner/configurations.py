@@ -117,7 +117,7 @@ def _shape_text(shape) -> str:
 
 def skip_reason(configuration: str, plans: dict | None, plans_file: str) -> str | None:
     """Why nnU-Net skips ``configuration`` with these plans (None: the plans have it, or there are none):
-    "the plans have none: nnU-Net plans it only when ..."."""
+    "nnUNetPlans.json has none: nnU-Net plans it only when ..."."""
     if plans is None:
         return None
     cfgs = plans.get("configurations")
