@@ -61,6 +61,19 @@ class PreprocessOptions:
         the planner's own (nnUNetPlans for ExperimentPlanner, nnUNetResEncUNetMPlans for nnUNetPlannerResEncM)."""
         return self.overwrite_plans_name or default_plans_name(self.planner)
 
+    def without_configurations(self, names) -> PreprocessOptions:
+        """A copy without ``names`` (configurations nnU-Net skipped), their -np values dropped; unchanged when
+        that would leave no configuration."""
+        keep = tuple(c for c in self.configurations if c not in set(names))
+        if not keep or len(keep) == len(self.configurations):
+            return self
+        np = self.np
+        if np is not None and len(np) > 1:
+            per = self.workers_per_configuration()
+            values = tuple(per[c] for c in keep)
+            np = (values[0],) if len(set(values)) == 1 else values
+        return replace(self, configurations=keep, np=np)
+
     def with_workers(self, configuration: str | None = None, np: int | None = None,
                      npfp: int | None = None) -> PreprocessOptions:
         """A copy with a new worker count for one configuration (or all), or a new -npfp."""

@@ -163,6 +163,16 @@ def test_the_planner_picks_its_own_plans_file():
     assert default_plans_name("SomeoneElsesPlanner") == "nnUNetPlans"
 
 
+def test_without_configurations_drops_their_workers():
+    o = PreprocessOptions(501, configurations=("2d", "3d_fullres", "3d_lowres"), np=(8, 4, 6))
+    assert o.without_configurations(["3d_lowres"]) == PreprocessOptions(501, configurations=("2d", "3d_fullres"),
+                                                                          np=(8, 4))
+    assert o.without_configurations(["2d", "3d_lowres"]).np == (4,)
+    assert o.without_configurations(["2d", "3d_fullres", "3d_lowres"]) is o      # never no configuration
+    one = PreprocessOptions(501, configurations=("2d", "3d_lowres"), np=(2,))
+    assert one.without_configurations(["3d_lowres"]) == PreprocessOptions(501, configurations=("2d",), np=(2,))
+
+
 def write_plans(folder: Path, plans: dict | str, fingerprint: bool = True, name: str = "nnUNetPlans") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(plans if isinstance(plans, str) else json.dumps(plans))

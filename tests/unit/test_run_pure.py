@@ -508,6 +508,20 @@ def test_worker_oom_run_reports_oom_recommends_fewer_workers_and_removes_half_wr
     assert data["outcome"] == "oom" and data["exit_code"] == 3
 
 
+def test_the_advice_after_an_oom_leaves_out_a_configuration_the_plans_lack(tiny_raw, tmp_path):
+    # -c 3d_fullres 3d_lowres on data whose plans (written during the run) have no 3d_lowres: the next
+    # command must not name 3d_lowres, which `nnrun preprocess` would now refuse
+    opts = PreprocessOptions(501, configurations=("3d_fullres", "3d_lowres"), np=(4, 6), npfp=1)
+    engine = FakeEngine(worker_oom_in_3d_fullres, engine_oom_killed=True)
+    report, settings = run_fake(tiny_raw, tmp_path, engine, opts=opts)
+    assert report.outcome is Outcome.OOM
+    assert report.configurations == ["3d_fullres"]
+    assert [s["configuration"] for s in report.configurations_skipped] == ["3d_lowres"]
+    expected = nnrun_argv(PreprocessOptions(501, configurations=("3d_fullres",), np=(2,), npfp=1), "1200m",
+                          settings.passthrough_argv)
+    assert report.recommendation_argv == expected and "3d_lowres" not in report.recommendation
+
+
 def test_worker_oom_in_fingerprint_with_one_worker_recommends_more_memory(tiny_raw, tmp_path):
     def oom(engine):
         (engine.preprocessed / "dataset_fingerprint.json.nnrun-tmp").write_text('{"foreground_intensity')  # half
