@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
+from runner.configurations import check_configurations, default_plans_name
 from runner.errors import BadInputError
 
 # nnUNetv2_plan_and_preprocess defaults (experiment_planning/plan_and_preprocess_entrypoints.py).
@@ -56,7 +57,22 @@ class PreprocessOptions:
 
     @property
     def plans_name(self) -> str:
-        return self.overwrite_plans_name or "nnUNetPlans"
+        """The plans file (without .json) the run writes and preprocesses with: -overwrite_plans_name, else
+        the planner's own (nnUNetPlans for ExperimentPlanner, nnUNetResEncUNetMPlans for nnUNetPlannerResEncM)."""
+        return self.overwrite_plans_name or default_plans_name(self.planner)
+
+    def without_configurations(self, names) -> PreprocessOptions:
+        """A copy without ``names`` (configurations nnU-Net skipped), their -np values dropped; unchanged when
+        that would leave no configuration."""
+        keep = tuple(c for c in self.configurations if c not in set(names))
+        if not keep or len(keep) == len(self.configurations):
+            return self
+        np = self.np
+        if np is not None and len(np) > 1:
+            per = self.workers_per_configuration()
+            values = tuple(per[c] for c in keep)
+            np = (values[0],) if len(set(values)) == 1 else values
+        return replace(self, configurations=keep, np=np)
 
     def with_workers(self, configuration: str | None = None, np: int | None = None,
                      npfp: int | None = None) -> PreprocessOptions:
@@ -107,6 +123,28 @@ def validate(opts: PreprocessOptions) -> PreprocessOptions:
     if opts.overwrite_plans_name is not None and not _PLANS_NAME.match(opts.overwrite_plans_name):
         raise BadInputError(f"-overwrite_plans_name must be a plain file name (got {opts.overwrite_plans_name!r})")
     return opts
+
+
+def validate_configurations(opts: PreprocessOptions, plans: dict | None, *, fingerprint_kept: bool = True,
+                            shard: bool = False) -> str | None:
+    """Refuse (BadInputError) a ``-c`` name nnU-Net would skip, before any container starts.
+
+    ``plans``: the plans file ``opts.plans_name``.json as it is now (None: not
+    planned yet).  They are final, so that only their configuration names are
+    valid, for a shard run (it never plans) and when the run will plan exactly
+    as they were planned: the same planner, the fingerprint kept
+    (``fingerprint_kept`` and no --clean), no -gpu_memory_target or
+    -overwrite_target_spacing.  Otherwise the names nnU-Net's planner can make
+    are valid too.  Returns a note when a name is accepted only because a
+    planner nnU-Net does not ship may plan it.  The rule itself:
+    :func:`runner.configurations.check_configurations`.
+    """
+    final = plans is not None and (shard or (
+        fingerprint_kept and not opts.clean and opts.gpu_memory_target is None
+        and opts.overwrite_target_spacing is None and plans.get("experiment_planner_used") == opts.planner))
+    return check_configurations(opts.configurations, plans, f"{opts.plans_name}.json", planner=opts.planner,
+                                plans_final=final,
+                                default_requested=tuple(opts.configurations) == DEFAULT_CONFIGURATIONS)
 
 
 def nnunet_argv(opts: PreprocessOptions) -> list[str]:

@@ -12,34 +12,37 @@ import typer
 from runner.cli import options as cli_options
 from runner.cli.common import err as _err
 from runner.cli.common import finish, one_dataset, report_for_error, result
+from runner.configurations import DEFAULT_PLANNER
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, NotEnoughMemoryError, Outcome, exit_code_for
 from runner.estimate.baseline import default_cache_dir, measure_baseline
 from runner.estimate.model import Estimate, estimate, load_model
 from runner.estimate.need import memory_needed
 from runner.options import DEFAULT_CONFIGURATIONS, PreprocessOptions, validate
+from runner.run.preflight import check_configurations, read_plans
 from runner.run.settings import DEFAULT_IMAGE
 from runner.units import format_bytes, format_mem_arg_at_most, parse_mem
 
 
 def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | None, raw: str | None,
-                 preprocessed: str | None, image: str, engine_factory=None) -> Estimate:
+                 preprocessed: str | None, image: str, engine_factory=None, *, planner: str = DEFAULT_PLANNER,
+                 overwrite_plans_name: str | None = None) -> Estimate:
     if engine_factory is None:
         from runner.engines.docker import DockerEngine as engine_factory
 
     opts = validate(PreprocessOptions(parse_dataset_id(dataset_arg),
-                                      configurations=configurations or DEFAULT_CONFIGURATIONS))
+                                      configurations=configurations or DEFAULT_CONFIGURATIONS,
+                                      planner=planner, overwrite_plans_name=overwrite_plans_name))
     cap = parse_mem(mem)
     raw_root = raw or os.environ.get("nnUNet_raw")
     if not raw_root:
         raise BadInputError("no nnUNet_raw folder: pass --raw DIR or set the nnUNet_raw environment variable")
     dataset = load_raw_dataset(Path(raw_root), dataset_arg)      # a DatasetXXX_Name must match the folder
-    plans = None
     pre_root = preprocessed or os.environ.get("nnUNet_preprocessed")
-    if pre_root:
-        plans_path = Path(pre_root) / dataset.name / f"{opts.plans_name}.json"
-        if plans_path.is_file():
-            plans = json.loads(plans_path.read_text())
+    pre_dataset = Path(pre_root) / dataset.name if pre_root else None
+    plans = read_plans(pre_dataset / f"{opts.plans_name}.json") if pre_dataset else None
+    # -c against the plans (or the names nnU-Net's planner makes), as `nnrun preprocess` checks it
+    note = check_configurations(opts, pre_dataset)
     engine = engine_factory()
     info = engine.info()
     if info.mem_total_bytes and cap > info.mem_total_bytes:
@@ -47,7 +50,10 @@ def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | N
         raise BadInputError(f"--mem {mem} is more than {where} ({format_bytes(info.mem_total_bytes)})",
                             hint=f"give --mem {format_mem_arg_at_most(info.mem_total_bytes)} or less")
     baseline = measure_baseline(lambda: engine, image, default_cache_dir())
-    return estimate(dataset, plans, opts.configurations, cap, baseline, load_model(), cpus=os.cpu_count() or 1)
+    est = estimate(dataset, plans, opts.configurations, cap, baseline, load_model(), cpus=os.cpu_count() or 1)
+    if note:
+        est.notes.append(note)
+    return est
 
 
 def estimate_command(
@@ -55,6 +61,8 @@ def estimate_command(
     mem: str = typer.Option(..., "--mem", metavar="SIZE", help="The cap to plan for (docker syntax: 16g, 4096m)."),
     configurations: Optional[list[str]] = typer.Option(None, "-c", metavar="CONFIG...",
                                                        help="Configurations [default: 2d 3d_fullres 3d_lowres]."),
+    planner: str = cli_options.PLANNER,
+    overwrite_plans_name: Optional[str] = cli_options.OVERWRITE_PLANS_NAME,
     raw: Optional[str] = typer.Option(None, "--raw", metavar="DIR", help="nnU-Net raw folder [default: $nnUNet_raw]."),
     preprocessed: Optional[str] = typer.Option(None, "--preprocessed", metavar="DIR",
                                                help="Preprocessed folder; its plans give the target spacing when present."),
@@ -70,7 +78,8 @@ def estimate_command(
     try:
         runtime = cli_options.container_runtime(runtime, engine, "nnrun estimate measures its worker baseline in a container")
         est = run_estimate(one_dataset(dataset, "estimate"), mem, tuple(configurations) if configurations else None,
-                           raw, preprocessed, image, engine_factory(runtime))
+                           raw, preprocessed, image, engine_factory(runtime), planner=planner,
+                           overwrite_plans_name=overwrite_plans_name)
     except NnrunError as err:
         finish(report_for_error(err), as_json, False, is_result=False)
         return

@@ -143,9 +143,10 @@ def submit_command(
         slurm_mem,
         submission_record,
     )
-    from runner.dataset import load_raw_dataset
+    from runner.dataset import load_raw_dataset, parse_dataset_id
     from runner.engines.host import HOST_ENV_HINT
-    from runner.run.preflight import resolve_root
+    from runner.options import DEFAULT_CONFIGURATIONS, PreprocessOptions
+    from runner.run.preflight import check_configurations, resolve_root
     from runner.rundir import HOST_PYTHON_ENV, write_json_atomic
     from runner.shards import ShardError, map_path, parse_shard_list, read_map
     from runner.units import parse_mem
@@ -181,6 +182,11 @@ def submit_command(
         pre_root = resolve_root(preprocessed, "nnUNet_preprocessed", "--preprocessed")
         pre_ds = pre_root / ds.name
         plans_name = overwrite_plans_name or "nnUNetPlans"
+        # -c as each task's `nnrun preprocess` will check it, before anything is submitted
+        check_configurations(PreprocessOptions(parse_dataset_id(str(dataset[0])),
+                                               configurations=tuple(configurations or DEFAULT_CONFIGURATIONS),
+                                               overwrite_plans_name=overwrite_plans_name),
+                             pre_ds, shard=only is not None)
         if only is not None and not (pre_ds / f"{plans_name}.json").is_file():
             raise BadInputError(f"--only-shards needs the plans, and {pre_ds / (plans_name + '.json')} does not "
                                 f"exist: submit without --only-shards")

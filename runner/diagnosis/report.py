@@ -16,7 +16,8 @@ from runner.diagnosis.wording import DEATH_REASONS, describe_phase, headline, si
 from runner.errors import Outcome, exit_code_for
 from runner.units import format_bytes
 
-SCHEMA_VERSION = 2      # 2: signal, signal_name, crash_frame, crash_library, shm_size_bytes, crash_retry
+SCHEMA_VERSION = 3      # 2: signal, signal_name, crash_frame, crash_library, shm_size_bytes, crash_retry;
+                        # 3: configurations_skipped, and configurations lists only what nnU-Net preprocessed
 
 
 @dataclass
@@ -45,7 +46,9 @@ class RunReport:
     interrupt_signal: int | None = None
     # context
     dataset: str | None = None
-    configurations: list[str] | None = None
+    configurations: list[str] | None = None              # preprocessed (ok); asked for minus skipped (failed)
+    # asked for but skipped by nnU-Net, its plans having none: [{configuration, reason}]
+    configurations_skipped: list[dict] = field(default_factory=list)
     workers: dict | None = None
     nnunet_argv: list[str] | None = None
     image: str | None = None
@@ -176,9 +179,13 @@ def render_human(report: RunReport) -> str:
                      f"{_pct(report.peak_anon_bytes, report.limit_bytes)}"
                      + (f"; with page cache {format_bytes(report.peak_usage_bytes)}"
                         if report.peak_usage_bytes else ""))
+    skipped = {s.get("configuration") for s in report.configurations_skipped}
     if report.workers:
-        np_text = " ".join(f"{c}={n}" for c, n in (report.workers.get("np") or {}).items())
-        lines.append(f"  workers:      -npfp {report.workers.get('npfp')}; -np {np_text}")
+        np_text = " ".join(f"{c}={n}" for c, n in (report.workers.get("np") or {}).items() if c not in skipped)
+        lines.append(f"  workers:      -npfp {report.workers.get('npfp')}"
+                     + (f"; -np {np_text}" if np_text else ""))
+    for s in report.configurations_skipped:
+        lines.append(f"  skipped:      {s.get('configuration')}: {s.get('reason')}")
     died = _died_line(report)
     if died:
         lines.append(f"  died:         {died}")

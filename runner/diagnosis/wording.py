@@ -91,10 +91,15 @@ def peak_clause(peak_anon_bytes: int | None, limit_bytes: int | None) -> str:
 
 
 def ok_message(dataset_name: str, configurations: list[str] | tuple[str, ...], duration_s: float, no_pp: bool,
-               peak: str) -> str:
+               peak: str, skipped: list[str] | tuple[str, ...] = ()) -> str:
+    """``configurations``: those preprocessed; ``skipped``: those asked for that the plans do not have."""
     if no_pp:
         return f"{dataset_name}: fingerprint and plans ready in {duration_s:.1f} s (--no_pp: no case preprocessed){peak}"
-    return f"{dataset_name} preprocessed ({' '.join(configurations)}) in {duration_s:.1f} s{peak}"
+    skip = f"; {' '.join(skipped)} skipped: not in the plans" if skipped else ""
+    if not configurations:
+        return (f"{dataset_name}: nothing preprocessed, the plans have none of the configurations asked for "
+                f"({' '.join(skipped)}); fingerprint and plans ready in {duration_s:.1f} s{peak}")
+    return f"{dataset_name} preprocessed ({' '.join(configurations)}{skip}) in {duration_s:.1f} s{peak}"
 
 
 def shard_ok_message(shard: str, dataset_name: str, cases: int, duration_s: float, dataset_complete: bool) -> str:

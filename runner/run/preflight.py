@@ -13,7 +13,7 @@ from pathlib import Path
 from runner.dataset import RawDataset, load_raw_dataset
 from runner.errors import BadInputError, NnrunError
 from runner.incontainer.preprocess import STAGING
-from runner.options import PreprocessOptions, validate
+from runner.options import PreprocessOptions, validate, validate_configurations
 from runner.run.settings import ProgressSink, RunSettings
 from runner.units import parse_mem
 
@@ -41,6 +41,9 @@ def preflight(opts: PreprocessOptions, settings: RunSettings, sink: ProgressSink
         raise BadInputError(f"--preprocessed {preprocessed_root}: {existing} is not a folder")
     if raw_root == preprocessed_root:
         raise BadInputError("the raw and preprocessed folders must differ")
+    note = check_configurations(opts, preprocessed_root / dataset.name, shard=settings.shard is not None)
+    if note:
+        sink.stage(note)
     if settings.shard is not None:
         check_shard_run(opts, preprocessed_root / dataset.name, settings.mem)
     elif not settings.skip_file_check:      # a shard checks its own cases' files, once it knows them
@@ -49,6 +52,27 @@ def preflight(opts: PreprocessOptions, settings: RunSettings, sink: ProgressSink
         check_case_geometry(dataset, unreadable_ok=settings.skip_file_check,
                             check_spacing=opts.verify_dataset_integrity)
     return mem_bytes, dataset, preprocessed_root
+
+
+def read_plans(path: Path) -> dict | None:
+    """A plans file as a dict (None: missing or unreadable; nnU-Net plans anew then)."""
+    try:
+        plans = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return plans if isinstance(plans, dict) else None
+
+
+def check_configurations(opts: PreprocessOptions, preprocessed_dataset: Path | None,
+                         shard: bool = False) -> str | None:
+    """-c against the plans in the preprocessed folder (None: no folder given), or the names nnU-Net's
+    planner makes: BadInputError for a name nnU-Net would skip; a note for one accepted unchecked.
+    ``nnrun preprocess`` and ``nnrun estimate`` both check -c here."""
+    if preprocessed_dataset is None:
+        return validate_configurations(opts, None, shard=shard, fingerprint_kept=False)
+    plans = read_plans(preprocessed_dataset / f"{opts.plans_name}.json")
+    return validate_configurations(opts, plans, shard=shard,
+                                   fingerprint_kept=(preprocessed_dataset / "dataset_fingerprint.json").is_file())
 
 
 def check_case_geometry(dataset: RawDataset, unreadable_ok: bool = False, check_spacing: bool = True) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from runner.configurations import preprocessed_and_skipped
 from runner.dataset import RawDataset
 from runner.diagnosis import wording
 from runner.diagnosis.advice import recommend
@@ -27,7 +28,7 @@ from runner.diagnosis.report import RunReport, to_json
 from runner.engines.base import Engine
 from runner.errors import BadInputError, NnrunError, NotEnoughMemoryError, Outcome, RunInterrupted
 from runner.incontainer.preprocess import STAGING, TMP_MARK
-from runner.options import PreprocessOptions, nnrun_argv, nnunet_argv
+from runner.options import DEFAULT_CONFIGURATIONS, PreprocessOptions, nnrun_argv, nnunet_argv
 from runner.run.contract import RUN_LABEL, build_spec, container_user, hand_over
 from runner.run.locks import acquire as acquire_locks
 from runner.run.locks import owner_info, scope_for_run
@@ -40,6 +41,7 @@ from runner.run.preflight import (
     check_output_writable,
     dataset_complete,
     preflight,
+    read_plans,
     shape_mismatches,
     shard_dataset,
 )
@@ -532,9 +534,16 @@ class Preprocess:
                           "cpu_percent_of_one_core": round(100 * summary.cpu_s / summary.wall_s, 3)
                           if summary.wall_s else None,
                           "final_reading": summary.final_reading}
+        # The plans nnU-Net wrote (read here, after the container) tell which configurations it skipped.
+        report.configurations, report.configurations_skipped = ([], []) if opts.no_pp else preprocessed_and_skipped(
+            opts.configurations, read_plans(preprocessed_dataset / f"{opts.plans_name}.json"), f"{opts.plans_name}.json")
+        if report.configurations_skipped and tuple(opts.configurations) != DEFAULT_CONFIGURATIONS:
+            # the advice below must not name a -c the plans lack: the next run would refuse it
+            opts = opts.without_configurations([s["configuration"] for s in report.configurations_skipped])
         peak = wording.peak_clause(report.peak_anon_bytes, report.limit_bytes)
         if o is Outcome.OK:
-            report.message = wording.ok_message(dataset.name, opts.configurations, report.duration_s, opts.no_pp, peak)
+            report.message = wording.ok_message(dataset.name, report.configurations, report.duration_s, opts.no_pp,
+                                                peak, [s["configuration"] for s in report.configurations_skipped])
         elif o is Outcome.OOM:
             report.message = wording.oom_message(victims[0] if victims else None, phase, facts.configuration,
                                                  in_flight, exact) + peak

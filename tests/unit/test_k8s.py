@@ -326,6 +326,7 @@ def test_the_manifest_command_renders_the_same_jobs(capsys):
     ({"tmp_medium": "ssd"}, "--tmp-medium"),
     ({"parallelism": 0}, "--parallelism"),
     ({"opts": PreprocessOptions(dataset_id=501, no_pp=True)}, "--no_pp"),
+    ({"opts": PreprocessOptions(dataset_id=501, configurations=("nonsense",))}, "unknown configuration 'nonsense'"),
 ])
 def test_bad_requests_are_bad_input(changes, words):
     with pytest.raises(BadInputError) as raised:

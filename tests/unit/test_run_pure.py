@@ -417,6 +417,49 @@ def test_ok_run(tiny_raw, tmp_path):
     assert_report_json_matches(report)
 
 
+def plans_written(configurations: dict, no_pp: bool = False):
+    """A container that plans ``configurations`` (nnU-Net's planner writes nnUNetPlans.json) and ends ok."""
+    def on_wait(engine: FakeEngine) -> int:
+        (engine.preprocessed / "nnUNetPlans.json").write_text(json.dumps(
+            {"experiment_planner_used": "ExperimentPlanner", "configurations": configurations}))
+        engine.write_status(status(completed_configurations=[] if no_pp else list(configurations)))
+        return 0
+    return on_wait
+
+
+FULLRES_ONLY = {"2d": {"data_identifier": "nnUNetPlans_2d"},
+                "3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres", "patch_size": [24, 80, 80],
+                               "median_image_size_in_voxels": [24, 72, 72]}}
+
+
+def test_an_ok_run_lists_what_nnunet_skipped_from_the_plans_it_wrote(tiny_raw, tmp_path):
+    opts = PreprocessOptions(501, np=(1,), npfp=1)                  # nnU-Net's default -c: 2d 3d_fullres 3d_lowres
+    report, _ = run_fake(tiny_raw, tmp_path, FakeEngine(plans_written(FULLRES_ONLY)), opts=opts)
+    assert report.outcome is Outcome.OK
+    assert report.configurations == ["2d", "3d_fullres"]
+    assert [s["configuration"] for s in report.configurations_skipped] == ["3d_lowres"]
+    assert "24x80x80 holds 123 % of the median image 24x72x72" in report.configurations_skipped[0]["reason"]
+    assert f"{DATASET} preprocessed (2d 3d_fullres; 3d_lowres skipped: not in the plans)" in report.message
+    data = assert_report_json_matches(report)
+    assert data["configurations_skipped"] == report.configurations_skipped
+
+
+def test_the_ok_line_of_2d_images_lists_no_3d_configuration(tiny_raw, tmp_path):
+    opts = PreprocessOptions(501, np=(1,), npfp=1)
+    report, _ = run_fake(tiny_raw, tmp_path, FakeEngine(plans_written({"2d": {"data_identifier": "nnUNetPlans_2d"}})),
+                         opts=opts)
+    assert report.configurations == ["2d"]
+    assert report.message.startswith(f"{DATASET} preprocessed (2d; 3d_fullres 3d_lowres skipped")
+    assert all("2D" in s["reason"] for s in report.configurations_skipped)
+
+
+def test_a_no_pp_run_preprocessed_no_configuration(tiny_raw, tmp_path):
+    opts = PreprocessOptions(501, np=(1,), npfp=1, no_pp=True)
+    report, _ = run_fake(tiny_raw, tmp_path, FakeEngine(plans_written(FULLRES_ONLY, no_pp=True)), opts=opts)
+    assert report.outcome is Outcome.OK and report.configurations == [] and report.configurations_skipped == []
+    assert "--no_pp" in report.message
+
+
 def worker_oom_in_3d_fullres(engine: FakeEngine) -> int:
     pre = engine.preprocessed
     # completed phases wrote these during the run: they must survive
@@ -463,6 +506,20 @@ def test_worker_oom_run_reports_oom_recommends_fewer_workers_and_removes_half_wr
     assert engine.removed == [CID]
     data = assert_report_json_matches(report)
     assert data["outcome"] == "oom" and data["exit_code"] == 3
+
+
+def test_the_advice_after_an_oom_leaves_out_a_configuration_the_plans_lack(tiny_raw, tmp_path):
+    # -c 3d_fullres 3d_lowres on data whose plans (written during the run) have no 3d_lowres: the next
+    # command must not name 3d_lowres, which `nnrun preprocess` would now refuse
+    opts = PreprocessOptions(501, configurations=("3d_fullres", "3d_lowres"), np=(4, 6), npfp=1)
+    engine = FakeEngine(worker_oom_in_3d_fullres, engine_oom_killed=True)
+    report, settings = run_fake(tiny_raw, tmp_path, engine, opts=opts)
+    assert report.outcome is Outcome.OOM
+    assert report.configurations == ["3d_fullres"]
+    assert [s["configuration"] for s in report.configurations_skipped] == ["3d_lowres"]
+    expected = nnrun_argv(PreprocessOptions(501, configurations=("3d_fullres",), np=(2,), npfp=1), "1200m",
+                          settings.passthrough_argv)
+    assert report.recommendation_argv == expected and "3d_lowres" not in report.recommendation
 
 
 def test_worker_oom_in_fingerprint_with_one_worker_recommends_more_memory(tiny_raw, tmp_path):

@@ -717,6 +717,13 @@ def test_dry_run_prints_both_scripts_and_writes_nothing(slurm_env, capsys):
     assert not slurm_env["pre"].exists()
 
 
+def test_submit_refuses_a_configuration_nnunet_would_skip(slurm_env, capsys):
+    code, out, err = run(submit_args(slurm_env, "--dry-run", "-c", "nonsense"), capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert "bad_input: unknown configuration 'nonsense'" in err and "3d_fullres" in err
+    assert not slurm_env["pre"].exists()
+
+
 @pytest.mark.parametrize("installed", ["/opt/venv/bin/nnrun", None])
 def test_dry_run_scripts_follow_how_nnrun_is_installed(installed, slurm_env, capsys, monkeypatch):
     monkeypatch.delenv(PYTHON_ENV)

@@ -42,7 +42,7 @@ from runner.backends.k8s.names import (
 )
 from runner.backends.k8s.quantity import bytes_quantity
 from runner.errors import BadInputError, InfraError
-from runner.options import PreprocessOptions, nnunet_argv, validate
+from runner.options import PreprocessOptions, nnunet_argv, validate, validate_configurations
 from runner.run.contract import (
     CONTAINER_PREPROCESSED,
     CONTAINER_RAW,
@@ -166,6 +166,7 @@ def shard_options(opts: PreprocessOptions) -> PreprocessOptions:
 def validate_request(req: ManifestRequest) -> ManifestRequest:
     """Raise BadInputError, with a one-line message, for anything the Jobs could not run with."""
     validate(req.opts)
+    validate_configurations(req.opts, None)   # the plans are on the cluster's volume: the planner's names
     if req.opts.no_pp:
         raise BadInputError("--no_pp is what the plan Job runs; render it with --job plan")
     parse_mem(req.mem)
