@@ -33,6 +33,7 @@ from runner.run.contract import RUN_LABEL, build_spec, container_user, hand_over
 from runner.run.locks import acquire as acquire_locks
 from runner.run.locks import owner_info, scope_for_run
 from runner.run.manifest import attempt_summary, build_manifest, iso_time
+from runner.run.memory import need_after_oom, predicted_case_bytes
 from runner.run.monitor import CgroupMonitor, MonitorSummary
 from runner.run.outputs import cases_in_flight, incomplete_outputs, new_run_dir, remove_paths
 from runner.run.postmortem import facts_from_run_folder
@@ -106,19 +107,14 @@ class Preprocess:
         (its imports, or the fingerprint samples it gathers): a worker's case may still be worth a try.
         """
         from runner.estimate.baseline import default_cache_dir, measure_baseline
-        from runner.estimate.model import estimate, load_model
         from runner.run.admission import check_fits, resolve_workers
-        from runner.run.history import earlier_peaks
+        from runner.run.memory import run_estimate
 
         settings = self.settings
         self.sink.stage("estimating per-case memory from the image headers")
         try:
             baseline = measure_baseline(self.engine_factory, settings.image, default_cache_dir())
-            plans_path = preprocessed_dataset / f"{self.opts.plans_name}.json"
-            plans = json.loads(plans_path.read_text()) if plans_path.is_file() else None
-            est = estimate(dataset, plans, self.opts.configurations, mem_bytes, baseline, load_model(),
-                           cpus=os.cpu_count() or 1)
-            self.earlier_peaks = earlier_peaks(preprocessed_dataset, baseline.image_id, self.opts.plans_name)
+            est, self.earlier_peaks = run_estimate(dataset, preprocessed_dataset, self.opts, mem_bytes, baseline)
         except Exception as err:  # noqa: BLE001 - with pinned workers the estimate is advice only
             if not choose:
                 return         # the user's worker counts run as they are, with the old advice
@@ -155,7 +151,7 @@ class Preprocess:
         case_ids = sorted(c.case_id for c in dataset.cases)
 
         def weights() -> tuple[dict[str, int], str]:
-            predicted = self._predicted_case_bytes(dataset, preprocessed_dataset, mem_bytes)
+            predicted = predicted_case_bytes(dataset, preprocessed_dataset, self.opts, mem_bytes)
             if predicted:
                 return predicted, "predicted_memory"
             return header_weights({c.case_id: list(c.images) for c in dataset.cases}), "voxels"
@@ -178,23 +174,6 @@ class Preprocess:
         ending = self.full_dataset.file_ending
         mine = tuple(f"{c}{ending}{TMP_MARK}" for c in self.shard_cases)
         return [p for p in paths if p.name.startswith(mine)]
-
-    def _predicted_case_bytes(self, dataset: RawDataset, preprocessed_dataset: Path, mem_bytes: int) -> dict | None:
-        """Each case's largest predicted preprocessing peak over the configurations (None: no estimate)."""
-        from runner.estimate.model import Baseline, estimate, load_model
-        # The extra memory above the process baseline ranks the cases; the baseline itself is the same for all.
-        no_baseline = Baseline(main_bytes=0, worker_bytes=0, image_id="", measured=False)
-        try:
-            plans = json.loads((preprocessed_dataset / f"{self.opts.plans_name}.json").read_text())
-            est = estimate(dataset, plans, self.opts.configurations, mem_bytes, no_baseline, load_model(),
-                           cpus=os.cpu_count() or 1)
-        except (NnrunError, OSError, ValueError, KeyError, RuntimeError):
-            return None
-        out: dict[str, int] = {}
-        for row in est.per_case:
-            if row.get("phase") == "preprocessing":
-                out[row["case"]] = max(out.get(row["case"], 0), int(row.get("extra_bytes") or 0))
-        return out or None
 
     def _judge_crash_retry(self, report: RunReport) -> None:
         """After the crash rerun: the same case crashing again alone is data-dependent, anything else flaky."""
@@ -549,7 +528,8 @@ class Preprocess:
                                                  in_flight, exact) + peak
             if facts.interrupt_signal is not None:
                 report.message += wording.stopped_after_oom_clause(facts.interrupt_signal)
-            need = self._need_after_oom(phase, facts.configuration, records, victims, workers, report.limit_bytes)
+            need = need_after_oom(self.estimate, opts, self.fingerprint_needed, self.earlier_peaks, phase,
+                                  facts.configuration, records, victims, workers, report.limit_bytes)
             rec = recommend(verdict, phase, facts.configuration, opts, report.limit_bytes, host_mem, need,
                             fit_npfp=self.estimate.max_npfp if self.estimate else None,
                             fit_np=dict(self.estimate.max_np) if self.estimate else None)
@@ -586,33 +566,6 @@ class Preprocess:
         elif o is Outcome.INFRA:
             report.message = wording.infra_message(facts.container_exit_code, facts.start_error)
             report.phase = "startup"
-
-    def _need_after_oom(self, phase: str | None, configuration: str | None, records: list, victims: list,
-                        workers: int, limit_bytes: int):
-        """What the rest of the run needs with one worker (None: no estimate), from the estimate, the peaks
-        measured in this run and earlier ones, and what the kill proved: a process killed at the cap while
-        it ran alone (one worker, or the main process outside a pool) needed more than the cap."""
-        from runner.estimate.need import memory_needed
-        from runner.run.history import merge_peaks, peaks_from_events
-
-        if self.estimate is None:
-            return None
-        this_run = peaks_from_events([{"event": "case_end", "case": r.case, "phase": r.phase,
-                                       "configuration": r.configuration, "peak_rss_bytes": r.peak_rss_bytes}
-                                      for r in records if r.status == "done"])
-        configs = list(self.opts.configurations)
-        if phase == "preprocessing" and configuration in configs:
-            configs = configs[configs.index(configuration):]      # the configurations before it are done
-        fingerprint = phase in (None, "startup", "verify", "fingerprint") and self.fingerprint_needed
-        at_least: dict[str, int] = {}
-        first = victims[0] if victims else None
-        if first is not None and first.role == "main" and (workers <= 1 or phase not in ("verify", "fingerprint",
-                                                                                          "preprocessing")):
-            at_least["main"] = limit_bytes
-        elif first is not None and first.role == "worker" and first.case and workers <= 1:
-            at_least[first.case] = limit_bytes
-        return memory_needed(self.estimate, fingerprint=fingerprint, configurations=() if self.opts.no_pp else configs,
-                             measured=merge_peaks(self.earlier_peaks, this_run), at_least=at_least)
 
     @staticmethod
     def _output_disk_full(facts: RunFacts, log_path: Path, preprocessed_dataset: Path) -> bool:
