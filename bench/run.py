@@ -662,6 +662,55 @@ def bench_throughput(mixed: Path, large_at: list[int], work: Path, max_np: int, 
     return out
 
 
+ADVICE_MAX_RUNS = 4
+
+
+def _follow(ds: Path, pre: Path, mem: str, args: list[str]) -> dict:
+    """Run, then only ever the command in the report's recommendation_argv, until ok (at most
+    ADVICE_MAX_RUNS runs): how many runs a user who follows nnrun's advice needs."""
+    runs, argv = [], None
+    for _ in range(ADVICE_MAX_RUNS):
+        if argv is None:
+            r = nnrun(ds, pre, mem, ["--no-plot", *args])
+        else:
+            cmd = [sys.executable, "-m", "runner.cli", *argv[1:], "--json"]
+            r = timed(cmd)
+            try:
+                r["report"] = json.loads(r["stdout"].strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                r["report"] = None
+        rep = r.get("report") or {}
+        runs.append({"outcome": rep.get("outcome"), "wall_s": rnd(r.get("wall_s"), 1),
+                     "mem": (argv[argv.index("--mem") + 1] if argv and "--mem" in argv else mem)})
+        if rep.get("outcome") == "ok":
+            break
+        argv = rep.get("recommendation_argv")
+        if not argv:
+            break
+    ok = bool(runs) and runs[-1]["outcome"] == "ok"
+    return {"start": f"--mem {mem} {' '.join(args) or '(nnrun chooses)'}", "runs": runs,
+            "runs_to_ok": len(runs) if ok else None}
+
+
+def bench_advice(demo: Path, mixed: Path, work: Path, tiny: bool) -> dict:
+    """Runs to ok when following the advice, from tight caps with pinned and with automatic workers."""
+    starts = [(demo, "250m", ["-c", "3d_fullres"]),
+              (demo, "1200m", ["-c", "3d_fullres", "-np", "1", "-npfp", "1"]),
+              (mixed, "1g" if tiny else "1500m", ["-c", "3d_fullres", "-np", "2", "-npfp", "2"]),
+              (mixed, "900m", ["-c", "3d_fullres"])]
+    rows = []
+    for n, (ds, mem, args) in enumerate(starts):
+        row = _follow(ds, fresh(work / "advice" / f"start{n}"), mem, args)
+        row["dataset"] = ds.name
+        log(f"advice {ds.name} {row['start']}: " + " -> ".join(f"{r['outcome']} ({r['mem']})" for r in row["runs"]))
+        rows.append(row)
+    counts = [r["runs_to_ok"] for r in rows]
+    done = [c for c in counts if c is not None]
+    return {"starts": rows, "reached_ok": len(done), "of": len(rows),
+            "mean_runs_to_ok": rnd(sum(done) / len(done), 2) if done else None,
+            "max_runs_to_ok": max(done) if done and len(done) == len(counts) else None}
+
+
 def accuracy(pairs: list[tuple[Path, Path, dict]]) -> dict:
     """Estimate (header-only, plans present) vs the worker's measured per-case VmHWM."""
     rows = []
@@ -723,13 +772,14 @@ def fmt(v, unit="", nd=2):
 def table(res: dict) -> str:
     m, o, lat, t, a, c = (res.get(k) or {} for k in ("machine", "overhead", "latency", "throughput", "accuracy",
                                                   "monitor"))
+    adv = res.get("advice") or {}
     mode = "quick" + (" tiny" if res.get("tiny") else "") if res.get("quick") else "full"
     lines = [f"Machine: {m.get('cores')} cores, {m.get('mem_total_gib')} GiB, cgroup v{m.get('cgroup_version')} "
              f"({m.get('cgroup_driver')}), Docker {m.get('docker')}, kernel {m.get('kernel')}; {m.get('date')}; "
              f"mode: {mode}; benchmark took {fmt(res.get('duration_s'), ' s', 0)}", "",
              "| # | measure | value | target | met |", "|---|---|---|---|---|"]
 
-    skip = {n for n, sec in ((1, o), (2, lat), (3, t)) if not sec}   # sections not run (--only)
+    skip = {n for n, sec in ((1, o), (2, lat), (3, t), (7, adv)) if not sec}   # sections not run (--only)
 
     def row(n, what, val, target, met):
         if n in skip:
@@ -806,6 +856,10 @@ def table(res: dict) -> str:
         f"(median / max over {c.get('runs')} runs)",
         f"{fmt(c.get('median_cpu_percent_of_one_core'), ' %')} / {fmt(c.get('max_cpu_percent_of_one_core'), ' %')} "
         f"of one core", "—", None)
+    row(7, f"runs to ok when following the advice (recommendation_argv), over {adv.get('of')} tight starting "
+        f"points: mean / max (reached ok: {adv.get('reached_ok')} of {adv.get('of')})",
+        f"{fmt(adv.get('mean_runs_to_ok'))} / {adv.get('max_runs_to_ok')}", "max 2 (one more run)",
+        None if adv.get("max_runs_to_ok") is None and not adv else (adv.get("max_runs_to_ok") or 99) <= 2)
     return "\n".join(lines) + "\n"
 
 
@@ -852,7 +906,7 @@ def main(argv=None) -> int:
                     help="rounds of the throughput sweep, medians (default 3; quick and tiny 1)")
     ap.add_argument("--docs", type=Path, default=None,
                     help="markdown file to write the table to (default docs/benchmarks.md for a full run)")
-    ap.add_argument("--only", default="overhead,latency,throughput",
+    ap.add_argument("--only", default="overhead,latency,throughput,advice",
                     help="comma-separated sections to run (accuracy and monitor come from their runs)")
     ap.add_argument("--keep-work", action="store_true", help="keep the scratch folder")
     a = ap.parse_args(argv)
@@ -893,6 +947,9 @@ def main(argv=None) -> int:
             if trs:
                 acc_pairs.append((mixed, Path(res["throughput"]["_pre"]), trs[0]))
             res["throughput"].pop("_pre", None)
+        if "advice" in only:
+            log("advice: runs to ok following recommendation_argv from tight caps")
+            res["advice"] = bench_advice(demo, mixed, work, a.tiny)
         res["accuracy"] = accuracy(acc_pairs)
         res["monitor"] = monitor_cost(reports)
     finally:

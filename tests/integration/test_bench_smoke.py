@@ -25,7 +25,7 @@ def test_bench_quick_tiny(docker_ready, tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--tiny", "--out", str(out),
                            "--work", str(tmp_path / "work"), "--docs", str(tmp_path / "benchmarks.md")],
-                          capture_output=True, text=True, cwd=REPO, timeout=420,
+                          capture_output=True, text=True, cwd=REPO, timeout=900,
                           env={**os.environ, "NNRUN_IMAGE": docker_ready})
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = list(out.glob("*.json"))
@@ -65,6 +65,11 @@ def test_bench_quick_tiny(docker_ready, tmp_path):
 
     mon = res["monitor"]
     assert mon["runs"] > 0 and _num(mon["median_cpu_percent_of_one_core"])
+
+    adv = res["advice"]
+    assert adv["of"] == 4 and adv["reached_ok"] >= 3, adv
+    assert all(r["runs"] for r in adv["starts"]) and _num(adv["mean_runs_to_ok"])
+    assert "runs to ok when following the advice" in res["table_markdown"]
 
     assert "| # | measure |" in res["table_markdown"]
     assert (tmp_path / "benchmarks.md").read_text().startswith("# Benchmarks")
