@@ -15,6 +15,7 @@ from runner.cli.common import finish, one_dataset, report_for_error, result
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, Outcome, exit_code_for
 from runner.estimate.baseline import default_cache_dir, measure_baseline
+from runner.estimate.data import dataset_geometry_with_data
 from runner.estimate.model import Estimate, estimate, load_model
 from runner.options import DEFAULT_CONFIGURATIONS, PreprocessOptions, validate
 from runner.run.settings import DEFAULT_IMAGE
@@ -46,7 +47,8 @@ def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | N
         raise BadInputError(f"--mem {mem} is more than {where} ({format_bytes(info.mem_total_bytes)})",
                             hint=f"give --mem {format_mem_arg_at_most(info.mem_total_bytes)} or less")
     baseline = measure_baseline(lambda: engine, image, default_cache_dir())
-    return estimate(dataset, plans, opts.configurations, cap, baseline, load_model(), cpus=os.cpu_count() or 1)
+    return estimate(dataset, plans, opts.configurations, cap, baseline, load_model(), cpus=os.cpu_count() or 1,
+                    geoms=dataset_geometry_with_data(dataset))     # crop + foreground where the file check saw them
 
 
 def estimate_command(

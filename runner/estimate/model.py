@@ -56,7 +56,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from runner.dataset import RawDataset
@@ -103,10 +103,22 @@ class CaseGeometry:
     label_itemsize: int
     dataset_cases: int = 1
     is_2d: bool = False             # one slice (natural images): nnU-Net plans only 2d
+    # From the data (the pre-flight file check, :func:`with_data_stats`), None = unknown (headers only):
+    crop_shape: tuple[int, ...] | None = None     # nonzero bounding box of all channels (x, y, z)
+    foreground_fraction: float | None = None      # label > 0 voxels / crop_shape voxels
 
     @property
     def voxels(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def cropped_shape(self) -> tuple[int, ...]:
+        """The shape nnU-Net resamples: the nonzero bounding box when known, else the whole image."""
+        return tuple(self.crop_shape) if self.crop_shape is not None else tuple(self.shape)
+
+    @property
+    def cropped_voxels(self) -> int:
+        return math.prod(self.cropped_shape)
 
 
 def _as3(values, fill) -> tuple:
@@ -133,6 +145,26 @@ def dataset_geometry(dataset: RawDataset) -> list[CaseGeometry]:
     return geoms
 
 
+def with_data_stats(geoms: Sequence[CaseGeometry],
+                    stats: dict[str, tuple[Sequence[int], float]]) -> list[CaseGeometry]:
+    """The geometries with what the data says: ``stats`` is ``{case_id: (crop shape x, y, z, foreground fraction)}``.
+
+    (``runner.formats.check_cache.case_data_stats`` reads it from the
+    pre-flight file check's record.)  Cases missing from ``stats``, or whose
+    crop shape does not fit in the image, stay header-only.
+    """
+    out = []
+    for g in geoms:
+        got = stats.get(g.case_id)
+        if got is not None:
+            crop, fg = got
+            crop = tuple(int(n) for n in _as3(crop, 1))
+            if all(1 <= c <= n for c, n in zip(crop, g.shape)) and 0.0 <= float(fg) <= 1.0:
+                g = replace(g, crop_shape=crop, foreground_fraction=float(fg))
+        out.append(g)
+    return out
+
+
 # --------------------------------------------------------------------------- target spacing
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -149,11 +181,11 @@ def _percentile(values: Sequence[float], q: float) -> float:
 def rule_target_spacing_zyx(geoms: Sequence[CaseGeometry]) -> list[float]:
     """``ExperimentPlanner.determine_fullres_target_spacing`` in nnU-Net's (z, y, x) order.
 
-    nnU-Net uses the shapes after cropping to the non-zero region; headers give
-    the uncropped shapes (the same for data without a zero background).
+    nnU-Net uses the shapes after cropping to the non-zero region: the crop
+    shapes when the data gave them, else the headers' (uncropped) shapes.
     """
     spacings = [list(reversed(g.spacing)) for g in geoms]
-    sizes = [list(reversed(g.shape)) for g in geoms]
+    sizes = [list(reversed(g.cropped_shape)) for g in geoms]
     target = [_percentile([s[a] for s in spacings], 50) for a in range(3)]
     target_size = [_percentile([s[a] for s in sizes], 50) for a in range(3)]
     worst = max(range(3), key=lambda a: (target[a], -a))        # np.argmax: first maximum
@@ -243,19 +275,43 @@ def _separate_z_axis(spacing, target) -> int | None:
     return None
 
 
+def _foreground_fraction(geom: CaseGeometry, model: dict) -> float:
+    """The measured fraction of labelled voxels in the crop, else the model's assumed one."""
+    if geom.foreground_fraction is not None:
+        return float(geom.foreground_fraction)
+    return float(model.get("foreground_fraction", DEFAULT_MODEL["foreground_fraction"]))
+
+
+# _sample_foreground_locations (nnU-Net 2.8.1), per labelled output voxel: np.argwhere's int64 coordinates (32),
+# the selected labels (4), argsort's order (8), the sorted labels (4) and coordinates (32), and
+# RandomState.choice(total, replace=False)'s permutation (8).
+FOREGROUND_BYTES_PER_VOXEL = 88
+
+
 def stage_bytes(geom: CaseGeometry, phase: str, target_spacing=None, model: dict | None = None) -> dict:
-    """Analytic bytes per stage: ``{stage: (in_bytes, ws_bytes)}`` (before the fitted coefficients)."""
+    """Analytic bytes per stage: ``{stage: (in_bytes, ws_bytes)}`` (before the fitted coefficients).
+
+    ``n`` is the image's voxel count (what the reader allocates and what stays
+    referenced); ``nc`` that of the crop to the nonzero region (``geom.crop_shape``;
+    the image itself when unknown), which is what nnU-Net normalises, converts to
+    float64 and resamples, and whose labelled voxels it samples.
+    """
     model = model or DEFAULT_MODEL
     n = geom.voxels
+    nc = geom.cropped_voxels
+    crop = geom.cropped_shape
     c = geom.channels
     isz = geom.image_itemsize
     lsz = geom.label_itemsize
+    fg = _foreground_fraction(geom, model)
     # reading: float32 stack of all channels + the native arrays (and the last SimpleITK image)
     read = c * n * isz + n * isz + 4 * c * n
     if phase == "fingerprint":
         ns = int(FINGERPRINT_TOTAL_SAMPLES // max(1, geom.dataset_cases))
         held = 4 * n * (c + 1)                      # float32 images + float32 seg
-        masks = 5 * n + c * n                       # crop + isnan + foreground boolean masks
+        # nonzero mask + hole filling (image), then on the crop: isnan, foreground and crop masks;
+        # the foreground voxels of one channel and np.percentile's copy of them
+        masks = 2 * n + 3 * nc + c * nc + int(8 * fg * nc)
         return {
             "read": (read + 2 * n * lsz, 0),
             "sampling": (held + masks, 4 * ns * (c + 2)),      # int64 indices + float32 samples, last channel
@@ -265,16 +321,16 @@ def stage_bytes(geom: CaseGeometry, phase: str, target_spacing=None, model: dict
         raise ValueError(f"unknown phase {phase!r}: expected one of {PHASES}")
     if target_spacing is None:
         raise ValueError("preprocessing needs a target spacing")
-    new = _new_shape(geom.shape, geom.spacing, target_spacing)
+    new = _new_shape(crop, geom.spacing, target_spacing)
     n_out = math.prod(new)
     held = 8 * n * (c + 1)                          # reader arrays + run_case_npy copies (data and seg)
     stages = {"read": (read + 4 * n * c, 0), "crop": (held + 3 * n, 0)}
-    resampled = tuple(new) != tuple(geom.shape)
+    resampled = tuple(new) != tuple(crop)
     if resampled:
         axis = _separate_z_axis(geom.spacing, target_spacing)
         if axis is not None:
-            n_mid = n_out // max(1, new[axis]) * geom.shape[axis]
-            z_changes = new[axis] != geom.shape[axis]
+            n_mid = n_out // max(1, new[axis]) * crop[axis]
+            z_changes = new[axis] != crop[axis]
             # np.mgrid (int64) -> 3 float64 coordinate arrays -> np.array(coord_map) -> map_coordinates float64 output;
             # from the 2nd channel on, the previous channel's coord_map is still referenced while the next is built.
             z_pass_data = (56 if c == 1 else 72) * n_out if z_changes else 0
@@ -284,13 +340,14 @@ def stage_bytes(geom: CaseGeometry, phase: str, target_spacing=None, model: dict
         else:
             # scipy.ndimage.zoom(order=3, mode='nearest') pads the float64 input by 12 voxels per side and
             # spline-filters the padded copy (two float64 arrays), then writes a float64 output
-            n_pad = math.prod(s + 24 for s in geom.shape)
+            n_pad = math.prod(s + 24 for s in crop)
             ws_data = 16 * n_pad + 8 * n_out + 4 * c * n_out
-            ws_seg = 9 * n + 13 * n_out + 4 * c * n_out           # one-hot mask (bool + float64), output, compare
-        stages["resample_data"] = (held + 8 * c * n, ws_data)
-        stages["resample_seg"] = (4 * c * n + 8 * n + 8 * n, ws_seg)
-    fg = float(model.get("foreground_fraction", DEFAULT_MODEL["foreground_fraction"]))
-    stages["foreground"] = (4 * c * n + 4 * n, 4 * c * n_out + 4 * n_out + n_out + int(64 * fg * n_out))
+            ws_seg = 9 * nc + 13 * n_out + 4 * c * n_out           # one-hot mask (bool + float64), output, compare
+        # the float64 copy of the cropped data (resp. segmentation) next to what is still held
+        stages["resample_data"] = (held + 8 * c * nc, ws_data)
+        stages["resample_seg"] = (4 * c * n + 8 * n + 8 * nc, ws_seg)
+    stages["foreground"] = (4 * c * n + 4 * n, 4 * c * n_out + 4 * n_out + n_out
+                            + int(FOREGROUND_BYTES_PER_VOXEL * fg * n_out))
     stages["save"] = (4 * c * n + 4 * n, 4 * c * n_out + 4 * n_out + 3 * n_out)
     return stages
 
@@ -412,6 +469,11 @@ def estimate(dataset: RawDataset, plans: dict | None, configurations: Iterable[s
     est = Estimate(cap_bytes=int(cap_bytes), margin=margin, baseline=baseline, cpus=int(cpus))
     if not baseline.measured:
         est.notes.append("the worker baseline is a default, not measured in this image")
+    from_data = sum(1 for g in geoms if g.crop_shape is not None)
+    if geoms and from_data < len(geoms):
+        est.notes.append(f"crop to the nonzero region and foreground fraction from the data for {from_data} of "
+                         f"{len(geoms)} cases; the others from the headers only (no crop, an assumed foreground "
+                         "fraction): NIfTI files the pre-flight file check has read in their current version")
 
     def add(phase: str, configuration: str | None, spacing) -> list[int]:
         peaks = []

@@ -96,6 +96,7 @@ class Preprocess:
     def _choose_workers(self, dataset: RawDataset, preprocessed_dataset: Path, mem_bytes: int, info) -> None:
         """Estimate per-case peaks (headers only) and let nnrun pick the worker counts / admission plan."""
         from runner.estimate.baseline import default_cache_dir, measure_baseline
+        from runner.estimate.data import dataset_geometry_with_data      # crop + foreground from the file check
         from runner.estimate.model import estimate, load_model
         from runner.run.admission import check_fits, resolve_workers
 
@@ -106,7 +107,7 @@ class Preprocess:
             plans_path = preprocessed_dataset / f"{self.opts.plans_name}.json"
             plans = json.loads(plans_path.read_text()) if plans_path.is_file() else None
             est = estimate(dataset, plans, self.opts.configurations, mem_bytes, baseline, load_model(),
-                           cpus=os.cpu_count() or 1)
+                           cpus=os.cpu_count() or 1, geoms=dataset_geometry_with_data(dataset))
         except (NnrunError, OSError, ValueError, KeyError, RuntimeError) as err:
             # No estimate (e.g. the baseline probe failed): nnU-Net's own defaults.
             self.schedule_note = f"no estimate ({err}); using nnU-Net's fixed worker counts"
@@ -157,13 +158,14 @@ class Preprocess:
 
     def _predicted_case_bytes(self, dataset: RawDataset, preprocessed_dataset: Path, mem_bytes: int) -> dict | None:
         """Each case's largest predicted preprocessing peak over the configurations (None: no estimate)."""
+        from runner.estimate.data import dataset_geometry_with_data
         from runner.estimate.model import Baseline, estimate, load_model
         # The extra memory above the process baseline ranks the cases; the baseline itself is the same for all.
         no_baseline = Baseline(main_bytes=0, worker_bytes=0, image_id="", measured=False)
         try:
             plans = json.loads((preprocessed_dataset / f"{self.opts.plans_name}.json").read_text())
             est = estimate(dataset, plans, self.opts.configurations, mem_bytes, no_baseline, load_model(),
-                           cpus=os.cpu_count() or 1)
+                           cpus=os.cpu_count() or 1, geoms=dataset_geometry_with_data(dataset))
         except (NnrunError, OSError, ValueError, KeyError, RuntimeError):
             return None
         out: dict[str, int] = {}
