@@ -23,7 +23,7 @@ from runner.units import format_bytes, format_mem_arg_at_most, parse_mem
 
 
 def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | None, raw: str | None,
-                 preprocessed: str | None, image: str, engine_factory=None) -> Estimate:
+                 preprocessed: str | None, image: str, engine_factory=None, use_data: bool = True) -> Estimate:
     if engine_factory is None:
         from runner.engines.docker import DockerEngine as engine_factory
 
@@ -48,7 +48,7 @@ def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | N
                             hint=f"give --mem {format_mem_arg_at_most(info.mem_total_bytes)} or less")
     baseline = measure_baseline(lambda: engine, image, default_cache_dir())
     return estimate(dataset, plans, opts.configurations, cap, baseline, load_model(), cpus=os.cpu_count() or 1,
-                    geoms=dataset_geometry_with_data(dataset))     # crop + foreground where the file check saw them
+                    geoms=dataset_geometry_with_data(dataset) if use_data else None)   # crop + foreground from the check
 
 
 def estimate_command(

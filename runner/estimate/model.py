@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -146,7 +146,7 @@ def dataset_geometry(dataset: RawDataset) -> list[CaseGeometry]:
 
 
 def with_data_stats(geoms: Sequence[CaseGeometry],
-                    stats: dict[str, tuple[Sequence[int], float]]) -> list[CaseGeometry]:
+                    stats: Mapping[str, tuple[Sequence[int], float]]) -> list[CaseGeometry]:
     """The geometries with what the data says: ``stats`` is ``{case_id: (crop shape x, y, z, foreground fraction)}``.
 
     (``runner.formats.check_cache.case_data_stats`` reads it from the

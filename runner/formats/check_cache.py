@@ -82,7 +82,8 @@ def check_files_once(paths: Iterable, workers: int = 2, progress: Callable[[int,
     record = cache_file(paths, cache_dir or default_cache_dir())
     known = _load(record)
     keys = {str(p.resolve()): _key(p) for p in paths}
-    todo = [p for p in paths if keys[str(p.resolve())] is None or _recorded_key(known, str(p.resolve())) != keys[str(p.resolve())]]
+    todo = [p for p in paths
+            if keys[str(p.resolve())] is None or _recorded_key(known, str(p.resolve())) != keys[str(p.resolve())]]
     skipped = len(paths) - len(todo)
 
     def shifted(done: int, total: int) -> None:

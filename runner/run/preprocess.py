@@ -96,7 +96,7 @@ class Preprocess:
     def _choose_workers(self, dataset: RawDataset, preprocessed_dataset: Path, mem_bytes: int, info) -> None:
         """Estimate per-case peaks (headers only) and let nnrun pick the worker counts / admission plan."""
         from runner.estimate.baseline import default_cache_dir, measure_baseline
-        from runner.estimate.data import dataset_geometry_with_data      # crop + foreground from the file check
+        from runner.estimate.data import dataset_geometry_with_data  # crop + foreground from the file check
         from runner.estimate.model import estimate, load_model
         from runner.run.admission import check_fits, resolve_workers
 
