@@ -1,9 +1,11 @@
-"""Predict the peak memory of nnU-Net preprocessing, per case and phase, from image headers only.
+"""Predict the peak memory of nnU-Net preprocessing, per case and phase, from image headers and what the data says.
 
 ``nnrun estimate`` answers "how many workers fit under this cap?" before any
 run: it reads each case's headers with the reader nnU-Net picks for the
 dataset, whatever the format (``runner.formats.headers``: shape, spacing, data
-type, channel count; no voxel data), derives the target spacing of each configuration (from
+type, channel count; no voxel data), adds, where nnrun's pre-flight file check
+has read the voxels (NIfTI), each case's crop to the nonzero region and its
+foreground fraction (:func:`with_data_stats`), derives the target spacing of each configuration (from
 ``nnUNetPlans.json`` when it exists, else nnU-Net's planner rule), and predicts
 each worker's peak RSS per case:
 
@@ -29,8 +31,16 @@ The model is physically motivated, following what nnU-Net 2.8.1 allocates
   (``8 N_mid``) and then along z with ``map_coordinates`` over a float64
   coordinate grid (``~56 N_out``); the segmentation is resampled the same way
   after the data (one-hot order-1 masks when not separate-z); foreground
-  sampling uses ``np.argwhere`` (int64, ``~64`` bytes per labelled output
-  voxel: an assumed foreground fraction, since labels are not read).
+  sampling uses ``np.argwhere`` and sorts the coordinates (int64, ``~88``
+  bytes per labelled output voxel).
+
+nnU-Net crops every case to the bounding box of "any channel is nonzero"
+before anything else (``crop_to_nonzero``; the fingerprint too): the reader's
+arrays and their copies have the image's size (``n``), but normalisation,
+the float64 resampling copies, the resampled output and the foreground
+sampling have the crop's size (``nc``, and ``n_out`` from the crop's shape).
+For skull-stripped or masked MRI with wide zero margins the crop can be a
+third of the image; CT (air -1000) is never cropped.
 
 For every stage the held + transient bytes are computed; the stage with the
 largest total is the predicted peak stage, and its two parts (bytes
@@ -41,9 +51,17 @@ coefficients fitted by least squares on real runs
 
     extra = c0 + c_in * in_bytes + c_ws * ws_bytes
 
-Assumptions that headers cannot check: no cropping (nnU-Net crops to the
-non-zero region; cropping only lowers memory), the foreground fraction
-(``model["foreground_fraction"]``), and the target spacing rule applied to the
+The crop shape and the foreground fraction (label > 0 voxels over the crop's
+voxels) come from the data: the pre-flight file check computes each file's
+nonzero bounding box and count while it streams the voxels and caches them
+per file version (``runner.formats.check_cache.case_data_stats``; the union
+of the channels' boxes is the crop; nnU-Net's hole filling never changes a
+box).  This module only receives them (:func:`with_data_stats`, called by
+:mod:`runner.estimate.data`): it stays pure.  Where they are unknown (a format
+without a voxel scan, files not checked in their current version,
+``--skip-file-check`` on a first run) the estimate is the header-only one: no
+cropping (cropping only lowers memory) and the assumed foreground fraction
+``model["foreground_fraction"]``; the target spacing rule then runs on the
 uncropped shapes.  ``3d_lowres`` is predicted from its planned spacing when the
 plans exist; without plans it falls back to the ``3d_fullres`` spacing
 (conservative: the low-res spacing is coarser) and says so in ``notes``.
