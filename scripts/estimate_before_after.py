@@ -10,7 +10,7 @@ an older commit unpacked with ``git archive COMMIT runner | tar -x -C DIR``);
 check (needs a checkout that has ``runner.estimate.data``).  Reads the cached
 runs in ``WORKDIR/results/*.json`` (nothing is run) and the baseline measured
 for them; prints one JSON object: per split, phase/configuration and group
-(all datasets; head phantoms only) the number of cases, the median and
+(all datasets; head phantoms only; each dataset) the number of cases, the median and
 maximum absolute relative error of the predicted peak, the largest under- and
 over-estimate and the worst case.
 """
@@ -62,7 +62,7 @@ def main() -> int:
             err = peak / int(c["peak_rss_bytes"]) - 1.0
             label = phase if phase == "fingerprint" else f"preprocessing {cfg}"
             who = f"Dataset{rec['dataset_id']} {c['case']}"
-            for group in (["all", "head phantoms"] if head else ["all"]):
+            for group in (["all", "head phantoms"] if head else ["all"]) + [f"Dataset{rec['dataset_id']}"]:
                 rows.setdefault((rec["role"], label, group), []).append((err, who))
     out: dict = {}
     for (role, label, group), errs in sorted(rows.items()):
