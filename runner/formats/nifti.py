@@ -482,7 +482,7 @@ def _check_complete(path, scan: NonzeroScan | None, header: ImageHeader | None =
                     f.seek(header.vox_offset)
                     left = header.data_bytes
                     while left > 0:
-                        piece = f.read(min(_MAX_OUT_CHUNK, left))
+                        piece = f.read(min(_READ_CHUNK, left))
                         if not piece:
                             break
                         left -= len(piece)

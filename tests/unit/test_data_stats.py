@@ -44,6 +44,7 @@ def blob(shape, dtype, box, seed=0) -> np.ndarray:
 def test_bbox_and_count_match_numpy_whatever_the_chunking(tmp_path, monkeypatch, name, dtype):
     # chunks of 1000 bytes: rows straddle chunk boundaries, the header ends mid-chunk
     monkeypatch.setattr(nifti, "_MAX_OUT_CHUNK", 1000)
+    monkeypatch.setattr(nifti, "_READ_CHUNK", 1000)
     a = blob((37, 29, 17), dtype, [(5, 20), (3, 27), (2, 9)])
     path = tmp_path / name
     write_nifti(path, a, (1.0, 1.0, 2.0))
