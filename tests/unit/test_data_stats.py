@@ -235,3 +235,14 @@ def test_with_data_stats_merges_known_cases_only():
     assert merged[0].crop_shape == (100, 120, 90) and merged[0].foreground_fraction == 0.2
     assert merged[1].crop_shape is None                     # a crop larger than the image: ignored
     assert with_data_stats([a], {}) == [a]
+
+
+def test_the_planner_rule_uses_the_crop_shapes():
+    """nnU-Net's anisotropy test compares the cropped sizes: a thick-slice case whose zero margins are cropped
+    in plane is no longer 'many voxels in plane', so the low-resolution axis keeps the median spacing."""
+    from runner.estimate.model import rule_target_spacing_zyx
+    spacing = [(0.5, 0.5, 4.0), (0.5, 0.5, 3.0), (0.5, 0.5, 5.0)]
+    full = [CaseGeometry(f"c{i}", (400, 400, 100), s, 1, 2, 1) for i, s in enumerate(spacing)]
+    assert rule_target_spacing_zyx(full)[0] == pytest.approx(3.2)          # 10th percentile: aniso voxels too
+    cropped = with_data_stats(full, {g.case_id: ((200, 200, 100), 0.1) for g in full})
+    assert rule_target_spacing_zyx(cropped)[0] == pytest.approx(4.0)       # median: 100 * 3 >= 200
