@@ -165,6 +165,9 @@ def case_data_stats(dataset, cache_dir: Path | None = None) -> dict[str, tuple[t
     """
     files = [Path(f) for f in dataset.all_files()]
     stats = cached_stats(files, cache_dir)
+    # With an ignore label nnU-Net samples locations of every label incl. background (and -1): all voxels.
+    labels = (getattr(dataset, "dataset_json", None) or {}).get("labels") or {}
+    every_voxel = isinstance(labels, dict) and "ignore" in labels
     out: dict[str, tuple[tuple[int, ...], float]] = {}
     for case in dataset.cases:
         if case.label is None:
@@ -172,5 +175,5 @@ def case_data_stats(dataset, cache_dir: Path | None = None) -> dict[str, tuple[t
         imgs = [stats.get(str(Path(p))) for p in case.images]
         got = combine_case_stats(imgs, stats.get(str(Path(case.label))))
         if got is not None:
-            out[case.case_id] = got
+            out[case.case_id] = (got[0], 1.0) if every_voxel else got
     return out

@@ -246,3 +246,15 @@ def test_the_planner_rule_uses_the_crop_shapes():
     assert rule_target_spacing_zyx(full)[0] == pytest.approx(3.2)          # 10th percentile: aniso voxels too
     cropped = with_data_stats(full, {g.case_id: ((200, 200, 100), 0.1) for g in full})
     assert rule_target_spacing_zyx(cropped)[0] == pytest.approx(4.0)       # median: 100 * 3 >= 200
+
+
+def test_with_an_ignore_label_every_voxel_of_the_crop_is_sampled(tmp_path):
+    ds = make_raw(tmp_path)
+    dj_path = tmp_path / "raw" / "Dataset601_Crop" / "dataset.json"
+    dj = json.loads(dj_path.read_text())
+    dj["labels"]["ignore"] = 2
+    dj_path.write_text(json.dumps(dj))
+    ds = load_raw_dataset(tmp_path / "raw", 601)
+    cache = tmp_path / "cache"
+    check_files_once(ds.all_files(), cache_dir=cache)
+    assert case_data_stats(ds, cache)["case000"] == ((25, 20, 10), 1.0)
