@@ -889,7 +889,7 @@ DOC_NOTES = """
   run one after the other.  On this dataset the two large cases are ~80 % of the work and cannot
   share the cap, so the 1.3x target for the memory schedule is above the ceiling.
 - OOM kills are counted from the kernel log for the run's own container only.
-"""
+""" + (Path(__file__).resolve().parent / "estimate_error.md").read_text()
 
 
 # --------------------------------------------------------------------------- main

@@ -93,27 +93,84 @@ DATASETS: dict[int, tuple[str, int, list[CaseSpec], str]] = {
 }
 
 
+# Realistic anatomy (scripts/head_phantoms.py): MRI-like heads with wide exact-zero margins (nnU-Net crops
+# them away), a CT-like variant (air -1000: no crop), 1 and 2 channels, isotropic 0.8-1.5 mm and
+# 0.6 x 0.6 x 2 mm anisotropic, labels from a whole brain (~25 % of the crop) to a small lesion (~0.1 %).
+# id -> (name, kind, channels, cases, role)
+def _h(shape, spacing, labels):
+    from head_phantoms import HeadSpec
+    return HeadSpec(tuple(shape), tuple(float(s) for s in spacing), labels)
+
+
+HEAD_DATASETS: dict[int, tuple[str, str, int, list, str]] = {
+    # --- calibration -------------------------------------------------------
+    730: ("CalHeadIso", "mri", 1, [_h((192, 224, 180), (1.0, 1.0, 1.0), "brain"),
+                                  _h((160, 192, 144), (1.2, 1.2, 1.2), "structure"),
+                                  _h((256, 256, 180), (0.9, 0.9, 0.9), "lesion")], "calibration"),
+    731: ("CalHeadAniso2ch", "mri", 2, [_h((288, 352, 80), (0.6, 0.6, 2.0), "structure"),
+                                        _h((256, 320, 72), (0.7, 0.7, 2.0), "brain"),
+                                        _h((288, 352, 64), (0.6, 0.6, 2.5), "lesion"),
+                                        _h((256, 320, 96), (0.65, 0.65, 1.8), "brain")], "calibration"),
+    732: ("CalHeadCT", "ct", 1, [_h((256, 256, 120), (0.8, 0.8, 1.5), "brain"),
+                                 _h((224, 224, 100), (0.9, 0.9, 2.0), "lesion"),
+                                 _h((240, 240, 140), (0.8, 0.8, 1.25), "structure")], "calibration"),
+    # --- evaluation --------------------------------------------------------
+    740: ("EvHeadIso", "mri", 1, [_h((256, 256, 180), (0.8, 0.8, 0.8), "brain"),
+                                  _h((256, 256, 180), (1.0, 1.0, 1.0), "lesion"),
+                                  _h((256, 256, 180), (1.2, 1.2, 1.2), "structure"),
+                                  _h((256, 256, 180), (1.5, 1.5, 1.5), "brain")], "evaluation"),
+    741: ("EvHeadAniso", "mri", 1, [_h((384, 384, 90), (0.6, 0.6, 2.0), "brain"),
+                                    _h((320, 320, 80), (0.6, 0.6, 2.0), "structure"),
+                                    _h((352, 352, 72), (0.6, 0.6, 2.5), "lesion")], "evaluation"),
+    742: ("EvHead2chAniso", "mri", 2, [_h((256, 320, 72), (0.6, 0.6, 2.0), "brain"),
+                                       _h((288, 320, 64), (0.6, 0.6, 2.5), "structure"),
+                                       _h((256, 288, 80), (0.7, 0.7, 2.0), "lesion"),
+                                       _h((320, 320, 60), (0.6, 0.6, 2.5), "brain"),
+                                       _h((240, 288, 90), (0.65, 0.65, 1.8), "structure")], "evaluation"),
+    743: ("EvHeadCT", "ct", 1, [_h((256, 256, 140), (0.9, 0.9, 1.25), "structure"),
+                                _h((288, 288, 100), (0.75, 0.75, 2.0), "brain"),
+                                _h((224, 224, 160), (1.0, 1.0, 1.0), "lesion")], "evaluation"),
+}
+
+
+def _describe(did: int) -> tuple[str, int, list, str, str]:
+    """(name, channels, cases, role, kind) of a dataset of either table."""
+    if did in HEAD_DATASETS:
+        name, kind, channels, cases, role = HEAD_DATASETS[did]
+        return name, channels, cases, role, kind
+    name, channels, cases, role = DATASETS[did]
+    return name, channels, cases, role, "demo"
+
+
 def log(msg: str) -> None:
     print(f"[calibrate {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- real runs
 
-def run_dataset(did: int, workdir: Path, image: str | None, force: bool = False) -> dict:
+def run_dataset(did: int, workdir: Path, image: str | None, force: bool = False,
+                configurations: tuple[str, ...] = ("3d_fullres",)) -> dict:
     """Run nnrun on one dataset (cached in workdir/results/<id>.json); return the measurement record."""
-    name, channels, cases, role = DATASETS[did]
+    name, channels, cases, role, kind = _describe(did)
     raw, pre = workdir / "raw", workdir / "preprocessed"
     out = workdir / "results" / f"{did}.json"
     if out.is_file() and not force:
-        return json.loads(out.read_text())
+        cached = json.loads(out.read_text())
+        if tuple(cached.get("configurations") or ("3d_fullres",)) == tuple(configurations):
+            return cached
     out.parent.mkdir(parents=True, exist_ok=True)
     pre.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    folder = make_dataset(raw, did, name, cases, channels=channels, seed=did)
+    if kind == "demo":
+        folder = make_dataset(raw, did, name, cases, channels=channels, seed=did)
+    else:
+        from head_phantoms import make_head_dataset
+        folder = make_head_dataset(raw, did, name, cases, kind=kind, channels=channels, seed=did)
     gen_s = time.time() - t0
-    env = {**os.environ, "NNRUN_TEST_ID": TEST_ID, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre)}
+    env = {**os.environ, "NNRUN_TEST_ID": TEST_ID, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre),
+           "PYTHONPATH": str(REPO)}
     argv = [sys.executable, "-m", "runner.cli", "preprocess", "-d", str(did), "--mem", MEM,
-            "-np", "1", "-npfp", "1", "-c", "3d_fullres", "--json", "--quiet", "--no-plot", "--clean"]
+            "-np", "1", "-npfp", "1", "-c", *configurations, "--json", "--quiet", "--no-plot", "--clean"]
     if image:
         argv += ["--image", image]
     t1 = time.time()
@@ -128,7 +185,8 @@ def run_dataset(did: int, workdir: Path, image: str | None, force: bool = False)
     run_dir = Path(report["run_dir"])
     plans_path = pre / folder.name / "nnUNetPlans.json"
     record = {
-        "dataset_id": did, "name": folder.name, "role": role, "channels": channels,
+        "dataset_id": did, "name": folder.name, "role": role, "channels": channels, "kind": kind,
+        "configurations": list(configurations),
         "raw_path": str(folder),
         "cases": report["cases"],
         "main_fingerprint_peak_rss_bytes": _main_fingerprint_peak(run_dir),
@@ -172,25 +230,39 @@ def main(argv=None) -> int:
     ap.add_argument("--collect-only", action="store_true", help="only run the datasets")
     ap.add_argument("--force", action="store_true", help="re-run datasets even when cached")
     ap.add_argument("--only", type=int, nargs="*", help="dataset ids to run (default: all)")
+    ap.add_argument("--configs", nargs="+", default=["3d_fullres"],
+                    help="configurations to preprocess (default 3d_fullres; e.g. 2d 3d_fullres)")
+    ap.add_argument("--headers-only", action="store_true",
+                    help="ignore the crop and foreground fraction from the data (the estimate before issue 13)")
+    ap.add_argument("--evaluate", type=Path, metavar="MODEL_JSON",
+                    help="do not fit: print the errors of this model file on the measurements")
     ap.add_argument("--output", type=Path, default=REPO / "runner" / "estimate" / "estimate_model.json")
     args = ap.parse_args(argv)
     started = time.time()
-    ids = args.only or sorted(DATASETS)
+    ids = args.only or sorted([*DATASETS, *HEAD_DATASETS])
     records = []
     for did in ids:
         cached = (args.workdir / "results" / f"{did}.json").is_file()
         if args.refit and not cached:
             raise SystemExit(f"--refit: no cached measurement for dataset {did} in {args.workdir}")
-        log(f"dataset {did} {DATASETS[did][0]} ({DATASETS[did][3]}): {'cached' if cached and not args.force else 'running'}")
-        rec = run_dataset(did, args.workdir, args.image, force=args.force)
+        name, _, _, role, _ = _describe(did)
+        log(f"dataset {did} {name} ({role}): {'cached' if cached and not args.force else 'running'}")
+        if args.refit or args.evaluate:
+            rec = json.loads((args.workdir / "results" / f"{did}.json").read_text())
+        else:
+            rec = run_dataset(did, args.workdir, args.image, force=args.force, configurations=tuple(args.configs))
         log(f"  done: {len(rec['cases'])} case records, run {rec['run_duration_s']} s")
         records.append(rec)
     if args.collect_only:
         log(f"collected in {time.time() - started:.0f} s")
         return 0
-    from runner.estimate.calibrate import fit_model
+    from runner.estimate.calibrate import evaluate_model, fit_model
     baseline = _baseline(args)
-    model = fit_model(records, baseline)
+    if args.evaluate:
+        model = json.loads(args.evaluate.read_text())
+        print(json.dumps(evaluate_model(records, baseline, model, use_data=not args.headers_only), indent=1))
+        return 0
+    model = fit_model(records, baseline, use_data=not args.headers_only)
     model["provenance"] = _provenance(records, baseline, started, args)
     args.output.write_text(json.dumps(model, indent=1) + "\n")
     log(f"wrote {args.output}")
@@ -225,12 +297,15 @@ def _provenance(records, baseline, started, args) -> dict:
         "machine": {"hostname": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
                     "mem_total_bytes": mem_total, "python": platform.python_version(), "numpy": numpy_version},
         "image_id": baseline.image_id,
-        "command": "nnrun preprocess -d ID --mem 8g -np 1 -npfp 1 -c 3d_fullres --json (one dataset at a time)",
+        "command": f"nnrun preprocess -d ID --mem 8g -np 1 -npfp 1 -c {' '.join(args.configs)} --json "
+                   "(one dataset at a time)",
+        "data_stats": not args.headers_only,
         "datasets": [{
             "id": r["dataset_id"], "name": r["name"], "role": r["role"], "channels": r["channels"],
             "cases": len({c["case"] for c in r["cases"]}),
-            "shapes_xyz": [list(s.shape) for s in DATASETS[r["dataset_id"]][2]],
-            "spacings_xyz": [list(s.spacing) for s in DATASETS[r["dataset_id"]][2]],
+            "kind": r.get("kind", "demo"), "configurations": r.get("configurations", ["3d_fullres"]),
+            "shapes_xyz": [list(s.shape) for s in _describe(r["dataset_id"])[2]],
+            "spacings_xyz": [list(s.spacing) for s in _describe(r["dataset_id"])[2]],
             "run_id": r["run_id"], "run_date": r["date"], "run_duration_s": r["run_duration_s"],
         } for r in records],
         "runs_total_s": round(sum(r["run_duration_s"] + r.get("generate_s", 0) for r in records), 1),

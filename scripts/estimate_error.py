@@ -5,9 +5,12 @@
 
 RUN_DIR is a run folder of `nnrun preprocess` (its report.json holds each
 case's measured peak RSS); the prediction is `nnrun estimate`'s (same
-baseline, the plans the run wrote).  Prints one line per phase: the number of
-cases, the mean and the largest relative error (predicted / measured - 1), and
-the largest predicted and measured memory above the per-worker baseline.
+baseline, the plans the run wrote, each case's crop and foreground fraction
+from the file check's record).  Prints one line per phase: the number of
+cases, the mean, the median absolute and the largest relative error
+(predicted / measured - 1), and the largest predicted and measured memory
+above the per-worker baseline.  ``--headers-only``: the estimate without the
+data (no crop, an assumed foreground fraction), as before issue 13.
 """
 from __future__ import annotations
 
@@ -29,13 +32,19 @@ def main() -> int:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--raw", default=os.environ.get("nnUNet_raw"))
     ap.add_argument("--image", default=DEFAULT_IMAGE)
+    ap.add_argument("--headers-only", action="store_true", help="ignore the crop and foreground from the data")
+    ap.add_argument("--model", type=Path, help="another estimate_model.json (default: nnrun's)")
     args = ap.parse_args()
+    if args.model:
+        import runner.estimate.model as model_module
+        model_module.MODEL_PATH = args.model
     report = json.loads((args.run_dir / "report.json").read_text())
     manifest = json.loads((args.run_dir / "manifest.json").read_text())
     preprocessed = args.run_dir.parents[3]
     dataset = manifest["dataset"]["name"]
     configurations = tuple(report.get("configurations") or ("3d_fullres",))
-    est = run_estimate(dataset, "8g", configurations, args.raw, str(preprocessed), args.image)
+    est = run_estimate(dataset, "8g", configurations, args.raw, str(preprocessed), args.image,
+                       use_data=not args.headers_only)
     predicted = {(r["case"], r["phase"], r["configuration"]): r["predicted_peak_bytes"] for r in est.per_case}
     base = est.baseline.worker_bytes
     errors: dict[str, list[float]] = {}
@@ -51,7 +60,8 @@ def main() -> int:
     for label, errs in errors.items():
         worst = max(errs, key=abs)
         print(f"{dataset} {label}: {len(errs)} cases, mean error {statistics.mean(errs):+.1%}, "
-              f"largest {worst:+.1%}; above the {base / 2**20:.0f} MiB worker baseline: predicted "
+              f"median |error| {statistics.median(abs(e) for e in errs):.1%}, largest {worst:+.1%}; "
+              f"above the {base / 2**20:.0f} MiB worker baseline: predicted "
               f"{max(p for p, _ in extra[label]) / 2**20:.1f} MiB, measured {max(m for _, m in extra[label]) / 2**20:.1f} MiB "
               f"(largest case)")
     return 0

@@ -16,6 +16,7 @@ from runner.configurations import DEFAULT_PLANNER
 from runner.dataset import load_raw_dataset, parse_dataset_id
 from runner.errors import BadInputError, NnrunError, NotEnoughMemoryError, Outcome, exit_code_for
 from runner.estimate.baseline import default_cache_dir, measure_baseline
+from runner.estimate.data import dataset_geometry_with_data
 from runner.estimate.model import Estimate, estimate, load_model
 from runner.estimate.need import memory_needed
 from runner.options import DEFAULT_CONFIGURATIONS, PreprocessOptions, validate
@@ -26,7 +27,7 @@ from runner.units import format_bytes, format_mem_arg_at_most, parse_mem
 
 def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | None, raw: str | None,
                  preprocessed: str | None, image: str, engine_factory=None, *, planner: str = DEFAULT_PLANNER,
-                 overwrite_plans_name: str | None = None) -> Estimate:
+                 overwrite_plans_name: str | None = None, use_data: bool = True) -> Estimate:
     if engine_factory is None:
         from runner.engines.docker import DockerEngine as engine_factory
 
@@ -50,7 +51,8 @@ def run_estimate(dataset_arg: str, mem: str, configurations: tuple[str, ...] | N
         raise BadInputError(f"--mem {mem} is more than {where} ({format_bytes(info.mem_total_bytes)})",
                             hint=f"give --mem {format_mem_arg_at_most(info.mem_total_bytes)} or less")
     baseline = measure_baseline(lambda: engine, image, default_cache_dir())
-    est = estimate(dataset, plans, opts.configurations, cap, baseline, load_model(), cpus=os.cpu_count() or 1)
+    est = estimate(dataset, plans, opts.configurations, cap, baseline, load_model(), cpus=os.cpu_count() or 1,
+                   geoms=dataset_geometry_with_data(dataset) if use_data else None)   # crop + foreground from the check
     if note:
         est.notes.append(note)
     return est

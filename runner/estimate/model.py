@@ -1,9 +1,11 @@
-"""Predict the peak memory of nnU-Net preprocessing, per case and phase, from image headers only.
+"""Predict the peak memory of nnU-Net preprocessing, per case and phase, from image headers and what the data says.
 
 ``nnrun estimate`` answers "how many workers fit under this cap?" before any
 run: it reads each case's headers with the reader nnU-Net picks for the
 dataset, whatever the format (``runner.formats.headers``: shape, spacing, data
-type, channel count; no voxel data), derives the target spacing of each configuration (from
+type, channel count; no voxel data), adds, where nnrun's pre-flight file check
+has read the voxels (NIfTI), each case's crop to the nonzero region and its
+foreground fraction (:func:`with_data_stats`), derives the target spacing of each configuration (from
 ``nnUNetPlans.json`` when it exists, else nnU-Net's planner rule), and predicts
 each worker's peak RSS per case:
 
@@ -29,8 +31,16 @@ The model is physically motivated, following what nnU-Net 2.8.1 allocates
   (``8 N_mid``) and then along z with ``map_coordinates`` over a float64
   coordinate grid (``~56 N_out``); the segmentation is resampled the same way
   after the data (one-hot order-1 masks when not separate-z); foreground
-  sampling uses ``np.argwhere`` (int64, ``~64`` bytes per labelled output
-  voxel: an assumed foreground fraction, since labels are not read).
+  sampling uses ``np.argwhere`` and sorts the coordinates (int64, ``~88``
+  bytes per labelled output voxel).
+
+nnU-Net crops every case to the bounding box of "any channel is nonzero"
+before anything else (``crop_to_nonzero``; the fingerprint too): the reader's
+arrays and their copies have the image's size (``n``), but normalisation,
+the float64 resampling copies, the resampled output and the foreground
+sampling have the crop's size (``nc``, and ``n_out`` from the crop's shape).
+For skull-stripped or masked MRI with wide zero margins the crop can be a
+third of the image; CT (air -1000) is never cropped.
 
 For every stage the held + transient bytes are computed; the stage with the
 largest total is the predicted peak stage, and its two parts (bytes
@@ -41,9 +51,17 @@ coefficients fitted by least squares on real runs
 
     extra = c0 + c_in * in_bytes + c_ws * ws_bytes
 
-Assumptions that headers cannot check: no cropping (nnU-Net crops to the
-non-zero region; cropping only lowers memory), the foreground fraction
-(``model["foreground_fraction"]``), and the target spacing rule applied to the
+The crop shape and the foreground fraction (label > 0 voxels over the crop's
+voxels) come from the data: the pre-flight file check computes each file's
+nonzero bounding box and count while it streams the voxels and caches them
+per file version (``runner.formats.check_cache.case_data_stats``; the union
+of the channels' boxes is the crop; nnU-Net's hole filling never changes a
+box).  This module only receives them (:func:`with_data_stats`, called by
+:mod:`runner.estimate.data`): it stays pure.  Where they are unknown (a format
+without a voxel scan, files not checked in their current version,
+``--skip-file-check`` on a first run) the estimate is the header-only one: no
+cropping (cropping only lowers memory) and the assumed foreground fraction
+``model["foreground_fraction"]``; the target spacing rule then runs on the
 uncropped shapes.  ``3d_lowres`` is predicted from its planned spacing when the
 plans exist; without plans it falls back to the ``3d_fullres`` spacing
 (conservative: the low-res spacing is coarser) and says so in ``notes``.
@@ -55,8 +73,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from runner.dataset import RawDataset
@@ -103,10 +121,22 @@ class CaseGeometry:
     label_itemsize: int
     dataset_cases: int = 1
     is_2d: bool = False             # one slice (natural images): nnU-Net plans only 2d
+    # From the data (the pre-flight file check, :func:`with_data_stats`), None = unknown (headers only):
+    crop_shape: tuple[int, ...] | None = None     # nonzero bounding box of all channels (x, y, z)
+    foreground_fraction: float | None = None      # label > 0 voxels / crop_shape voxels
 
     @property
     def voxels(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def cropped_shape(self) -> tuple[int, ...]:
+        """The shape nnU-Net resamples: the nonzero bounding box when known, else the whole image."""
+        return tuple(self.crop_shape) if self.crop_shape is not None else tuple(self.shape)
+
+    @property
+    def cropped_voxels(self) -> int:
+        return math.prod(self.cropped_shape)
 
 
 def _as3(values, fill) -> tuple:
@@ -133,6 +163,26 @@ def dataset_geometry(dataset: RawDataset) -> list[CaseGeometry]:
     return geoms
 
 
+def with_data_stats(geoms: Sequence[CaseGeometry],
+                    stats: Mapping[str, tuple[Sequence[int], float]]) -> list[CaseGeometry]:
+    """The geometries with what the data says: ``stats`` is ``{case_id: (crop shape x, y, z, foreground fraction)}``.
+
+    (``runner.formats.check_cache.case_data_stats`` reads it from the
+    pre-flight file check's record.)  Cases missing from ``stats``, or whose
+    crop shape does not fit in the image, stay header-only.
+    """
+    out = []
+    for g in geoms:
+        got = stats.get(g.case_id)
+        if got is not None:
+            crop, fg = got
+            crop = tuple(int(n) for n in _as3(crop, 1))
+            if all(1 <= c <= n for c, n in zip(crop, g.shape)) and 0.0 <= float(fg) <= 1.0:
+                g = replace(g, crop_shape=crop, foreground_fraction=float(fg))
+        out.append(g)
+    return out
+
+
 # --------------------------------------------------------------------------- target spacing
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -149,11 +199,11 @@ def _percentile(values: Sequence[float], q: float) -> float:
 def rule_target_spacing_zyx(geoms: Sequence[CaseGeometry]) -> list[float]:
     """``ExperimentPlanner.determine_fullres_target_spacing`` in nnU-Net's (z, y, x) order.
 
-    nnU-Net uses the shapes after cropping to the non-zero region; headers give
-    the uncropped shapes (the same for data without a zero background).
+    nnU-Net uses the shapes after cropping to the non-zero region: the crop
+    shapes when the data gave them, else the headers' (uncropped) shapes.
     """
     spacings = [list(reversed(g.spacing)) for g in geoms]
-    sizes = [list(reversed(g.shape)) for g in geoms]
+    sizes = [list(reversed(g.cropped_shape)) for g in geoms]
     target = [_percentile([s[a] for s in spacings], 50) for a in range(3)]
     target_size = [_percentile([s[a] for s in sizes], 50) for a in range(3)]
     worst = max(range(3), key=lambda a: (target[a], -a))        # np.argmax: first maximum
@@ -243,19 +293,43 @@ def _separate_z_axis(spacing, target) -> int | None:
     return None
 
 
+def _foreground_fraction(geom: CaseGeometry, model: dict) -> float:
+    """The measured fraction of labelled voxels in the crop, else the model's assumed one."""
+    if geom.foreground_fraction is not None:
+        return float(geom.foreground_fraction)
+    return float(model.get("foreground_fraction", DEFAULT_MODEL["foreground_fraction"]))
+
+
+# _sample_foreground_locations (nnU-Net 2.8.1), per labelled output voxel: np.argwhere's int64 coordinates (32),
+# the selected labels (4), argsort's order (8), the sorted labels (4) and coordinates (32), and
+# RandomState.choice(total, replace=False)'s permutation (8).
+FOREGROUND_BYTES_PER_VOXEL = 88
+
+
 def stage_bytes(geom: CaseGeometry, phase: str, target_spacing=None, model: dict | None = None) -> dict:
-    """Analytic bytes per stage: ``{stage: (in_bytes, ws_bytes)}`` (before the fitted coefficients)."""
+    """Analytic bytes per stage: ``{stage: (in_bytes, ws_bytes)}`` (before the fitted coefficients).
+
+    ``n`` is the image's voxel count (what the reader allocates and what stays
+    referenced); ``nc`` that of the crop to the nonzero region (``geom.crop_shape``;
+    the image itself when unknown), which is what nnU-Net normalises, converts to
+    float64 and resamples, and whose labelled voxels it samples.
+    """
     model = model or DEFAULT_MODEL
     n = geom.voxels
+    nc = geom.cropped_voxels
+    crop = geom.cropped_shape
     c = geom.channels
     isz = geom.image_itemsize
     lsz = geom.label_itemsize
+    fg = _foreground_fraction(geom, model)
     # reading: float32 stack of all channels + the native arrays (and the last SimpleITK image)
     read = c * n * isz + n * isz + 4 * c * n
     if phase == "fingerprint":
         ns = int(FINGERPRINT_TOTAL_SAMPLES // max(1, geom.dataset_cases))
         held = 4 * n * (c + 1)                      # float32 images + float32 seg
-        masks = 5 * n + c * n                       # crop + isnan + foreground boolean masks
+        # nonzero mask + hole filling (image), then on the crop: isnan, foreground and crop masks;
+        # the foreground voxels of one channel and np.percentile's copy of them
+        masks = 2 * n + 3 * nc + c * nc + int(8 * fg * nc)
         return {
             "read": (read + 2 * n * lsz, 0),
             "sampling": (held + masks, 4 * ns * (c + 2)),      # int64 indices + float32 samples, last channel
@@ -265,16 +339,16 @@ def stage_bytes(geom: CaseGeometry, phase: str, target_spacing=None, model: dict
         raise ValueError(f"unknown phase {phase!r}: expected one of {PHASES}")
     if target_spacing is None:
         raise ValueError("preprocessing needs a target spacing")
-    new = _new_shape(geom.shape, geom.spacing, target_spacing)
+    new = _new_shape(crop, geom.spacing, target_spacing)
     n_out = math.prod(new)
     held = 8 * n * (c + 1)                          # reader arrays + run_case_npy copies (data and seg)
     stages = {"read": (read + 4 * n * c, 0), "crop": (held + 3 * n, 0)}
-    resampled = tuple(new) != tuple(geom.shape)
+    resampled = tuple(new) != tuple(crop)
     if resampled:
         axis = _separate_z_axis(geom.spacing, target_spacing)
         if axis is not None:
-            n_mid = n_out // max(1, new[axis]) * geom.shape[axis]
-            z_changes = new[axis] != geom.shape[axis]
+            n_mid = n_out // max(1, new[axis]) * crop[axis]
+            z_changes = new[axis] != crop[axis]
             # np.mgrid (int64) -> 3 float64 coordinate arrays -> np.array(coord_map) -> map_coordinates float64 output;
             # from the 2nd channel on, the previous channel's coord_map is still referenced while the next is built.
             z_pass_data = (56 if c == 1 else 72) * n_out if z_changes else 0
@@ -284,13 +358,14 @@ def stage_bytes(geom: CaseGeometry, phase: str, target_spacing=None, model: dict
         else:
             # scipy.ndimage.zoom(order=3, mode='nearest') pads the float64 input by 12 voxels per side and
             # spline-filters the padded copy (two float64 arrays), then writes a float64 output
-            n_pad = math.prod(s + 24 for s in geom.shape)
+            n_pad = math.prod(s + 24 for s in crop)
             ws_data = 16 * n_pad + 8 * n_out + 4 * c * n_out
-            ws_seg = 9 * n + 13 * n_out + 4 * c * n_out           # one-hot mask (bool + float64), output, compare
-        stages["resample_data"] = (held + 8 * c * n, ws_data)
-        stages["resample_seg"] = (4 * c * n + 8 * n + 8 * n, ws_seg)
-    fg = float(model.get("foreground_fraction", DEFAULT_MODEL["foreground_fraction"]))
-    stages["foreground"] = (4 * c * n + 4 * n, 4 * c * n_out + 4 * n_out + n_out + int(64 * fg * n_out))
+            ws_seg = 9 * nc + 13 * n_out + 4 * c * n_out           # one-hot mask (bool + float64), output, compare
+        # the float64 copy of the cropped data (resp. segmentation) next to what is still held
+        stages["resample_data"] = (held + 8 * c * nc, ws_data)
+        stages["resample_seg"] = (4 * c * n + 8 * n + 8 * nc, ws_seg)
+    stages["foreground"] = (4 * c * n + 4 * n, 4 * c * n_out + 4 * n_out + n_out
+                            + int(FOREGROUND_BYTES_PER_VOXEL * fg * n_out))
     stages["save"] = (4 * c * n + 4 * n, 4 * c * n_out + 4 * n_out + 3 * n_out)
     return stages
 
@@ -413,6 +488,11 @@ def estimate(dataset: RawDataset, plans: dict | None, configurations: Iterable[s
     est = Estimate(cap_bytes=int(cap_bytes), margin=margin, baseline=baseline, cpus=int(cpus))
     if not baseline.measured:
         est.notes.append("the worker baseline is a default, not measured in this image")
+    from_data = sum(1 for g in geoms if g.crop_shape is not None)
+    if geoms and from_data < len(geoms):
+        est.notes.append(f"crop to the nonzero region and foreground fraction from the data for {from_data} of "
+                         f"{len(geoms)} cases; the others from the headers only (no crop, an assumed foreground "
+                         "fraction): NIfTI files the pre-flight file check has read in their current version")
 
     def add(phase: str, configuration: str | None, spacing) -> list[int]:
         peaks = []

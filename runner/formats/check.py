@@ -3,6 +3,12 @@
 A cut or damaged file is a :class:`~runner.errors.DamagedFileError` naming it;
 a valid file always passes.  Compressed data is read to its end in constant
 memory; :func:`check_files` checks many files in parallel threads.
+
+While NIfTI voxels stream past, :func:`check_one` also returns their nonzero
+bounding box and count (``nifti.NonzeroScan``): what nnU-Net's crop to the
+nonzero region and its foreground sampling depend on, for the memory
+estimate.  Other formats return None ("unknown": the estimate stays
+header-only for them).
 """
 from __future__ import annotations
 
@@ -13,7 +19,8 @@ from runner.errors import DamagedFileError
 from runner.formats import metaimage, nifti, nrrd, png, tiff
 
 
-def check_one(path) -> None:
+def check_one(path) -> dict | None:
+    """Prove ``path`` complete (else DamagedFileError); its voxel statistics when the format gives them."""
     name = str(path).lower()
     p = Path(path)
     if not p.is_file():
@@ -21,8 +28,8 @@ def check_one(path) -> None:
     if p.stat().st_size == 0:
         raise DamagedFileError(path, "empty file")
     if nifti.is_nifti_name(name):
-        nifti.check_file_complete(path)
-    elif name.endswith((".mha", ".mhd")):
+        return nifti.check_file_complete_with_stats(path)[1]
+    if name.endswith((".mha", ".mhd")):
         metaimage.check_complete(path)
     elif name.endswith((".nrrd", ".nhdr")):
         nrrd.check_complete(path)
@@ -36,6 +43,7 @@ def check_one(path) -> None:
         _check_gipl(path)
     else:
         nifti.check_other_file(path)
+    return None
 
 
 def _check_gipl(path) -> None:
@@ -49,6 +57,16 @@ def _check_gipl(path) -> None:
 
 
 def check_files(paths: Iterable, workers: int = 2,
-                progress: Callable[[int, int], None] | None = None) -> list[DamagedFileError]:
-    """Every problem found, in input order (threads: zlib and bz2 release the GIL)."""
-    return nifti.check_files(paths, workers=workers, progress=progress, check=check_one)
+                progress: Callable[[int, int], None] | None = None,
+                stats: dict | None = None) -> list[DamagedFileError]:
+    """Every problem found, in input order (threads: zlib and bz2 release the GIL).
+
+    ``stats``: filled with ``{str(path): check_one's statistics or None}`` for the files that passed.
+    """
+    if stats is None:
+        return nifti.check_files(paths, workers=workers, progress=progress, check=check_one)
+    out = stats
+
+    def one(path) -> None:
+        out[str(path)] = check_one(path)      # a dict item assignment: safe across the check's threads
+    return nifti.check_files(paths, workers=workers, progress=progress, check=one)

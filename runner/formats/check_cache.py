@@ -13,6 +13,11 @@ configuration, a shard) read only files that are new or changed.
 The record lives in the user's cache (``~/.cache/nnrun/checked-files/``), one
 JSON file per raw dataset folder; losing it only means reading the files
 again.  Files that failed are never recorded.
+
+With each file the record keeps what the check saw of its voxels (NIfTI: the
+nonzero bounding box and count, ``runner.formats.check.check_one``), so the
+memory estimate can use the crop and the foreground fraction of every case
+without reading anything again (:func:`case_data_stats`).
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ from runner.rundir import write_json_atomic
 
 # 2: the proof covers every format (version 1 recorded .mha, .nrrd, .png, .tif files that were only
 # found to exist and be non-empty): records of version 1 are dropped, their files read again.
-CACHE_VERSION = 2
+# 3: each file's record is {"key": [...], "stats": {...} | null} (the voxel statistics for the estimate).
+CACHE_VERSION = 3
 
 
 def default_cache_dir() -> Path:
@@ -76,7 +82,8 @@ def check_files_once(paths: Iterable, workers: int = 2, progress: Callable[[int,
     record = cache_file(paths, cache_dir or default_cache_dir())
     known = _load(record)
     keys = {str(p.resolve()): _key(p) for p in paths}
-    todo = [p for p in paths if keys[str(p.resolve())] is None or known.get(str(p.resolve())) != keys[str(p.resolve())]]
+    todo = [p for p in paths
+            if keys[str(p.resolve())] is None or _recorded_key(known, str(p.resolve())) != keys[str(p.resolve())]]
     skipped = len(paths) - len(todo)
 
     def shifted(done: int, total: int) -> None:
@@ -85,7 +92,8 @@ def check_files_once(paths: Iterable, workers: int = 2, progress: Callable[[int,
 
     if skipped and progress is not None:
         progress(skipped, len(paths))
-    problems = check_files(todo, workers=workers, progress=shifted) if todo else []
+    stats: dict = {}
+    problems = check_files(todo, workers=workers, progress=shifted, stats=stats) if todo else []
     if any(getattr(p, "path", None) is None for p in problems):
         return problems                   # cannot tell which file failed: record nothing
     bad = {str(Path(p.path).resolve()) for p in problems}
@@ -93,8 +101,79 @@ def check_files_once(paths: Iterable, workers: int = 2, progress: Callable[[int,
         for p in todo:
             name = str(p.resolve())
             if name not in bad and keys[name] is not None and _key(p) == keys[name]:
-                known[name] = keys[name]
+                known[name] = {"key": keys[name], "stats": stats.get(str(p))}
         for name in bad:
             known.pop(name, None)
         _save(record, known)
     return problems
+
+
+def _recorded_key(known: dict, name: str) -> list | None:
+    entry = known.get(name)
+    return entry.get("key") if isinstance(entry, dict) else None
+
+
+def cached_stats(paths: Iterable, cache_dir: Path | None = None) -> dict[str, dict | None]:
+    """The voxel statistics recorded for the files whose current version was checked (others: absent)."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        return {}
+    known = _load(cache_file(paths, cache_dir or default_cache_dir()))
+    out: dict[str, dict | None] = {}
+    for p in paths:
+        name = str(p.resolve())
+        key = _key(p)
+        if key is not None and _recorded_key(known, name) == key:
+            entry = known[name]
+            out[str(p)] = entry.get("stats") if isinstance(entry.get("stats"), dict) else None
+    return out
+
+
+def combine_case_stats(images: list[dict | None], label: dict | None) -> tuple[tuple[int, ...], float] | None:
+    """(crop shape in x, y, z, foreground fraction) of one case from its files' statistics; None: unknown.
+
+    The crop is nnU-Net's ``crop_to_nonzero``: the bounding box of "any channel
+    is nonzero" = the union of the channels' boxes (its hole filling never
+    changes a bounding box).  The foreground fraction is the label's nonzero
+    voxels over the voxels of that box (labels outside the box are cut off by
+    nnU-Net; they are assumed inside: an upper bound).  An all-zero image
+    (nothing to crop to) is unknown.
+    """
+    if not images or any(s is None for s in images) or label is None:
+        return None
+    shapes = {tuple(s["shape"]) for s in images if s is not None} | {tuple(label["shape"])}
+    if len(shapes) != 1:
+        return None
+    boxes = [s["bbox"] for s in images if s is not None and s.get("bbox")]
+    if not boxes:
+        return None
+    lo = [min(b[a][0] for b in boxes) for a in range(3)]
+    hi = [max(b[a][1] for b in boxes) for a in range(3)]
+    shape = tuple(int(h - lo_) for lo_, h in zip(lo, hi))
+    voxels = 1
+    for n in shape:
+        voxels *= n
+    fg = min(1.0, int(label.get("nonzero") or 0) / max(1, voxels))
+    return shape, fg
+
+
+def case_data_stats(dataset, cache_dir: Path | None = None) -> dict[str, tuple[tuple[int, ...], float]]:
+    """``{case_id: (crop shape x, y, z, foreground fraction)}`` for the cases the file check has seen in full.
+
+    Reads only the check's record (nothing when the files were never checked
+    or changed since): cases missing here are estimated from their headers.
+    """
+    files = [Path(f) for f in dataset.all_files()]
+    stats = cached_stats(files, cache_dir)
+    # With an ignore label nnU-Net samples locations of every label incl. background (and -1): all voxels.
+    labels = (getattr(dataset, "dataset_json", None) or {}).get("labels") or {}
+    every_voxel = isinstance(labels, dict) and "ignore" in labels
+    out: dict[str, tuple[tuple[int, ...], float]] = {}
+    for case in dataset.cases:
+        if case.label is None:
+            continue
+        imgs = [stats.get(str(Path(p))) for p in case.images]
+        got = combine_case_stats(imgs, stats.get(str(Path(case.label))))
+        if got is not None:
+            out[case.case_id] = (got[0], 1.0) if every_voxel else got
+    return out

@@ -326,6 +326,119 @@ def _read_gzip_prefix(path, n: int) -> bytes:
         return out
 
 
+# --------------------------------------------------------------------------- voxel statistics
+
+def _read_scaling(path, header: ImageHeader) -> tuple[float, float]:
+    """(scl_slope, scl_inter) as ITK and nibabel apply them: slope 0 or not finite means no scaling."""
+    try:
+        if is_gzip_name(path):
+            raw = _read_gzip_prefix(path, NIFTI2_HEADER_SIZE)
+        else:
+            with open(path, "rb") as f:
+                raw = f.read(NIFTI2_HEADER_SIZE)
+        e = "<" if header.byte_order == "little" else ">"
+        if header.nifti_version == 1:
+            slope, inter = struct.unpack_from(e + "2f", raw, 112)
+        else:
+            slope, inter = struct.unpack_from(e + "2d", raw, 176)
+    except (OSError, struct.error, DamagedFileError):
+        return 1.0, 0.0
+    if slope == 0 or not math.isfinite(slope):
+        return 1.0, 0.0
+    return float(slope), (float(inter) if math.isfinite(inter) else 0.0)
+
+
+class NonzeroScan:
+    """The nonzero bounding box and count of one image, fed its voxel bytes in stream order.
+
+    NIfTI stores voxels in Fortran order (x fastest), so the stream is a
+    sequence of x rows; each whole row block is viewed with numpy (no copy of
+    the chunk) and only row/column ``any`` reductions are kept: memory is
+    bounded by the chunk size.  A voxel counts as nonzero when its *scaled*
+    value (``raw * scl_slope + scl_inter``, what SimpleITK and nibabel return)
+    is not 0; NaN is nonzero, as in nnU-Net's ``data != 0``.
+
+    :meth:`result` gives ``{"shape": [x, y, z], "bbox": [[lo, hi], ...] | None,
+    "nonzero": count}`` (``hi`` exclusive, file axes x, y, z; ``bbox`` None when
+    every voxel is zero).
+    """
+
+    def __init__(self, header: ImageHeader, dtype, zero: float):
+        import numpy as np
+        shape = tuple(header.shape[:3]) + (1,) * (3 - min(3, len(header.shape)))
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self.zero = zero
+        self.row_bytes = shape[0] * self.dtype.itemsize
+        self.skip = header.vox_offset          # stream bytes before the voxels
+        self.left = header.data_bytes          # voxel bytes still to come
+        self.tail = b""                        # an incomplete row carried to the next chunk
+        self.row = 0                           # rows (y, z) seen so far
+        self.lo = [shape[0], shape[1], shape[2]]
+        self.hi = [-1, -1, -1]
+        self.count = 0
+
+    @classmethod
+    def for_header(cls, header: ImageHeader, scaling: tuple[float, float] = (1.0, 0.0)) -> NonzeroScan | None:
+        if len(header.shape) > 3 and math.prod(header.shape[3:]) > 1:
+            return None                        # a 4-D series: not one image per file
+        kind = header.dtype.lstrip("<>|")
+        if kind.startswith(("V", "c")):
+            return None                        # RGB or complex voxels: no scalar "nonzero"
+        slope, inter = scaling
+        return cls(header, header.dtype, -inter / slope if inter else 0.0)
+
+    def feed_stream(self, chunk: bytes) -> None:
+        """Bytes of the decompressed file from its start (header included), in order."""
+        view = memoryview(chunk)
+        if self.skip:
+            n = min(self.skip, len(view))
+            self.skip -= n
+            view = view[n:]
+        self.feed_data(view)
+
+    def feed_data(self, data) -> None:
+        """Voxel bytes only, in order; bytes beyond the header's data size are ignored."""
+        view = memoryview(data)[:max(0, self.left)]
+        self.left -= len(view)
+        if self.tail:
+            need = self.row_bytes - len(self.tail)
+            self.tail += bytes(view[:need])
+            view = view[need:]
+            if len(self.tail) < self.row_bytes:
+                return
+            self._rows(memoryview(self.tail))
+            self.tail = b""
+        whole = len(view) // self.row_bytes * self.row_bytes
+        if whole:
+            self._rows(view[:whole])
+        if whole < len(view):
+            self.tail = bytes(view[whole:])
+
+    def _rows(self, view) -> None:
+        import numpy as np
+        nx, ny = self.shape[0], self.shape[1]
+        a = np.frombuffer(view, dtype=self.dtype).reshape(-1, nx)
+        mask = a != self.zero
+        rows = np.flatnonzero(mask.any(axis=1))
+        if rows.size:
+            self.count += int(np.count_nonzero(mask))
+            cols = np.flatnonzero(mask.any(axis=0))
+            self.lo[0] = min(self.lo[0], int(cols[0]))
+            self.hi[0] = max(self.hi[0], int(cols[-1]))
+            r = rows + self.row
+            ys = r % ny
+            self.lo[1] = min(self.lo[1], int(ys.min()))
+            self.hi[1] = max(self.hi[1], int(ys.max()))
+            self.lo[2] = min(self.lo[2], int(r[0] // ny))
+            self.hi[2] = max(self.hi[2], int(r[-1] // ny))
+        self.row += a.shape[0]
+
+    def result(self) -> dict:
+        bbox = None if self.count == 0 else [[lo, hi + 1] for lo, hi in zip(self.lo, self.hi)]
+        return {"shape": list(self.shape), "bbox": bbox, "nonzero": self.count}
+
+
 # --------------------------------------------------------------------------- full checks
 
 def check_file_complete(path) -> ImageHeader:
@@ -338,19 +451,52 @@ def check_file_complete(path) -> ImageHeader:
     beyond the data are accepted in both cases; only "too short" is an error.
     Returns the header; raises :class:`DamagedFileError` naming the problem.
     """
+    return _check_complete(path, None)
+
+
+def check_file_complete_with_stats(path) -> tuple[ImageHeader, dict | None]:
+    """:func:`check_file_complete`, also returning the voxel statistics of :class:`NonzeroScan`.
+
+    The statistics come from the same pass over the decompressed stream
+    (``.nii.gz``); a ``.nii`` file's voxels are read once in chunks for them.
+    None when they cannot be computed (a datatype without a scalar value, more
+    than 3 dimensions with more than one volume).
+    """
     header = read_header(path)
+    scan = NonzeroScan.for_header(header, _read_scaling(path, header))
+    _check_complete(path, scan, header)
+    return header, (scan.result() if scan is not None else None)
+
+
+def _check_complete(path, scan: NonzeroScan | None, header: ImageHeader | None = None) -> ImageHeader:
+    header = header or read_header(path)
     if not is_gzip_name(path):
         try:
             size = os.path.getsize(path)
         except OSError as e:
             raise DamagedFileError(path, f"cannot read: {e.strerror or e}") from None
         _check_size(path, header, size)
+        if scan is not None:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(header.vox_offset)
+                    left = header.data_bytes
+                    while left > 0:
+                        piece = f.read(min(_READ_CHUNK, left))
+                        if not piece:
+                            break
+                        left -= len(piece)
+                        scan.feed_data(piece)
+            except OSError as e:
+                raise DamagedFileError(path, f"cannot read: {e.strerror or e}") from None
         return header
     total = 0
     try:
         with open(path, "rb") as f:
             for chunk in _iter_gzip(f):
                 total += len(chunk)
+                if scan is not None:
+                    scan.feed_stream(chunk)
     except _StreamError as e:
         reason = str(e)
         if reason.startswith("truncated"):

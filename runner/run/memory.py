@@ -10,6 +10,7 @@ from pathlib import Path
 
 from runner.dataset import RawDataset
 from runner.errors import NnrunError
+from runner.estimate.data import dataset_geometry_with_data     # crop + foreground from the file check
 from runner.estimate.model import Baseline, Estimate, estimate, load_model
 from runner.estimate.need import MemoryNeed, PeakKey, memory_needed
 from runner.options import PreprocessOptions
@@ -26,7 +27,7 @@ def run_estimate(dataset: RawDataset, preprocessed_dataset: Path, opts: Preproce
     """The estimate for this run and the per-case peaks earlier runs of the dataset measured (same image
     and plans)."""
     est = estimate(dataset, _plans(preprocessed_dataset, opts), opts.configurations, mem_bytes, baseline,
-                   load_model(), cpus=os.cpu_count() or 1)
+                   load_model(), cpus=os.cpu_count() or 1, geoms=dataset_geometry_with_data(dataset))
     return est, earlier_peaks(preprocessed_dataset, baseline.image_id, opts.plans_name)
 
 
@@ -38,7 +39,7 @@ def predicted_case_bytes(dataset: RawDataset, preprocessed_dataset: Path, opts: 
     try:
         plans = json.loads((preprocessed_dataset / f"{opts.plans_name}.json").read_text())
         est = estimate(dataset, plans, opts.configurations, mem_bytes, no_baseline, load_model(),
-                       cpus=os.cpu_count() or 1)
+                       cpus=os.cpu_count() or 1, geoms=dataset_geometry_with_data(dataset))
     except (NnrunError, OSError, ValueError, KeyError, RuntimeError):
         return None
     out: dict[str, int] = {}

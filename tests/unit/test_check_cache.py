@@ -29,9 +29,9 @@ def read(monkeypatch):
     calls: list[list[str]] = []
     real = check_cache.check_files
 
-    def spy(paths, workers=2, progress=None):
+    def spy(paths, workers=2, progress=None, **kw):
         calls.append(sorted(os.path.basename(str(p)) for p in paths))
-        return real(paths, workers=workers, progress=progress)
+        return real(paths, workers=workers, progress=progress, **kw)
     monkeypatch.setattr(check_cache, "check_files", spy)
     return calls
 
