@@ -10,7 +10,7 @@ from pathlib import Path
 
 from runner.dataset import RawDataset
 from runner.errors import NnrunError
-from runner.estimate.data import dataset_geometry_with_data     # crop + foreground from the file check
+from runner.estimate.data import dataset_geometry_with_data  # crop + foreground from the file check
 from runner.estimate.model import Baseline, Estimate, estimate, load_model
 from runner.estimate.need import MemoryNeed, PeakKey, memory_needed
 from runner.options import PreprocessOptions
