@@ -189,7 +189,8 @@ def test_worker_oom_through_podman(podman_ready, demo_raw, tmp_path):
     assert report["cases_exact"] is True
     argv = report["recommendation_argv"]
     assert argv[:2] == ["nnrun", "preprocess"]
-    assert argv[argv.index("-np") + 1] == "2" and argv[argv.index("--mem") + 1] == "1200m"
+    # Fewer workers, same cap: at most half of 4, fewer when the estimate fits fewer side by side.
+    assert 1 <= int(argv[argv.index("-np") + 1]) <= 2 and argv[argv.index("--mem") + 1] == "1200m"
     assert argv[argv.index("--runtime") + 1] == "podman"         # the advice runs on the same engine
     assert "worker process" in result.stderr and "next:" in result.stderr
     out = pre / "Dataset501_Demo"

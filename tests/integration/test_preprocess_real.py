@@ -114,7 +114,8 @@ def test_worker_oom_in_preprocessing(docker_ready, demo_raw, tmp_path):
         assert report["victim_case"] in report["cases_in_flight"]
     assert report["recommendation_argv"][:2] == ["nnrun", "preprocess"]
     argv = report["recommendation_argv"]
-    assert argv[argv.index("-np") + 1] == "2"          # half of 4, same cap
+    # Fewer workers, same cap: at most half of 4, fewer when the estimate fits fewer side by side.
+    assert 1 <= int(argv[argv.index("-np") + 1]) <= 2
     assert argv[argv.index("--mem") + 1] == "1200m"
     # The human report replaces "6 feet under" with the diagnosis.
     assert "worker process" in result.stderr and "preprocessing 3d_fullres" in result.stderr

@@ -40,7 +40,7 @@ def _run(raw, pre, mem, *extra, env=None):
 def test_a_case_too_large_for_the_cap_is_reported_before_the_run(docker_ready, mixed_raw, tmp_path):
     before = set(nnrun_containers())
     report = _assert_report(_run(mixed_raw, tmp_path / "pre", "2g"), "bad_input", 2)
-    assert "case002" in report["message"] and "even alone" in report["message"]
+    assert "case002" in report["message"] and "even with one worker" in report["message"]
     assert "--mem" in report["hint"]
     assert set(nnrun_containers()) == before           # nothing started
 
