@@ -258,3 +258,13 @@ def test_with_an_ignore_label_every_voxel_of_the_crop_is_sampled(tmp_path):
     cache = tmp_path / "cache"
     check_files_once(ds.all_files(), cache_dir=cache)
     assert case_data_stats(ds, cache)["case000"] == ((25, 20, 10), 1.0)
+
+
+def test_the_fit_can_hold_c_in_fixed():
+    from runner.estimate.calibrate import _lstsq_relative
+    rows = [(100.0, 10.0), (300.0, 50.0), (200.0, 80.0), (50.0, 5.0)]
+    targets = [7 + 1.0 * a + 2.0 * b for a, b in rows]
+    c0, c_in, c_ws = _lstsq_relative(rows, targets, floor=1.0, c_in=1.0)
+    assert c_in == 1.0 and c0 == pytest.approx(7) and c_ws == pytest.approx(2)
+    free = _lstsq_relative(rows, targets, floor=1.0)
+    assert free == pytest.approx((7, 1.0, 2.0))
