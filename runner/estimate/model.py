@@ -364,9 +364,15 @@ def stage_bytes(geom: CaseGeometry, phase: str, target_spacing=None, model: dict
         # the float64 copy of the cropped data (resp. segmentation) next to what is still held
         stages["resample_data"] = (held + 8 * c * nc, ws_data)
         stages["resample_seg"] = (4 * c * n + 8 * n + 8 * nc, ws_seg)
-    stages["foreground"] = (4 * c * n + 4 * n, 4 * c * n_out + 4 * n_out + n_out
-                            + int(FOREGROUND_BYTES_PER_VOXEL * fg * n_out))
-    stages["save"] = (4 * c * n + 4 * n, 4 * c * n_out + 4 * n_out + 3 * n_out)
+    sample = n_out + int(FOREGROUND_BYTES_PER_VOXEL * fg * n_out)      # np.isin mask + the coordinates
+    if resampled:
+        # the resampled data and segmentation replace the float32 copies; the reader's arrays stay referenced
+        stages["foreground"] = (4 * c * n + 4 * n, 4 * c * n_out + 4 * n_out + sample)
+        stages["save"] = (4 * c * n + 4 * n, 4 * c * n_out + 4 * n_out + 3 * n_out)
+    else:
+        # nothing to resample: nnU-Net keeps the crop, a view that holds on to the whole float32 copies
+        stages["foreground"] = (held, sample)
+        stages["save"] = (held, 3 * n_out)
     return stages
 
 

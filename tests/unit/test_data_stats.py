@@ -258,3 +258,33 @@ def test_with_an_ignore_label_every_voxel_of_the_crop_is_sampled(tmp_path):
     cache = tmp_path / "cache"
     check_files_once(ds.all_files(), cache_dir=cache)
     assert case_data_stats(ds, cache)["case000"] == ((25, 20, 10), 1.0)
+
+
+def test_the_fit_can_hold_c_in_fixed():
+    from runner.estimate.calibrate import _lstsq_relative
+    rows = [(100.0, 10.0), (300.0, 50.0), (200.0, 80.0), (50.0, 5.0)]
+    targets = [7 + 1.0 * a + 2.0 * b for a, b in rows]
+    c0, c_in, c_ws = _lstsq_relative(rows, targets, floor=1.0, c_in=1.0)
+    assert c_in == 1.0 and c0 == pytest.approx(7) and c_ws == pytest.approx(2)
+    free = _lstsq_relative(rows, targets, floor=1.0)
+    assert free == pytest.approx((7, 1.0, 2.0))
+
+
+def test_the_estimate_says_for_how_many_cases_the_data_was_used(tmp_path):
+    from runner.estimate.data import dataset_geometry_with_data
+    from runner.estimate.model import Baseline, estimate, load_model
+    ds = make_raw(tmp_path)
+    cache = tmp_path / "cache"
+    base = Baseline(400 << 20, 400 << 20, "x", True)
+
+    def run():
+        return estimate(ds, None, ["3d_fullres"], 8 << 30, base, load_model(), 2,
+                        geoms=dataset_geometry_with_data(ds, cache))
+    header_only = run()
+    assert any("from the data for 0 of 2 cases" in n for n in header_only.notes)
+    check_files_once(ds.all_files(), cache_dir=cache)
+    with_data = run()
+    assert not any("from the data" in n for n in with_data.notes)
+    peak = {r["case"]: r["predicted_peak_bytes"] for r in with_data.per_case if r["phase"] == "preprocessing"}
+    before = {r["case"]: r["predicted_peak_bytes"] for r in header_only.per_case if r["phase"] == "preprocessing"}
+    assert all(peak[c] <= before[c] for c in peak)       # a crop to a quarter of the image only lowers the peak
