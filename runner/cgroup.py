@@ -62,6 +62,16 @@ class MemoryCounters:
     oom_kill: int | None
     # v1 oom_control "under_oom"; v2 has no equivalent.
     under_oom: bool | None
+    # Major page faults so far (memory.stat pgmajfault): a page read in from disk.  Defaults keep older
+    # callers and fixtures working.
+    major_faults: int | None = None
+    # Refaults so far (memory.stat workingset_refault_file + _anon, or workingset_refault before 5.9): a
+    # page read back soon after it was evicted.  A steady stream of them under a cap with no swap means
+    # the cgroup is thrashing (runner.incontainer.thrash).
+    refaults: int | None = None
+    # v2 memory.pressure "full total": microseconds in which every task of the cgroup stalled on memory
+    # (None: v1, or a kernel without PSI).
+    pressure_full_us: int | None = None
 
     def to_dict(self) -> dict[str, int | bool | None]:
         return asdict(self)
@@ -113,6 +123,22 @@ def parse_single_value(text: str, source: str = "single-value file") -> int | No
     if _INTEGER_RE.fullmatch(value) is None:
         raise CgroupReadError(f"cannot parse {source}: expected an integer or 'max', got {_shown(value)}")
     return _to_int(value, source)
+
+
+def parse_pressure(text: str, source: str = "memory.pressure") -> dict[str, int]:
+    """Parse a PSI file (``some avg10=0.00 avg60=0.00 avg300=0.00 total=0`` lines) into
+    ``{"some": total_us, "full": total_us}``; anything else raises CgroupReadError."""
+    totals: dict[str, int] = {}
+    for line_number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip(" \t"):
+            continue
+        kind, _, rest = line.partition(" ")
+        fields = dict(f.partition("=")[::2] for f in rest.split())
+        total = fields.get("total", "")
+        if kind not in ("some", "full") or _INTEGER_RE.fullmatch(total) is None:
+            raise CgroupReadError(f"cannot parse {source} line {line_number}: {_shown(line)}")
+        totals[kind] = _to_int(total, source)
+    return totals
 
 
 def parse_pid_list(text: str, source: str = "cgroup.procs") -> list[int]:
@@ -265,6 +291,8 @@ def _read_v1(cgroup_dir: Path) -> MemoryCounters:
         # Absent before kernel 4.13: None, not 0, so nobody reads "no kill".
         oom_kill=_first_key(oom_control, "oom_kill"),
         under_oom=None if under_oom is None else under_oom != 0,
+        major_faults=_first_key(stat, "total_pgmajfault", "pgmajfault"),
+        refaults=_refaults(stat, "total_"),
     )
 
 
@@ -284,7 +312,33 @@ def _read_v2(cgroup_dir: Path) -> MemoryCounters:
         oom_events=_first_key(events, "oom"),
         oom_kill=_first_key(events, "oom_kill"),
         under_oom=None,
+        major_faults=_first_key(stat, "pgmajfault"),
+        refaults=_refaults(stat, ""),
+        pressure_full_us=_read_pressure_full(cgroup_dir / "memory.pressure"),
     )
+
+
+def _refaults(stat: dict[str, int] | None, prefix: str) -> int | None:
+    """Refaults from memory.stat: file + anon (kernel >= 5.9), else the one counter of older kernels; v1
+    prefers the ``total_`` keys, which include nested cgroups."""
+    if stat is None:
+        return None
+    for p in dict.fromkeys((prefix, "")):
+        if f"{p}workingset_refault_file" in stat:
+            return stat[f"{p}workingset_refault_file"] + stat.get(f"{p}workingset_refault_anon", 0)
+        if f"{p}workingset_refault" in stat:
+            return stat[f"{p}workingset_refault"]
+    return None
+
+
+def _read_pressure_full(path: Path) -> int | None:
+    """memory.pressure's "full" total; None when the kernel has no PSI (the file is absent, or reading it
+    fails with EOPNOTSUPP when PSI is compiled in but switched off)."""
+    try:
+        text = _read_text(path)
+    except CgroupReadError:
+        return None
+    return None if text is None else parse_pressure(text, str(path)).get("full")
 
 
 def _min_limit(*limits: int | None) -> int | None:

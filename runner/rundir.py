@@ -50,9 +50,11 @@ SCHEDULE_FILE_ENV = "NNRUN_SCHEDULE_FILE"        # the admission plan (SCHEDULE_
 HOST_PYTHON_ENV = "NNRUN_HOST_PYTHON"            # --runtime host: a Python with nnunetv2
 # Test-only hooks, passed through from the host's environment (never in rendered manifests).
 TEST_KILL_AT_ENV = "NNRUN_TEST_KILL_AT"          # SIGKILL nnU-Net at a named point
+THRASH_WINDOW_ENV = "NNRUN_THRASH_WINDOW_S"    # seconds of thrashing at the cap before nnU-Net is ended (0: off)
 TEST_OOM_VICTIM_ENV = "NNRUN_TEST_OOM_VICTIM"    # make the kernel pick this process: worker | main
 TEST_SHM_FILL_ENV = "NNRUN_TEST_SHM_FILL"        # a worker maps this many bytes of /dev/shm before its case
-TEST_HOOK_ENVS = (TEST_OOM_VICTIM_ENV, TEST_KILL_AT_ENV, TEST_SHM_FILL_ENV)
+TEST_THRASH_ENV = "NNRUN_TEST_THRASH"          # a worker fills the cap to this many bytes below it, then re-reads a library
+TEST_HOOK_ENVS = (TEST_OOM_VICTIM_ENV, TEST_KILL_AT_ENV, TEST_SHM_FILL_ENV, TEST_THRASH_ENV)
 
 SUPERVISOR_SCHEMA = 1
 
@@ -65,6 +67,7 @@ EV_OOM_KILL = "oom_kill"
 EV_WORKER_START = "worker_start"
 EV_WORKER_EXIT = "worker_exit"
 EV_WATCHDOG = "watchdog"
+EV_THRASHING = "thrashing"           # the supervisor ended nnU-Net: it thrashed at the cap
 EV_CASE_START = "case_start"
 EV_CASE_END = "case_end"
 EV_CASE_ERROR = "case_error"
@@ -95,6 +98,26 @@ class WorkerExitRecord:
                    oom_kill_after=data.get("oom_kill_after"))
 
 
+@dataclass(frozen=True)
+class Thrashing:
+    """The supervisor's thrashing watch fired (:mod:`runner.incontainer.thrash`): how long the cgroup sat
+    at the cap, and the evidence.  nnU-Net was ended then; the host reports it as an OOM."""
+
+    since: float                       # the first reading of this stretch at the cap
+    seconds: float                     # from then to the verdict
+    reread_rate: float | None           # major faults per second over the window
+    stall_share: float | None          # v2: share of the window every task stalled on memory
+    limit_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Thrashing:
+        return cls(since=float(data["since"]), seconds=float(data["seconds"]), reread_rate=data.get("reread_rate"),
+                   stall_share=data.get("stall_share"), limit_bytes=int(data["limit_bytes"]))
+
+
 @dataclass
 class SupervisorStatus:
     """``status.json``: what the supervisor knows when nnU-Net has ended.
@@ -112,6 +135,8 @@ class SupervisorStatus:
     start_error: str | None = None
     terminated_by_signal: int | None = None
     watchdog_fired: bool = False
+    thrashing: Thrashing | None = None
+    thrash_watch: dict | None = None           # ThrashWatch.summary(): longest stretch at the cap, peak rate
     phase: str | None = None
     configuration: str | None = None
     completed_phases: list[str] = field(default_factory=list)
@@ -144,6 +169,8 @@ class SupervisorStatus:
         values = {k: v for k, v in data.items() if k in known}
         values["worker_exits"] = [WorkerExitRecord.from_json(w) for w in data.get("worker_exits") or []
                                   if isinstance(w, dict) and w.get("pid") is not None]
+        thrashing = data.get("thrashing")
+        values["thrashing"] = Thrashing.from_json(thrashing) if isinstance(thrashing, dict) else None
         return cls(**values)
 
     @property

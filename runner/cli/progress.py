@@ -70,7 +70,7 @@ class ProgressState:
         if kind == "oom_kill":
             self.oom_kills = max(self.oom_kills, int(e.get("count") or 0))
             return f"  OOM kill in the memory cgroup ({describe_phase(e.get('phase'), e.get('configuration'))})"
-        if kind == "watchdog":
+        if kind in ("watchdog", "thrashing"):
             return f"  {e.get('message')}"
         return None
 
@@ -197,7 +197,7 @@ class RichProgress(_BaseProgress):
     def event(self, event: dict) -> None:
         line = self.state.apply_event(event)
         self._ensure_started()
-        if line and event.get("event") in ("phase", "oom_kill", "watchdog"):
+        if line and event.get("event") in ("phase", "oom_kill", "watchdog", "thrashing"):
             self._line(line)
         early = self.early_oom.feed(event)
         if early:

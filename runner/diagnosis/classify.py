@@ -1,7 +1,8 @@
 """Classification: the outcome of a run and the processes the kernel killed, from its facts.
 
 The verdict is ``oom`` if and only if the container's cgroup ``oom_kill``
-counter rose.  Docker's ``oom`` events and ``State.OOMKilled`` are not
+counter rose, or the supervisor ended nnU-Net because it thrashed at the cap
+(``oom_source: thrashing``, :mod:`runner.incontainer.thrash`).  Docker's ``oom`` events and ``State.OOMKilled`` are not
 evidence of a kill (cgroup v1 sends an ``oom`` event whenever the cgroup hits
 its limit; Podman misses child kills), so they are used only when the counter
 could not be read, and the result then says ``oom_source: engine``.  Neither
@@ -61,7 +62,7 @@ class Death:
 class Verdict:
     outcome: Outcome
     oom_kills: int | None
-    oom_source: str | None            # "cgroup", "engine" or None
+    oom_source: str | None            # "cgroup", "engine", "thrashing" (ended by nnrun, no kill) or None
     victims: tuple[Victim, ...] = field(default_factory=tuple)
     reason: str | None = None         # not OOM: crash, shm, exception, killed, exit
     death: Death | None = None
@@ -107,7 +108,7 @@ def find_victims(facts: RunFacts, kills: int) -> tuple[Victim, ...]:
     victims: list[Victim] = []
     main_killed = facts.nnunet_returncode == -signal.SIGKILL or (
         not facts.supervisor_ran and facts.container_exit_code == 137)
-    if main_killed and not facts.watchdog_fired:
+    if main_killed and not facts.watchdog_fired and facts.thrashing is None:     # not the supervisor's own kill
         victims.append(Victim("main", facts.main_pid, None, facts.main_ended))
     # Workers that vanished while the main process was alive, in a poll window
     # in which the oom_kill counter rose, were killed by the kernel -- at most
@@ -161,6 +162,9 @@ def classify(facts: RunFacts) -> Verdict:
         return Verdict(Outcome.INTERRUPTED, kills, source)
     if kills:
         return Verdict(Outcome.OOM, kills, source, find_victims(facts, kills))
+    if facts.thrashing is not None and facts.nnunet_returncode != 0:
+        # The supervisor ended nnU-Net thrashing at the cap: out of memory, without (yet) a kill.
+        return Verdict(Outcome.OOM, 0, "thrashing")
     if facts.supervisor_ran and facts.nnunet_returncode == 0:
         return Verdict(Outcome.OK, kills, source)
     if facts.start_error:

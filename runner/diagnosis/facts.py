@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runner.rundir import EV_WORKER_DIED, FaultDump, SupervisorStatus, WorkerExitRecord
+from runner.rundir import EV_WORKER_DIED, FaultDump, SupervisorStatus, Thrashing, WorkerExitRecord
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class RunFacts:
     exception_line: str | None = None
     start_error: str | None = None
     watchdog_fired: bool = False
+    thrashing: Thrashing | None = None            # the supervisor ended nnU-Net: it thrashed at the cap
     open_case_pids: frozenset[int] = frozenset()   # workers holding an unfinished case (agent's log)
     open_cases: tuple[tuple[int, str], ...] = ()   # (pid, case) of those unfinished cases
     worker_deaths: tuple[WorkerDeath, ...] = ()    # nnrun's pools: dead workers and their exit codes
@@ -122,6 +123,7 @@ def gather_facts(status: SupervisorStatus | None, *, host_oom_first: int | None,
         exception_line=status.last_exception_line,
         start_error=status.start_error,
         watchdog_fired=bool(status.watchdog_fired),
+        thrashing=status.thrashing,
         open_case_pids=open_case_pids or frozenset(pid for pid, _ in open_cases),
         open_cases=open_cases,
         worker_deaths=worker_deaths,

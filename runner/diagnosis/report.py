@@ -16,8 +16,9 @@ from runner.diagnosis.wording import DEATH_REASONS, describe_phase, headline, si
 from runner.errors import Outcome, exit_code_for
 from runner.units import format_bytes
 
-SCHEMA_VERSION = 3      # 2: signal, signal_name, crash_frame, crash_library, shm_size_bytes, crash_retry;
-                        # 3: configurations_skipped, and configurations lists only what nnU-Net preprocessed
+SCHEMA_VERSION = 4      # 2: signal, signal_name, crash_frame, crash_library, shm_size_bytes, crash_retry;
+                        # 3: configurations_skipped, and configurations lists only what nnU-Net preprocessed;
+                        # 4: memory_needed, thrashing, oom_source "thrashing"
 
 
 @dataclass
@@ -40,6 +41,7 @@ class RunReport:
     recommendation_argv: list[str] | None = None
     recommendation_text: str | None = None
     memory_needed: dict | None = None     # runner.estimate.need.MemoryNeed.to_dict(): what the --mem advised rests on
+    thrashing: dict | None = None         # oom_source "thrashing": runner.rundir.Thrashing (seconds, reread_rate, ...)
     container_exit_code: int | None = None
     duration_s: float | None = None
     log_path: str | None = None
@@ -166,9 +168,16 @@ def render_human(report: RunReport) -> str:
             pid = f" (pid {v['pid']} in the container)" if v.get("pid") else ""
             case = f", case {v['case']}" if v.get("case") else ""
             lines.append(f"  killed:       {who}{pid}{case}")
-        lines.append(f"  OOM kills:    {report.oom_kills} (source: {report.oom_source} counter)"
-                     if report.oom_source == "cgroup" else
-                     f"  OOM kills:    {report.oom_kills} (source: {report.oom_source}; cgroup counter unreadable)")
+        if report.thrashing:
+            t = report.thrashing
+            rate = f"{t['reread_rate']:.0f} pages read back/s" if t.get("reread_rate") is not None else ""
+            stall = f"stalled {t['stall_share']:.0%}" if t.get("stall_share") is not None else ""
+            lines.append(f"  thrashing:    {t['seconds']:.0f} s at the cap ({', '.join(x for x in (rate, stall) if x)}); "
+                         "ended by nnrun")
+        if report.oom_source != "thrashing" or report.oom_kills:
+            lines.append(f"  OOM kills:    {report.oom_kills} (source: {report.oom_source} counter)"
+                         if report.oom_source == "cgroup" else
+                         f"  OOM kills:    {report.oom_kills} (source: {report.oom_source}; cgroup counter unreadable)")
         if report.cases_in_flight:
             exact = "" if report.cases_exact else " (inferred from finished outputs)"
             lines.append(f"  in flight:    {', '.join(report.cases_in_flight)}{exact}")

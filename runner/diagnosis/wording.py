@@ -70,6 +70,21 @@ def oom_message(first: Victim | None, phase: str | None, configuration: str | No
     return f"the kernel OOM-killed a worker process{pid} {during}{flight}"
 
 
+def thrash_message(thrashing, phase: str | None, configuration: str | None, in_flight: list[str]) -> str:
+    """'nnU-Net thrashed at the 1 GiB cap for 10 s during fingerprint extraction (...): nnrun ended it ...'"""
+    during = "while it started (its imports)" if phase in (None, "startup") else during_phase(phase, configuration)
+    evidence = []
+    if thrashing.reread_rate is not None:
+        evidence.append(f"{thrashing.reread_rate:.0f} pages read back a second")
+    if thrashing.stall_share is not None:
+        evidence.append(f"all tasks stalled on memory {thrashing.stall_share:.0%} of the time")
+    flight = f"; cases in flight: {', '.join(in_flight)}" if in_flight else ""
+    return (f"nnU-Net thrashed at the {format_bytes(thrashing.limit_bytes)} cap for {thrashing.seconds:.0f} s "
+            f"{during} (memory stayed at the cap while the kernel re-read evicted pages: "
+            f"{'; '.join(evidence) or 'no progress'}); nnrun ended it rather than wait minutes for an OOM "
+            f"kill{flight}")
+
+
 def stopped_after_oom_clause(signum: int) -> str:
     """nnrun was signalled after the kill: the job's manager reacting to it (a systemd unit's OOMPolicy=stop)."""
     name = signal.Signals(signum).name if signum in {int(s) for s in signal.Signals} else f"signal {signum}"

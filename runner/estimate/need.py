@@ -54,7 +54,7 @@ class Part:
     what: str                 # words for the user: "case042 in preprocessing 3d_fullres"
     kind: str                 # "main" (imports), "main_pool" (holding the fingerprint samples), "main_end", "case"
     bytes: int                # what the cgroup is charged at its peak (no margin)
-    source: str               # "estimate", "measured" or "killed at the cap"
+    source: str               # "estimate", "measured", "killed at the cap" or "thrashed at the cap"
     margin: float
 
     @property
@@ -85,7 +85,8 @@ class MemoryNeed:
     def reason(self) -> str:
         """One clause: what sets the figure, and the margin used, said once."""
         source = {"estimate": "predicted", "measured": "measured",
-                  "killed at the cap": "at least: it was killed at that cap"}.get(self.binding.source,
+                  "killed at the cap": "at least: it was killed at that cap",
+                  "thrashed at the cap": "at least: it thrashed at that cap"}.get(self.binding.source,
                                                                                   self.binding.source)
         return (f"{self.binding.what}: about {format_bytes(self.binding.bytes)} {source}, "
                 f"plus a {self.binding.margin:.0%} margin")
@@ -103,7 +104,8 @@ def _round_up_mem(n: int) -> int:
 
 def memory_needed(est: Estimate, *, fingerprint: bool, configurations: Iterable[str] | None,
                   measured: Mapping[PeakKey, int] | None = None,
-                  at_least: Mapping[str, int] | None = None) -> MemoryNeed:
+                  at_least: Mapping[str, int] | None = None,
+                  floor_source: str = "killed at the cap") -> MemoryNeed:
     """The cap the phases still to run need with one worker per pool.
 
     ``fingerprint``: fingerprint extraction still runs.  ``configurations``:
@@ -111,7 +113,8 @@ def memory_needed(est: Estimate, *, fingerprint: bool, configurations: Iterable[
     ``measured``: per-case worker peaks seen in this or earlier runs, keyed
     (phase, configuration or None for the fingerprint, case).  ``at_least``:
     lower bounds for parts that were killed at the cap with one worker: keys
-    ``"main"`` (nnU-Net's main process), or a case id.
+    ``"main"`` (nnU-Net's main process), or a case id; ``floor_source`` says how the
+    bound was learnt ("killed at the cap", or "thrashed at the cap").
     """
     measured = measured or {}
     at_least = at_least or {}
@@ -140,10 +143,11 @@ def memory_needed(est: Estimate, *, fingerprint: bool, configurations: Iterable[
                           est.main_fingerprint_peak_bytes, "estimate", est.margin))
     # A part killed at the cap with one worker needed more than that cap, whatever was predicted.
     for key, floor in at_least.items():
-        label = "nnU-Net's main process" if key == "main" else key
+        label = key if key != "main" else (
+            "nnU-Net with one worker" if floor_source == "thrashed at the cap" else "nnU-Net's main process")
         matching = [p for p in parts if (p.kind != "case" if key == "main" else p.what.startswith(f"{key} in "))]
         if not matching or max(p.bytes for p in matching) <= floor:
-            parts.append(Part(label, "main_end" if key == "main" else "case", int(floor), "killed at the cap",
+            parts.append(Part(label, "main_end" if key == "main" else "case", int(floor), floor_source,
                               est.margin))
     binding = max(parts, key=lambda p: (p.with_margin, p.bytes))
     return MemoryNeed(binding=binding, mem_bytes=_round_up_mem(binding.with_margin), parts=tuple(parts))

@@ -39,6 +39,7 @@ from runner.incontainer.events import (
     peak_rss_bytes,
     reset_peak_rss,
     shm_fill_hook,
+    thrash_hook,
 )
 from runner.rundir import AGENT_EVENTS_ENV, CONFIGURATION_ENV, FILE_ENDING_ENV, PHASE_ENV
 
@@ -74,6 +75,7 @@ def per_case(case_of):
             started = time.time()
             emit("case_start", case=case, phase=phase, configuration=configuration)
             shm_fill_hook()
+            thrash_hook()
             try:
                 result = fn(*args, **kwargs)
             except BaseException as err:

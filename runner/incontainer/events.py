@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 from runner.rundir import (
     AGENT_EVENTS_ENV,
+    CGROUP_DIR_ENV,
     CONFIGURATION_ENV,
     FAULTS_DIR,
     PHASE_ENV,
     TEST_KILL_AT_ENV,
     TEST_SHM_FILL_ENV,
+    TEST_THRASH_ENV,
 )
 
 # nnU-Net's own words when a pool worker is gone (its DefaultPreprocessor raises this RuntimeError):
@@ -119,3 +123,36 @@ def shm_fill_hook() -> None:
             area[offset] = 1
     finally:
         os.close(fd)
+
+
+def thrash_hook() -> None:
+    """Test-only: make the cgroup thrash, as a cap just above a run's working set does.
+
+    Fill anonymous memory up to NNRUN_TEST_THRASH bytes below the cap, then read the largest shared
+    library of the image page by page, over and over: the few MiB of page cache left cannot hold it (nor
+    the code every process of nnU-Net runs), so the kernel evicts and re-reads pages without end, and
+    reclaim always succeeds, so no OOM kill comes.  The process never returns from here.
+    """
+    room = os.environ.get(TEST_THRASH_ENV)
+    if not room:
+        return
+    import glob
+    import mmap
+
+    from runner.cgroup import own_cgroup_dir, read_memory_counters
+    emit("test_thrash", room_bytes=int(room))
+    given = os.environ.get(CGROUP_DIR_ENV)
+    cgroup = Path(given) if given else own_cgroup_dir()
+    held = []
+    while True:
+        c = read_memory_counters(cgroup)
+        if c.limit_bytes is None or (c.anon_bytes or 0) + (4 << 20) >= c.limit_bytes - int(room):
+            break
+        held.append(b"\x01" * (4 << 20))            # written: really resident, not lazily zero pages
+    libraries = sorted((f for entry in sys.path for f in glob.glob(os.path.join(entry, "torch", "lib", "*.so*"))),
+                       key=os.path.getsize)
+    with open(libraries[-1], "rb") as fh:
+        area = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        while True:
+            for offset in range(0, len(area), mmap.PAGESIZE):
+                area[offset]

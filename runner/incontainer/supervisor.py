@@ -34,10 +34,12 @@ from pathlib import Path
 
 from runner.cgroup import MemoryCounters, own_cgroup_dir, read_memory_counters
 from runner.errors import CgroupReadError
+from runner.incontainer.thrash import WINDOW_S, Reading, ThrashWatch
 from runner.rundir import (
     AGENT_EVENTS_ENV,
     AGENT_EVENTS_FILE,
     CGROUP_DIR_ENV,
+    EV_THRASHING,
     EV_WORKER_EXIT,
     EVENTS_FILE,
     HOST_ACK_FILE,
@@ -46,7 +48,9 @@ from runner.rundir import (
     STATUS_ON_STDOUT,
     SUPERVISOR_SCHEMA,
     TEST_OOM_VICTIM_ENV,
+    THRASH_WINDOW_ENV,
     SupervisorStatus,
+    Thrashing,
     WorkerExitRecord,
     write_json_atomic,
 )
@@ -230,6 +234,10 @@ class Supervisor:
         self.terminated_by: int | None = None
         self.first_oom_at: float | None = None
         self.watchdog_fired = False
+        # Thrashing at the cap ends nnU-Net after this long (0: never); see runner.incontainer.thrash.
+        window = float(os.environ.get(THRASH_WINDOW_ENV) or WINDOW_S)
+        self.thrash_watch = ThrashWatch(window_s=window) if window > 0 else None
+        self.thrashing: Thrashing | None = None
         self.stop_polling = threading.Event()
 
     # -- events -------------------------------------------------------------
@@ -288,6 +296,8 @@ class Supervisor:
                 self.emit("watchdog", message=f"nnU-Net still running {grace:.0f} s after an OOM kill "
                                               f"in {self.tracker.phase}: ending it (it would hang)")
                 threading.Thread(target=self._end_child, daemon=True).start()
+        if main_alive and counters is not None and self.thrash_watch is not None and self.thrashing is None:
+            self.watch_thrashing(counters)
         tree = _descendants(table, child.pid)
         for pid in tree:
             ppid, state, cmdline = table[pid]
@@ -317,6 +327,21 @@ class Supervisor:
                                       oom_kill_before=oom_before, oom_kill_after=oom_now)
             self.worker_exits.append(record)
             self.emit(EV_WORKER_EXIT, **record.to_json())
+
+    def watch_thrashing(self, counters: MemoryCounters) -> None:
+        """End nnU-Net when the cgroup thrashes at the cap: it would crawl for minutes, or forever."""
+        assert self.thrash_watch is not None
+        found = self.thrash_watch.observe(Reading(time.time(), counters.usage_bytes, counters.limit_bytes,
+                                                  counters.refaults if counters.refaults is not None
+                                                  else counters.major_faults, counters.pressure_full_us))
+        if found is None:
+            return
+        self.thrashing = found
+        self.emit(EV_THRASHING, seconds=found.seconds, reread_rate=found.reread_rate, stall_share=found.stall_share,
+                  limit_bytes=found.limit_bytes, phase=self.tracker.phase, configuration=self.tracker.configuration,
+                  message=f"nnU-Net thrashed at the cap for {found.seconds:.0f} s: ending it (an OOM kill "
+                          f"could take minutes)")
+        threading.Thread(target=self._end_child, daemon=True).start()
 
     def poll_loop(self) -> None:
         while not self.stop_polling.is_set():
@@ -476,6 +501,8 @@ class Supervisor:
             start_error=start_error,
             terminated_by_signal=self.terminated_by,
             watchdog_fired=self.watchdog_fired,
+            thrashing=self.thrashing,
+            thrash_watch=self.thrash_watch.summary() if self.thrash_watch else None,
             phase=self.tracker.phase,
             configuration=self.tracker.configuration,
             completed_phases=self.tracker.completed_phases,

@@ -22,6 +22,7 @@ from runner.rundir import (
     SCHEDULE_FILE,
     SCHEDULE_FILE_ENV,
     TEST_HOOK_ENVS,
+    THRASH_WINDOW_ENV,
 )
 from runner.shards import PLANS_NAME_ENV, SHARD_COUNT_ENV, SHARD_INDEX_ENV, SHARD_MAP_ENV, SKIP_PLANNING_ENV
 from runner.shards import map_path as shard_map_path
@@ -119,6 +120,8 @@ def container_environment(opts: PreprocessOptions, settings: RunSettings, file_e
     for hook in TEST_HOOK_ENVS:     # test-only hooks (never in rendered manifests)
         if test_hooks and os.environ.get(hook):
             env[hook] = os.environ[hook]
+    if os.environ.get(THRASH_WINDOW_ENV):       # the user's thrashing window (0: never end a thrashing run)
+        env[THRASH_WINDOW_ENV] = os.environ[THRASH_WINDOW_ENV]
     return env
 
 

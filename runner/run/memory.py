@@ -51,11 +51,11 @@ def predicted_case_bytes(dataset: RawDataset, preprocessed_dataset: Path, opts: 
 
 def need_after_oom(est: Estimate | None, opts: PreprocessOptions, fingerprint_needed: bool,
                    earlier: dict[PeakKey, int], phase: str | None, configuration: str | None, records: list,
-                   victims: list, workers: int, limit_bytes: int) -> MemoryNeed | None:
+                   victims: list, workers: int, limit_bytes: int, thrashed: bool = False) -> MemoryNeed | None:
     """What the rest of the run needs with one worker (None: no estimate), from the estimate, the peaks
     measured in this run (``records``: the agent's per-case records) and earlier ones, and what the kill
     proved: a process killed at the cap while it ran alone (one worker, or the main process outside a
-    pool) needed more than the cap."""
+    pool) needed more than the cap; so did a run that thrashed at the cap (``thrashed``) alone."""
     if est is None:
         return None
     this_run = peaks_from_events([{"event": "case_end", "case": r.case, "phase": r.phase,
@@ -68,9 +68,12 @@ def need_after_oom(est: Estimate | None, opts: PreprocessOptions, fingerprint_ne
     at_least: dict[str, int] = {}
     first = victims[0] if victims else None
     in_pool = phase in ("verify", "fingerprint", "preprocessing")
-    if first is not None and first.role == "main" and (workers <= 1 or not in_pool):
+    if thrashed and (workers <= 1 or not in_pool):
+        at_least["main"] = limit_bytes      # the working set of nnU-Net itself did not fit
+    elif first is not None and first.role == "main" and (workers <= 1 or not in_pool):
         at_least["main"] = limit_bytes
     elif first is not None and first.role == "worker" and first.case and workers <= 1:
         at_least[first.case] = limit_bytes
     return memory_needed(est, fingerprint=fingerprint, configurations=() if opts.no_pp else configs,
-                         measured=merge_peaks(earlier, this_run), at_least=at_least)
+                         measured=merge_peaks(earlier, this_run), at_least=at_least,
+                         floor_source="thrashed at the cap" if thrashed else "killed at the cap")

@@ -524,12 +524,15 @@ class Preprocess:
             report.message = wording.ok_message(dataset.name, report.configurations, report.duration_s, opts.no_pp,
                                                 peak, [s["configuration"] for s in report.configurations_skipped])
         elif o is Outcome.OOM:
-            report.message = wording.oom_message(victims[0] if victims else None, phase, facts.configuration,
-                                                 in_flight, exact) + peak
+            report.message = (wording.thrash_message(facts.thrashing, phase, facts.configuration, in_flight)
+                              if verdict.oom_source == "thrashing" else wording.oom_message(
+                                  victims[0] if victims else None, phase, facts.configuration, in_flight, exact)) + peak
+            report.thrashing = facts.thrashing.to_json() if facts.thrashing else None
             if facts.interrupt_signal is not None:
                 report.message += wording.stopped_after_oom_clause(facts.interrupt_signal)
             need = need_after_oom(self.estimate, opts, self.fingerprint_needed, self.earlier_peaks, phase,
-                                  facts.configuration, records, victims, workers, report.limit_bytes)
+                                  facts.configuration, records, victims, workers, report.limit_bytes,
+                                  thrashed=verdict.oom_source == "thrashing")
             rec = recommend(verdict, phase, facts.configuration, opts, report.limit_bytes, host_mem, need,
                             fit_npfp=self.estimate.max_npfp if self.estimate else None,
                             fit_np=dict(self.estimate.max_np) if self.estimate else None)

@@ -190,6 +190,8 @@ def test_v1_cgroupfs_with_oom_kill() -> None:
         oom_events=None,
         oom_kill=1,
         under_oom=False,
+        major_faults=12,
+        refaults=1173,
     )
 
 
@@ -261,6 +263,8 @@ def test_v2_systemd_with_oom_kill() -> None:
         oom_events=3,
         oom_kill=1,
         under_oom=None,
+        major_faults=12,
+        refaults=1173,
     )
 
 
@@ -299,7 +303,8 @@ def test_to_dict_has_every_field() -> None:
     assert as_dict["under_oom"] is None
     assert set(as_dict) == {
         "version", "usage_bytes", "peak_usage_bytes", "limit_bytes", "anon_bytes",
-        "file_bytes", "shmem_bytes", "oom_events", "oom_kill", "under_oom",
+        "file_bytes", "shmem_bytes", "oom_events", "oom_kill", "under_oom", "major_faults", "refaults",
+        "pressure_full_us",
     }
 
 

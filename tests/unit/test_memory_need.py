@@ -19,6 +19,7 @@ from runner.estimate.need import MEASURED_MARGIN, memory_needed
 from runner.options import PreprocessOptions, nnrun_argv, validate
 from runner.run.admission import check_fits
 from runner.run.history import earlier_peaks, merge_peaks, peaks_from_events
+from runner.run.memory import need_after_oom
 from runner.rundir import AGENT_EVENTS_FILE, MANIFEST_FILE, NNRUN_DIR
 from runner.units import GIB, MIB, format_mem_arg, parse_mem
 
@@ -129,6 +130,24 @@ def test_a_kill_at_the_cap_with_one_worker_raises_the_floor(two_channel):
                     validate(PreprocessOptions(611, configurations=("3d_fullres",), np=(1,), npfp=1)),
                     cap, 24 * GIB, need)
     assert rec.mem_bytes == need.mem_bytes > cap
+
+
+def test_a_thrash_with_one_worker_asks_for_more_than_the_cap_and_says_why(two_channel):
+    """A run that thrashed at the cap has no victim; with one worker its working set needed more than the cap."""
+    est = _est(two_channel, 8 * GIB)
+    cap = memory_needed(est, fingerprint=True, configurations=["3d_fullres"]).binding.bytes + 100 * MIB
+    opts = validate(PreprocessOptions(611, configurations=("3d_fullres",), np=(1,), npfp=1))
+    need = need_after_oom(est, opts, True, {}, "fingerprint", None, [], [], 1, cap, thrashed=True)
+    assert need.binding.source == "thrashed at the cap" and need.mem_bytes > cap
+    assert "at least: it thrashed at that cap" in need.reason()
+    thrashed = Verdict(Outcome.OOM, 0, "thrashing")
+    rec = recommend(thrashed, "fingerprint", None, opts, cap, 24 * GIB, need)
+    assert rec.mem_bytes == need.mem_bytes and f"--mem {need.mem_arg}" in rec.text
+    # In a pool of several workers, a thrash is answered like a worker's kill: fewer workers, same cap.
+    pool = validate(PreprocessOptions(611, configurations=("3d_fullres",), np=(1,), npfp=4))
+    need = need_after_oom(est, pool, True, {}, "fingerprint", None, [], [], 4, cap, thrashed=True)
+    rec = recommend(thrashed, "fingerprint", None, pool, cap, 24 * GIB, need, fit_npfp=1)
+    assert rec.options.npfp == 1 and rec.mem_bytes is None
 
 
 def test_oom_in_a_pool_where_one_worker_fits_means_fewer_workers_fitted_by_the_estimate(two_channel):

@@ -68,6 +68,11 @@ REPORTS = {
                                           oom_source="engine", cgroup_reader=None, phase="fingerprint",
                                           configuration=None, recommendation=None, recommendation_argv=None,
                                           container_exit_code=137),
+    "oom_thrashing": lambda: oom_report(
+        victim=None, victims=[], oom_kills=0, oom_source="thrashing", phase="fingerprint", configuration=None,
+        container_exit_code=143, message="nnU-Net thrashed at the 1.2 GiB cap for 10 s during fingerprint extraction",
+        thrashing={"since": 1795647719.8, "seconds": 10.1, "reread_rate": 2431.0, "stall_share": None,
+                   "limit_bytes": CAP}),
     "error": lambda: RunReport(**context(outcome=Outcome.ERROR, phase="fingerprint", container_exit_code=1,
                                          message="nnU-Net failed during fingerprint extraction: ValueError: operands",
                                          error_detail="ValueError: operands could not be broadcast together",
@@ -84,7 +89,7 @@ REPORTS = {
                                                     interrupt_signal=signal.SIGTERM, message="interrupted by SIGTERM")),
     "bug": lambda: RunReport(outcome=Outcome.BUG, message="RuntimeError: boom", log_path="/cache/nnrun/crash-1.log"),
 }
-EXPECTED_EXIT = {"ok": 0, "bad_input": 2, "oom": 3, "oom_main_engine": 3, "error": 4, "killed": 5, "infra": 6,
+EXPECTED_EXIT = {"ok": 0, "bad_input": 2, "oom": 3, "oom_main_engine": 3, "oom_thrashing": 3, "error": 4, "killed": 5, "infra": 6,
                  "infra_startup": 6, "interrupted_int": 130, "interrupted_term": 143, "bug": 1}
 
 
@@ -98,7 +103,7 @@ def test_to_json_validates_against_the_schema(name, validator):
     validator.validate(data)
     assert data["exit_code"] == EXPECTED_EXIT[name]
     assert data["outcome"] == REPORTS[name]().outcome.value
-    assert data["schema_version"] == SCHEMA_VERSION == 3
+    assert data["schema_version"] == SCHEMA_VERSION == 4
     assert data["nnrun_version"] == __version__
 
 
@@ -123,6 +128,20 @@ def test_the_schema_rejects_an_oom_report_with_the_wrong_exit_code_or_no_victim(
         bad = copy.deepcopy(good)
         bad.update(change)
         assert not validator.is_valid(bad), change
+
+
+def test_the_schema_wants_a_thrashing_record_and_no_kill_for_oom_source_thrashing(validator):
+    good = to_json(REPORTS["oom_thrashing"]())
+    for change in ({"thrashing": None}, {"oom_kills": 1}, {"victim": "main"}):
+        bad = copy.deepcopy(good)
+        bad.update(change)
+        assert not validator.is_valid(bad), change
+
+
+def test_human_report_of_a_thrashed_run_says_how_long_and_no_kill_count():
+    text = render_human(REPORTS["oom_thrashing"]())
+    assert "  thrashing:    10 s at the cap (2431 pages read back/s); ended by nnrun" in text
+    assert "OOM kills:" not in text and "killed:" not in text
 
 
 def test_the_schema_rejects_an_ok_report_with_a_phase(validator):
