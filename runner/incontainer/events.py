@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -128,19 +127,29 @@ def shm_fill_hook() -> None:
 def thrash_hook() -> None:
     """Test-only: make the cgroup thrash, as a cap just above a run's working set does.
 
-    Fill anonymous memory up to NNRUN_TEST_THRASH bytes below the cap, then read the largest shared
-    library of the image page by page, over and over: the few MiB of page cache left cannot hold it (nor
-    the code every process of nnU-Net runs), so the kernel evicts and re-reads pages without end, and
-    reclaim always succeeds, so no OOM kill comes.  The process never returns from here.
+    Write a 64 MiB file of this cgroup's own into the run folder and drop it from the page cache, fill
+    anonymous memory up to NNRUN_TEST_THRASH bytes below the cap, then read the file page by page, over
+    and over: the few MiB of page cache left cannot hold it (nor the code nnU-Net runs), so the kernel
+    evicts and re-reads pages without end, and reclaim always succeeds, so no OOM kill comes.  (A shared
+    library would not do: pages already cached for another cgroup are read without a fault.)  The
+    process never returns from here.
     """
     room = os.environ.get(TEST_THRASH_ENV)
-    if not room:
+    events = os.environ.get(AGENT_EVENTS_ENV)
+    if not room or not events:
         return
-    import glob
     import mmap
 
     from runner.cgroup import own_cgroup_dir, read_memory_counters
     emit("test_thrash", room_bytes=int(room))
+    path = os.path.join(os.path.dirname(events), f"thrash-test-{os.getpid()}.bin")
+    size = 64 << 20
+    with open(path, "wb") as fh:
+        for _ in range(size // (1 << 20)):
+            fh.write(os.urandom(1 << 20))
+        fh.flush()
+        os.fsync(fh.fileno())
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)     # every later read is this cgroup's
     given = os.environ.get(CGROUP_DIR_ENV)
     cgroup = Path(given) if given else own_cgroup_dir()
     held = []
@@ -149,9 +158,7 @@ def thrash_hook() -> None:
         if c.limit_bytes is None or (c.anon_bytes or 0) + (4 << 20) >= c.limit_bytes - int(room):
             break
         held.append(b"\x01" * (4 << 20))            # written: really resident, not lazily zero pages
-    libraries = sorted((f for entry in sys.path for f in glob.glob(os.path.join(entry, "torch", "lib", "*.so*"))),
-                       key=os.path.getsize)
-    with open(libraries[-1], "rb") as fh:
+    with open(path, "rb") as fh:
         area = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         while True:
             for offset in range(0, len(area), mmap.PAGESIZE):

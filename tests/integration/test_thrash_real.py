@@ -2,9 +2,11 @@
 around a real nnU-Net run in the image, ends as ``oom`` within 30 s of the cap, not minutes of silence.
 
 The test hook ``NNRUN_TEST_THRASH`` (runner/incontainer/events.py ``thrash_hook``) makes the first
-fingerprint worker fill anonymous memory to a few MiB below the cap and then read torch's largest
-library page by page, over and over: what a cap just above a run's working set does to nnU-Net's own
-code pages.  Without the supervisor's watch such a run crawls until the kernel gives up (measured in
+fingerprint worker write a 64 MiB file of its own, fill anonymous memory to a few MiB below the cap and
+then read that file page by page, over and over: what a cap just above a run's working set does to
+nnU-Net's own code pages.  (A first version read torch's largest library: once its pages were cached
+for another cgroup by earlier runs, reading them charged nothing and faulted nothing, and the worker
+spun at the cap without thrashing.)  Without the supervisor's watch such a run crawls until the kernel gives up (measured in
 issue 13: 284 s before an OOM kill) or forever.
 """
 from __future__ import annotations
