@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from runner.cgroup import own_cgroup_dir
+
 # -- files in the run folder ---------------------------------------------------------------
 STATUS_FILE = "status.json"          # the supervisor's final status (SupervisorStatus)
 HOST_ACK_FILE = "host-ack"           # the host has read the cgroup once more: the supervisor may exit
@@ -57,6 +59,13 @@ TEST_THRASH_ENV = "NNRUN_TEST_THRASH"          # a worker fills the cap to this 
 TEST_HOOK_ENVS = (TEST_OOM_VICTIM_ENV, TEST_KILL_AT_ENV, TEST_SHM_FILL_ENV, TEST_THRASH_ENV)
 
 SUPERVISOR_SCHEMA = 1
+
+
+def run_cgroup_dir() -> Path:
+    """The memory cgroup that caps this run's processes: the job's, as the host found it (``--runtime host``
+    sets CGROUP_DIR_ENV), else the container's own."""
+    given = os.environ.get(CGROUP_DIR_ENV)
+    return Path(given) if given else own_cgroup_dir()
 
 # -- event kinds (events.jsonl and agent.jsonl) ------------------------------------------------
 EV_SUPERVISOR_START = "supervisor_start"

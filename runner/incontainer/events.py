@@ -10,17 +10,16 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 from runner.rundir import (
     AGENT_EVENTS_ENV,
-    CGROUP_DIR_ENV,
     CONFIGURATION_ENV,
     FAULTS_DIR,
     PHASE_ENV,
     TEST_KILL_AT_ENV,
     TEST_SHM_FILL_ENV,
     TEST_THRASH_ENV,
+    run_cgroup_dir,
 )
 
 # nnU-Net's own words when a pool worker is gone (its DefaultPreprocessor raises this RuntimeError):
@@ -140,7 +139,7 @@ def thrash_hook() -> None:
         return
     import mmap
 
-    from runner.cgroup import own_cgroup_dir, read_memory_counters
+    from runner.cgroup import read_memory_counters
     emit("test_thrash", room_bytes=int(room))
     path = os.path.join(os.path.dirname(events), f"thrash-test-{os.getpid()}.bin")
     size = 64 << 20
@@ -150,8 +149,7 @@ def thrash_hook() -> None:
         fh.flush()
         os.fsync(fh.fileno())
         os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)     # every later read is this cgroup's
-    given = os.environ.get(CGROUP_DIR_ENV)
-    cgroup = Path(given) if given else own_cgroup_dir()
+    cgroup = run_cgroup_dir()
     held = []
     while True:
         c = read_memory_counters(cgroup)

@@ -32,13 +32,12 @@ import threading
 import time
 from pathlib import Path
 
-from runner.cgroup import MemoryCounters, own_cgroup_dir, read_memory_counters
+from runner.cgroup import MemoryCounters, read_memory_counters
 from runner.errors import CgroupReadError
 from runner.incontainer.thrash import WINDOW_S, Reading, ThrashWatch
 from runner.rundir import (
     AGENT_EVENTS_ENV,
     AGENT_EVENTS_FILE,
-    CGROUP_DIR_ENV,
     EV_THRASHING,
     EV_WORKER_EXIT,
     EVENTS_FILE,
@@ -52,6 +51,7 @@ from runner.rundir import (
     SupervisorStatus,
     Thrashing,
     WorkerExitRecord,
+    run_cgroup_dir,
     write_json_atomic,
 )
 
@@ -253,9 +253,7 @@ class Supervisor:
     def read_counters(self) -> MemoryCounters | None:
         try:
             if self.cgroup_dir is None:
-                # --runtime host: the job's cgroup, found by the host; in a container: its own.
-                given = os.environ.get(CGROUP_DIR_ENV)
-                self.cgroup_dir = Path(given) if given else own_cgroup_dir()
+                self.cgroup_dir = run_cgroup_dir()
             counters = read_memory_counters(self.cgroup_dir)
         except CgroupReadError as err:
             self.cgroup_error = str(err)

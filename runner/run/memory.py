@@ -4,7 +4,6 @@ needs after an OOM kill.  The decisions are pure (:mod:`runner.estimate.need`,
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -15,19 +14,16 @@ from runner.estimate.model import Baseline, Estimate, estimate, load_model
 from runner.estimate.need import MemoryNeed, PeakKey, memory_needed
 from runner.options import PreprocessOptions
 from runner.run.history import earlier_peaks, merge_peaks, peaks_from_events
-
-
-def _plans(preprocessed_dataset: Path, opts: PreprocessOptions) -> dict | None:
-    path = preprocessed_dataset / f"{opts.plans_name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+from runner.run.preflight import read_plans
 
 
 def run_estimate(dataset: RawDataset, preprocessed_dataset: Path, opts: PreprocessOptions, mem_bytes: int,
                  baseline: Baseline) -> tuple[Estimate, dict[PeakKey, int]]:
     """The estimate for this run and the per-case peaks earlier runs of the dataset measured (same image
     and plans)."""
-    est = estimate(dataset, _plans(preprocessed_dataset, opts), opts.configurations, mem_bytes, baseline,
-                   load_model(), cpus=os.cpu_count() or 1, geoms=dataset_geometry_with_data(dataset))
+    plans = read_plans(preprocessed_dataset / f"{opts.plans_name}.json")   # None: nnU-Net plans anew
+    est = estimate(dataset, plans, opts.configurations, mem_bytes, baseline, load_model(),
+                   cpus=os.cpu_count() or 1, geoms=dataset_geometry_with_data(dataset))
     return est, earlier_peaks(preprocessed_dataset, baseline.image_id, opts.plans_name)
 
 
@@ -36,8 +32,10 @@ def predicted_case_bytes(dataset: RawDataset, preprocessed_dataset: Path, opts: 
     """Each case's largest predicted preprocessing peak over the configurations (None: no estimate)."""
     # The extra memory above the process baseline ranks the cases; the baseline itself is the same for all.
     no_baseline = Baseline(main_bytes=0, worker_bytes=0, image_id="", measured=False)
+    plans = read_plans(preprocessed_dataset / f"{opts.plans_name}.json")
+    if plans is None:
+        return None
     try:
-        plans = json.loads((preprocessed_dataset / f"{opts.plans_name}.json").read_text())
         est = estimate(dataset, plans, opts.configurations, mem_bytes, no_baseline, load_model(),
                        cpus=os.cpu_count() or 1, geoms=dataset_geometry_with_data(dataset))
     except (NnrunError, OSError, ValueError, KeyError, RuntimeError):
