@@ -55,7 +55,7 @@ TEST_KILL_AT_ENV = "NNRUN_TEST_KILL_AT"          # SIGKILL nnU-Net at a named po
 THRASH_WINDOW_ENV = "NNRUN_THRASH_WINDOW_S"    # seconds of thrashing at the cap before nnU-Net is ended (0: off)
 TEST_OOM_VICTIM_ENV = "NNRUN_TEST_OOM_VICTIM"    # make the kernel pick this process: worker | main
 TEST_SHM_FILL_ENV = "NNRUN_TEST_SHM_FILL"        # a worker maps this many bytes of /dev/shm before its case
-TEST_THRASH_ENV = "NNRUN_TEST_THRASH"          # a worker fills the cap to this many bytes below it, then re-reads a library
+TEST_THRASH_ENV = "NNRUN_TEST_THRASH"          # a worker fills the cap to this far below it, then re-reads a file
 TEST_HOOK_ENVS = (TEST_OOM_VICTIM_ENV, TEST_KILL_AT_ENV, TEST_SHM_FILL_ENV, TEST_THRASH_ENV)
 
 SUPERVISOR_SCHEMA = 1

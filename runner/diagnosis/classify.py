@@ -28,9 +28,11 @@ class Victim:
     pid: int | None
     case: str | None = None
     t: float | None = None
+    # A worker killed between two cases held none; the memory it still had came from the one it finished last.
+    last_case: str | None = None
 
     def to_dict(self) -> dict:
-        return {"role": self.role, "pid": self.pid, "case": self.case}
+        return {"role": self.role, "pid": self.pid, "case": self.case, "last_case": self.last_case}
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from runner.diagnosis.wording import DEATH_REASONS, describe_phase, headline, si
 from runner.errors import Outcome, exit_code_for
 from runner.units import format_bytes
 
-SCHEMA_VERSION = 4      # 2: signal, signal_name, crash_frame, crash_library, shm_size_bytes, crash_retry;
+SCHEMA_VERSION = 5      # 2: signal, signal_name, crash_frame, crash_library, shm_size_bytes, crash_retry;
                         # 3: configurations_skipped, and configurations lists only what nnU-Net preprocessed;
-                        # 4: memory_needed, thrashing, oom_source "thrashing"
+                        # 4: memory_needed, thrashing, oom_source "thrashing"; 5: victims[].last_case
 
 
 @dataclass
@@ -166,7 +166,8 @@ def render_human(report: RunReport) -> str:
         for v in report.victims:
             who = "nnU-Net's main process" if v["role"] == "main" else "a worker process"
             pid = f" (pid {v['pid']} in the container)" if v.get("pid") else ""
-            case = f", case {v['case']}" if v.get("case") else ""
+            case = (f", case {v['case']}" if v.get("case") else
+                    f", between cases (just finished {v['last_case']})" if v.get("last_case") else "")
             lines.append(f"  killed:       {who}{pid}{case}")
         if report.thrashing:
             t = report.thrashing

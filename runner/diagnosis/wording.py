@@ -67,7 +67,9 @@ def oom_message(first: Victim | None, phase: str | None, configuration: str | No
     flight = ""
     if in_flight:
         flight = f" (cases in flight{'' if exact else ', inferred'}: {', '.join(in_flight)})"
-    return f"the kernel OOM-killed a worker process{pid} {during}{flight}"
+    between = (f" between two cases (it had just finished {first.last_case} and held its memory still)"
+               if first is not None and first.last_case else "")
+    return f"the kernel OOM-killed a worker process{pid}{between} {during}{flight}"
 
 
 def thrash_message(thrashing, phase: str | None, configuration: str | None, in_flight: list[str]) -> str:

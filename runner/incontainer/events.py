@@ -126,12 +126,15 @@ def shm_fill_hook() -> None:
 def thrash_hook() -> None:
     """Test-only: make the cgroup thrash, as a cap just above a run's working set does.
 
-    Write a 64 MiB file of this cgroup's own into the run folder and drop it from the page cache, fill
+    Write a 128 MiB file of this cgroup's own into the run folder and drop it from the page cache, fill
     anonymous memory up to NNRUN_TEST_THRASH bytes below the cap, then read the file page by page, over
-    and over: the few MiB of page cache left cannot hold it (nor the code nnU-Net runs), so the kernel
-    evicts and re-reads pages without end, and reclaim always succeeds, so no OOM kill comes.  (A shared
-    library would not do: pages already cached for another cgroup are read without a fault.)  The
-    process never returns from here.
+    and over: a page cache that small cannot hold it (nor the code nnU-Net runs), so the kernel evicts and
+    re-reads pages without end.  (A shared library would not do: pages already cached for another cgroup
+    are read without a fault.)  The room must stay large enough for reclaim always to find clean pages:
+    with 16 MiB of room and a 64 MiB file, the kernel OOM-killed the worker after 9 s of thrashing in
+    1 run of 4; with the cache squeezed only until the file stopped fitting, it fitted again (~75 MiB)
+    and the run sat at the cap without thrashing.  The test gives 64 MiB, half the file.  The process
+    never returns from here.
     """
     room = os.environ.get(TEST_THRASH_ENV)
     events = os.environ.get(AGENT_EVENTS_ENV)
@@ -142,7 +145,7 @@ def thrash_hook() -> None:
     from runner.cgroup import read_memory_counters
     emit("test_thrash", room_bytes=int(room))
     path = os.path.join(os.path.dirname(events), f"thrash-test-{os.getpid()}.bin")
-    size = 64 << 20
+    size, chunk = 128 << 20, 4 << 20
     with open(path, "wb") as fh:
         for _ in range(size // (1 << 20)):
             fh.write(os.urandom(1 << 20))
@@ -153,9 +156,9 @@ def thrash_hook() -> None:
     held = []
     while True:
         c = read_memory_counters(cgroup)
-        if c.limit_bytes is None or (c.anon_bytes or 0) + (4 << 20) >= c.limit_bytes - int(room):
+        if c.limit_bytes is None or (c.anon_bytes or 0) + chunk >= c.limit_bytes - int(room):
             break
-        held.append(b"\x01" * (4 << 20))            # written: really resident, not lazily zero pages
+        held.append(b"\x01" * chunk)            # written: really resident, not lazily zero pages
     with open(path, "rb") as fh:
         area = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         while True:

@@ -47,7 +47,7 @@ from runner.run.preflight import (
     shard_dataset,
 )
 from runner.run.settings import NullSink, ProgressSink, RunSettings
-from runner.run.telemetry import JsonlTail, case_held_by
+from runner.run.telemetry import JsonlTail, with_cases
 from runner.rundir import (
     ACTIVE_FILE,
     AGENT_EVENTS_FILE,
@@ -502,8 +502,7 @@ class Preprocess:
         if o in (Outcome.OOM, Outcome.ERROR, Outcome.KILLED, Outcome.INTERRUPTED):
             report.cases_in_flight = in_flight
             report.cases_exact = exact
-        victims = [replace(v, case=case_held_by(records, v.pid, v.t)) if v.role == "worker" else v
-                   for v in verdict.victims]
+        victims = [with_cases(v, records) for v in verdict.victims]
         report.victims = [v.to_dict() for v in victims]
         report.victim = verdict.victim
         report.victim_case = victims[0].case if victims else None

@@ -7,9 +7,10 @@ container).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from runner.diagnosis.classify import Victim
 from runner.rundir import parse_jsonl
 
 
@@ -76,6 +77,21 @@ def case_held_by(records: list[CaseRecord], pid: int | None, at: float | None = 
             return held[-1].case
     open_ones = [r for r in mine if r.status == "unfinished"]
     return open_ones[-1].case if open_ones else None
+
+
+def case_finished_last(records: list[CaseRecord], pid: int | None, at: float | None = None) -> str | None:
+    """The case worker ``pid`` finished last (before time ``at``): what a worker killed between cases held."""
+    done = [r for r in records if r.pid == pid and pid is not None and r.end is not None
+            and (at is None or r.end <= at)]
+    return max(done, key=lambda r: r.end or 0.0).case if done else None
+
+
+def with_cases(victim: Victim, records: list[CaseRecord]) -> Victim:
+    """A worker victim with the case it held at the kill, or else the case it had just finished."""
+    if victim.role != "worker":
+        return victim
+    held = case_held_by(records, victim.pid, victim.t)
+    return replace(victim, case=held, last_case=None if held else case_finished_last(records, victim.pid, victim.t))
 
 
 class JsonlTail:

@@ -109,7 +109,7 @@ def test_victim_case_names_the_big_case_the_killed_worker_held(docker_ready, tmp
     holder = pre_cases["case002"]["pid"]
     exits = json.loads((run_dir / "status.json").read_text()).get("worker_exits", [])
     assert report["victim_case"] == "case002", (report["victims"], report["message"], exits)
-    assert report["victims"][0] == {"role": "worker", "pid": holder, "case": "case002"}
+    assert report["victims"][0] == {"role": "worker", "pid": holder, "case": "case002", "last_case": None}
     assert len(report["victims"]) <= report["oom_kills"]          # one victim per kill, not per exit
     # The human report says it in words.
     print(f"\nvictim message: {report['message']}")
@@ -135,7 +135,7 @@ def test_main_process_oom_run_folder(docker_ready, demo_raw, tmp_path):
     jsonschema.validate(saved, SCHEMA)
     assert saved["victim"] == "main" and saved["phase"] == "fingerprint"
     assert saved["victim_case"] is None
-    assert saved["victims"] == [{"role": "main", "pid": saved["victims"][0]["pid"], "case": None}]
+    assert saved["victims"] == [{"role": "main", "pid": saved["victims"][0]["pid"], "case": None, "last_case": None}]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert (manifest["outcome"], manifest["exit_code"]) == ("oom", 3)
 

@@ -2,7 +2,7 @@
 around a real nnU-Net run in the image, ends as ``oom`` within 30 s of the cap, not minutes of silence.
 
 The test hook ``NNRUN_TEST_THRASH`` (runner/incontainer/events.py ``thrash_hook``) makes the first
-fingerprint worker write a 64 MiB file of its own, fill anonymous memory to a few MiB below the cap and
+fingerprint worker write a 128 MiB file of its own, fill anonymous memory to 64 MiB below the cap and
 then read that file page by page, over and over: what a cap just above a run's working set does to
 nnU-Net's own code pages.  (A first version read torch's largest library: once its pages were cached
 for another cgroup by earlier runs, reading them charged nothing and faulted nothing, and the worker
@@ -35,7 +35,7 @@ def test_a_run_thrashing_at_the_cap_ends_as_oom_within_30_s_with_advice(docker_r
     pre = tmp_path / "pre"
     started = time.monotonic()
     result = run_nnrun("preprocess", "-d", "501", "--mem", CAP, "--raw", str(demo_raw), "--preprocessed", str(pre),
-                       *FAST, env={"NNRUN_TEST_THRASH": str(16 << 20)}, timeout=300)
+                       *FAST, env={"NNRUN_TEST_THRASH": str(64 << 20)}, timeout=300)
     wall = time.monotonic() - started
     report = result.report
     assert result.returncode == 3 and report is not None, result.stderr[-3000:]

@@ -103,7 +103,7 @@ def test_to_json_validates_against_the_schema(name, validator):
     validator.validate(data)
     assert data["exit_code"] == EXPECTED_EXIT[name]
     assert data["outcome"] == REPORTS[name]().outcome.value
-    assert data["schema_version"] == SCHEMA_VERSION == 4
+    assert data["schema_version"] == SCHEMA_VERSION == 5
     assert data["nnrun_version"] == __version__
 
 

@@ -487,7 +487,7 @@ def test_worker_oom_run_reports_oom_recommends_fewer_workers_and_removes_half_wr
     assert report.outcome is Outcome.OOM and report.exit_code == 3
     assert report.oom_kills == 1 and report.oom_source == "cgroup"
     assert report.phase == "preprocessing" and report.configuration == "3d_fullres"
-    assert report.victim == "worker" and report.victims == [{"role": "worker", "pid": 69, "case": None}]
+    assert report.victim == "worker" and report.victims == [{"role": "worker", "pid": 69, "case": None, "last_case": None}]
     assert report.container_exit_code == 1
     assert "worker" in report.message
     # the next command: the same cap, half the workers for 3d_fullres

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from runner.run.telemetry import JsonlTail, case_held_by, case_records, unfinished
+from runner.run.telemetry import JsonlTail, case_finished_last, case_held_by, case_records, unfinished, with_cases
 from runner.rundir import parse_jsonl, read_jsonl
 
 PRE = {"phase": "preprocessing", "configuration": "3d_fullres"}
@@ -133,6 +133,14 @@ def test_case_held_by_at_a_time():
     assert case_held_by(records, None, 101.5) is None
 
 
+def test_case_finished_last_names_what_a_worker_between_cases_held():
+    records = case_records(EVENTS)
+    assert case_finished_last(records, 36, 150.0) == "case003"
+    assert case_finished_last(records, 36, 102.5) == "case001"      # an errored case ended too
+    assert case_finished_last(records, 35, 101.5) is None           # nothing finished yet
+    assert case_finished_last(records, None, 150.0) is None
+
+
 def test_jsonl_tail_returns_lines_only_once_complete(tmp_path):
     path = tmp_path / "events.jsonl"
     tail = JsonlTail(path)
@@ -197,7 +205,6 @@ def _status(worker_exits: list[tuple[int, float, int, int]]) -> dict:
 
 def _attribute(status: dict, agent_events: list[dict]):
     """What runner/run/preprocess.py (Preprocess.run and _fill) derives: the verdict and the victims' cases."""
-    from dataclasses import replace
 
     from runner.diagnosis.classify import classify
     from runner.diagnosis.facts import gather_facts
@@ -214,8 +221,7 @@ def _attribute(status: dict, agent_events: list[dict]):
                                     engine_oom_events=0, interrupt_signal=None,
                                     open_case_pids=frozenset(r.pid for r in records if r.status == "unfinished")))
     assert verdict.outcome is Outcome.OOM and verdict.oom_kills == 1
-    victims = [replace(v, case=case_held_by(records, v.pid, v.t)) if v.role == "worker" else v
-               for v in verdict.victims]
+    victims = [with_cases(v, records) for v in verdict.victims]
     return verdict, victims
 
 
@@ -243,3 +249,25 @@ def test_victim_attribution_when_the_exit_lines_up_with_the_rise():
     status = _status([(69, 1000.0, 0, 1), (68, 1000.1, 1, 1), (150, 1000.1, 1, 1)])
     verdict, victims = _attribute(status, _agent_events(holder=69, other=68, t0=996.0))
     assert [(v.role, v.pid, v.case) for v in victims] == [("worker", 69, "case002")]
+
+
+def test_a_worker_killed_between_two_cases_names_the_case_it_had_just_finished():
+    # A real run (fault matrix, -npfp 2 at 1g; pids and times copied from its status.json and agent.jsonl):
+    # pid 29 finished case000 and, before it took the next case, was OOM-killed with 456 MB still resident;
+    # pid 30 (holding case001) died 0.2 s later when nnU-Net tore the pool down; 43 was the pool's
+    # replacement worker.  The victim held no case; what it held was case000's memory.
+    t0 = 1796490946.589
+    agent = [ev(t0, "case_start", "case000", 29, **FP), ev(t0 + 0.381, "case_start", "case001", 30, **FP),
+             ev(t0 + 0.543, "case_end", "case000", 29, peak_rss_bytes=577_437_696, duration_s=0.543, **FP)]
+    status = {"main_pid": 7, "returncode": 1, "ended": 1796490948.24, **FP, "oom_kill_start": 0,
+              "oom_kill_end": 1, "watchdog_fired": False,
+              "last_exception_line": "RuntimeError: Some background worker is 6 feet under. Yuck.",
+              "worker_exits": [{"pid": pid, "t": t, "main_alive": True, "oom_kill_before": 1, "oom_kill_after": 1,
+                                "last_rss_bytes": rss, **FP}
+                               for pid, t, rss in ((29, 1796490947.259, 455_741_440), (43, 1796490947.31, 11_591_680),
+                                                   (30, 1796490947.464, 461_975_552))]}
+    verdict, victims = _attribute(status, agent)
+    assert [(v.pid, v.case, v.last_case) for v in victims] == [(29, None, "case000")]
+    from runner.diagnosis.wording import oom_message
+    text = oom_message(victims[0], "fingerprint", None, ["case001"], True)
+    assert "(pid 29) between two cases (it had just finished case000" in text and "case001" in text

@@ -207,7 +207,7 @@ def test_a_segfault_report_names_everything_and_quotes_six_feet_under(tiny_raw, 
     assert "-np 1" in report.recommendation and "-npfp 1" in report.recommendation
     assert not (report.run_dir and (tmp_path / "x").exists())
     data = assert_report_json_matches(report)
-    assert data["schema_version"] == 4 and data["signal_name"] == "SIGSEGV"
+    assert data["schema_version"] == 5 and data["signal_name"] == "SIGSEGV"
     # the empty dump of the worker that did not crash is tidied away, the real one kept
     faults = sorted(p.name for p in (tmp_path / "pre").rglob(f"{FAULTS_DIR}/*"))
     assert faults == ["73.log"]
