@@ -24,7 +24,10 @@ GUEST="$CACHE/cgroup-v2-guest"
 SUITE=bookworm
 PACKAGES="systemd,systemd-sysv,udev,linux-image-amd64,docker.io,python3,python3-venv,iproute2,procps,kmod,podman,containernetworking-plugins,catatonit,crun,uidmap,slirp4netns,fuse-overlayfs,dbus,dbus-user-session,libpam-systemd"
 SLIM_PACKAGES="python3"
-PY_DEPS="docker>=7.1 psutil>=5.9 typer>=0.12 rich>=13 numpy>=1.24 matplotlib>=3.8"
+# nnrun's own dependencies, read from pyproject.toml (a copy here fell behind once: the guest lacked nibabel
+# and every scenario ended in bad_input).
+PY_DEPS="$(python3 -c 'import sys, tomllib; print(" ".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+    "$REPO/pyproject.toml")"
 # The recipe's hash: a change to any of it rebuilds.
 RECIPE="$(printf '%s\n' 3 "$SUITE" "$PACKAGES" "$SLIM_PACKAGES" "$PY_DEPS" | sha256sum | cut -c1-16)"
 

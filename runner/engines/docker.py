@@ -58,6 +58,10 @@ def _image_hint(engine: str | None, image: str) -> str:
     return IMAGE_HINT
 
 
+# In a rootless engine's user namespace, uid/gid 0 are the caller (see host_config_kwargs).
+ROOTLESS_CALLER_USER = "0:0"
+
+
 def podman_socket_candidates(uid: int | None = None, env: Mapping[str, str] | None = None) -> list[str]:
     """Where a Podman API socket usually is, most likely first for this user."""
     env = os.environ if env is None else env
@@ -114,6 +118,7 @@ class DockerEngine:
         self.name: str | None = None          # "docker" / "podman" once connected
         self._version: dict = {}
         self._client: docker.DockerClient | None = None
+        self._rootless: bool | None = None    # rootless Podman (asked once, when a container is created)
 
     @property
     def _label(self) -> str:
@@ -256,7 +261,7 @@ class DockerEngine:
 
     def create(self, spec: ContainerSpec) -> str:
         client = self.client                  # connects, so self.name says which engine answers
-        kwargs = host_config_kwargs(spec, engine=self.name or "docker")
+        kwargs = host_config_kwargs(spec, engine=self.name or "docker", rootless=self._podman_rootless())
         try:
             container = self._call("create the container", client.containers.create,
                                    spec.image, command=spec.command, **kwargs)
@@ -264,6 +269,24 @@ class DockerEngine:
             raise InfraError(f"image {spec.image} not found{self._in_store()}",
                              hint=_image_hint(self.name, spec.image)) from None
         return container.id
+
+    def _podman_rootless(self) -> bool:
+        """Whether the engine is Podman running rootless (as the caller, in a user namespace).
+
+        Podman 4.3's Docker-compatible ``/info`` does not say so (its SecurityOptions list only seccomp, seen
+        on a real rootless service), so ask Podman's own ``/libpod/info`` (``host.security.rootless``); the
+        compatible ``name=rootless`` security option is the fallback.
+        """
+        if self.name != "podman":
+            return False
+        if self._rootless is None:
+            api = self.client.api
+            try:  # the SDK has no call for libpod's endpoints: its low-level get on the versioned path
+                libpod = api._result(api._get(api._url("/libpod/info")), json=True) or {}
+                self._rootless = bool(((libpod.get("host") or {}).get("security") or {}).get("rootless"))
+            except (docker.errors.DockerException, requests.exceptions.RequestException, OSError, ValueError):
+                self._rootless = is_rootless(self._call("report its info", self.client.info))
+        return self._rootless
 
     def _in_store(self) -> str:
         return " in Podman's image store" if self.name == "podman" else ""
@@ -450,10 +473,20 @@ def _is_oom_event(event, container_id: str) -> bool:
     return not ids or any(container_id.startswith(i) or i.startswith(container_id) for i in ids)
 
 
-def host_config_kwargs(spec: ContainerSpec, engine: str = "docker") -> dict:
+def is_rootless(info: dict) -> bool:
+    """Whether an engine's Docker-compatible ``/info`` lists the ``name=rootless`` security option."""
+    return any(str(o) == "name=rootless" or str(o).startswith("name=rootless,")
+               for o in (info or {}).get("SecurityOptions") or [])
+
+
+def host_config_kwargs(spec: ContainerSpec, engine: str = "docker", rootless: bool = False) -> dict:
     """The Docker SDK ``containers.create`` arguments for a spec (also used by tests and compose checks).
 
-    ``engine="podman"`` adds the rlimits Podman needs (:func:`podman_kwargs`); nothing else differs.
+    ``engine="podman"`` adds the rlimits Podman needs (:func:`podman_kwargs`).  Rootless Podman also runs
+    the container as uid 0 of its user namespace, which *is* the caller on the host (no privilege: the
+    capabilities are dropped as everywhere): any other uid there is one of the caller's subuids, which
+    cannot write the caller's folders (seen on a real cgroup v2 host: the supervisor exited 1 before
+    nnU-Net ran).  ``--userns keep-id`` would keep the uid, but the Docker SDK refuses that value.
     """
     kwargs: dict = {
         "mem_limit": spec.mem_limit_bytes,
@@ -484,6 +517,8 @@ def host_config_kwargs(spec: ContainerSpec, engine: str = "docker") -> dict:
         kwargs["security_opt"] = ["no-new-privileges"]
     if engine == "podman":
         kwargs.update(podman_kwargs(spec.pids_limit))
+        if rootless and spec.user:
+            kwargs["user"] = ROOTLESS_CALLER_USER
     return kwargs
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from runner.errors import BadInputError, DamagedFileError
+from runner.errors import BadInputError, DamagedFileError, InfraError
 
 SIMPLEITK = "SimpleITKIO"
 SIMPLEITK_REORIENT = "SimpleITKIOWithReorient"
@@ -127,6 +127,11 @@ def read_info(path, reader: str, is_label: bool = False) -> ImageInfo:
         return _sitk_info(path, reader)
     except DamagedFileError:
         raise
+    except ImportError as e:
+        # The host lacks the reader's library: nnrun's installation is incomplete, the file may be fine.
+        missing = e.name or str(e)
+        raise InfraError(f"cannot read {reader} headers on this host: the Python package {missing!r} is missing",
+                         hint=f"install nnrun with its dependencies, e.g. pip install {missing}") from None
     except Exception as e:  # noqa: BLE001 - every library has its own exceptions; all mean "cannot read"
         text = " ".join(str(e).split())[:200] or type(e).__name__
         raise DamagedFileError(path, f"{reader} cannot read its header: {text}") from None

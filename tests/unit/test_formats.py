@@ -317,3 +317,25 @@ def test_interlaced_png_passes_and_a_short_one_does_not(tmp_path):
     check_one(path)
     with pytest.raises(DamagedFileError, match="inflates to"):
         check_one(write(raw[:-5]))                        # CRCs fine, image data short
+
+
+def test_a_missing_reader_library_is_infra_not_a_damaged_file(tmp_path, monkeypatch):
+    """A host without nibabel (seen in the cgroup v2 guest, whose venv lagged behind pyproject.toml) must not
+    call a good file damaged: it is nnrun's installation that is incomplete."""
+    import builtins
+
+    from runner.errors import InfraError
+
+    path = write_sitk(tmp_path / "case_0000.nii.gz", compress=True)
+    real_import = builtins.__import__
+
+    def no_nibabel(name, *args, **kwargs):
+        if name == "nibabel" or name.startswith("nibabel."):
+            raise ModuleNotFoundError("No module named 'nibabel'", name="nibabel")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_nibabel)
+    with pytest.raises(InfraError) as err:
+        headers.read_info(path, headers.SIMPLEITK)
+    assert not isinstance(err.value, DamagedFileError)
+    assert "'nibabel' is missing" in err.value.one_line() and "pip install nibabel" in err.value.one_line()

@@ -50,8 +50,9 @@ CID = "a" * 64
 class FakeApi(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: str, version: dict):
-        self.version, self.created = version, []
+    def __init__(self, path: str, version: dict, rootless: bool | None = None):
+        # rootless: what Podman's own /libpod/info says (None: no such endpoint, as Docker)
+        self.version, self.created, self.rootless = version, [], rootless
         super().__init__(path, _Handler)
 
     def server_bind(self):  # UnixStreamServer + BaseHTTPRequestHandler want a (host, port)
@@ -85,6 +86,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(200, b"OK")
         if path.endswith("/version"):
             return self._send(200, self.server.version)
+        if path.endswith("/libpod/info"):
+            if self.server.rootless is None:
+                return self._send(404, {"message": "page not found"})
+            return self._send(200, {"host": {"security": {"rootless": self.server.rootless}}})
         if path.endswith("/info"):
             return self._send(200, INFO)
         if "/images/" in path and path.endswith("/json"):
@@ -108,9 +113,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def fake_api(tmp_path):
     servers = []
 
-    def start(version: dict) -> tuple[str, FakeApi]:
+    def start(version: dict, rootless: bool | None = None) -> tuple[str, FakeApi]:
         path = str(tmp_path / f"api{len(servers)}.sock")
-        server = FakeApi(path, version)
+        server = FakeApi(path, version, rootless)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"unix://{path}", server
@@ -194,6 +199,23 @@ def test_podman_behind_docker_host_is_detected_and_gets_its_rlimits(fake_api):
     host = server.created[-1]["HostConfig"]
     assert host["Memory"] == host["MemorySwap"] == 1 << 30
     assert {u["Name"]: (u["Soft"], u["Hard"]) for u in host["Ulimits"]}["nofile"] == (PODMAN_NOFILE, PODMAN_NOFILE)
+
+
+@pytest.mark.parametrize("rootless", [True, False, None])
+def test_rootless_podman_runs_the_container_as_the_caller(fake_api, rootless):
+    """Rootless Podman: uid 0 of the container's user namespace is the caller; uid 1000 there is a subuid
+    that cannot write the caller's folders (the cgroup v2 guest's supervisor exited 1 with it)."""
+    url, server = fake_api(PODMAN_VERSION, rootless=rootless)
+    DockerEngine(base_url=url, expect="podman").create(_spec(user="1000:1000"))
+    body = server.created[-1]
+    assert body["User"] == ("0:0" if rootless else "1000:1000")
+    assert body["HostConfig"]["CapDrop"] == ["ALL"] and body["HostConfig"]["SecurityOpt"] == ["no-new-privileges"]
+
+
+def test_docker_is_never_asked_for_rootless_podman(fake_api):
+    url, server = fake_api(DOCKER_VERSION, rootless=True)
+    DockerEngine(base_url=url).create(_spec(user="1000:1000"))
+    assert server.created[-1]["User"] == "1000:1000"
 
 
 def test_docker_gets_no_rlimits(fake_api):

@@ -53,3 +53,15 @@ run() {   # run NAME DATASET MEM [VAR=VALUE...]
 }
 run podman_ok 601 1g
 run podman_worker_oom 607 300m NNRUN_TEST_OOM_VICTIM=worker
+
+# Why nnrun runs rootless Podman's container as uid 0 (runner/engines/docker.py host_config_kwargs): which
+# user mapping can write the caller's folder (seen: --user 1000:1000 cannot, keep-id and 0:0 can).
+{
+    for opts in "--user 1000:1000" "--user 1000:1000 --userns keep-id" "--user 0:0"; do
+        echo "== podman run $opts"
+        # shellcheck disable=SC2086
+        as_user podman run --rm $opts -v /home/$U/pre:/data/preprocessed --entrypoint python3 "$IMAGE" -c \
+            "import os; p='/data/preprocessed/.probe'; open(p,'w').write('x'); os.unlink(p); print('uid', os.getuid(), 'wrote ok')" 2>&1
+        echo "exit $?"
+    done
+} >"$R/podman_probe.txt" 2>&1
