@@ -71,6 +71,11 @@ unmount_under() {   # what an interrupted debootstrap left mounted (proc, sys) b
 }
 
 build() {
+    # One build at a time: scripts/test.sh starts one in the background while the rest of the suite runs,
+    # and the cgroup_v2 tests' own call waits here for it (then finds the stamp).
+    mkdir -p "$CACHE"
+    exec 9>"$CACHE/cgroup-v2-guest.lock"
+    flock 9
     ensure_tools
     if [ -f "$GUEST/stamp" ] && [ "$(cat "$GUEST/stamp")" = "$RECIPE" ] && [ -f "$GUEST/disk.img" ]; then
         echo "$GUEST"; return

@@ -190,7 +190,7 @@ def fit_model(records: list[dict], baseline: Baseline, extra_floor_bytes: int = 
         "extra": "c0 + c_in * in_bytes + c_ws * ws_bytes of the analytic peak stage (runner.estimate.model.stage_bytes)",
         "peak": "baseline.worker_bytes + extra",
         "margin": "max abs relative error of the full peak on the evaluation set, rounded up to 1 %, + 0.05; "
-                  "n workers fit when (sum of the n largest peaks + main) * (1 + margin) <= cap",
+                  "n workers fit when main + the n largest peaks (less the shared pages) + margin x those whole peaks <= cap",
         "main_fingerprint": "baseline.main_bytes + c_ws * 3 * 4 bytes * 1e8 samples * channels",
         "foreground_fraction": "assumed fraction of labelled voxels in the crop when the data did not give it "
                                "(the pre-flight file check measures it for NIfTI)",

@@ -450,19 +450,22 @@ def load_model(path: Path | None = None) -> dict:
 # --------------------------------------------------------------------------- estimate
 
 def max_workers_that_fit(peaks_sorted_desc: Sequence[int], main_bytes: int, cap_bytes: int, margin: float,
-                         cpus: int) -> int:
-    """The largest n such that the n largest peaks side by side, plus the main process, times (1 + margin), fit.
+                         cpus: int, shared_bytes: int = 0) -> int:
+    """The largest n such that the main process and the n largest cases side by side fit the cap.
 
-    Bounded by the number of cases and by ``cpus`` (at least 1 CPU);
-    0 when not even the largest case fits next to the main process.
+    ``peaks_sorted_desc``: each case's worker peak less ``shared_bytes`` (the library pages the main
+    process already maps: the cgroup charges them once).  The margin (the model's worst error, measured
+    on whole per-case peaks) applies to each case's whole predicted peak, not to the main process,
+    whose baseline is measured.  Bounded by the number of cases and by ``cpus`` (at least 1 CPU); 0 when
+    not even the largest case fits next to the main process.
     """
     peaks = sorted((int(p) for p in peaks_sorted_desc), reverse=True)
     limit = min(len(peaks), max(1, int(cpus)))
     best = 0
     total = int(main_bytes)
     for n in range(1, limit + 1):
-        total += peaks[n - 1]
-        if total * (1.0 + margin) <= cap_bytes:
+        total += peaks[n - 1] + int(margin * (peaks[n - 1] + shared_bytes))
+        if total <= cap_bytes:
             best = n
         else:
             break
@@ -509,7 +512,7 @@ def estimate(dataset: RawDataset, plans: dict | None, configurations: Iterable[s
             row = {"case": g.case_id, "phase": phase, "configuration": configuration,
                    "predicted_peak_bytes": peak, "extra_bytes": extra}
             est.per_case.append(row)
-            if (peak - baseline.shared_bytes + baseline.main_bytes) * (1.0 + margin) > cap_bytes:
+            if peak - baseline.shared_bytes + baseline.main_bytes + margin * peak > cap_bytes:   # as max_workers_that_fit
                 est.too_large.append({k: row[k] for k in ("case", "phase", "configuration", "predicted_peak_bytes")})
         key = phase if configuration is None else configuration
         order = sorted(range(len(geoms)), key=lambda i: -peaks[i])
@@ -519,7 +522,7 @@ def estimate(dataset: RawDataset, plans: dict | None, configurations: Iterable[s
 
     fp = add("fingerprint", None, None)
     main_pool = est.main_fingerprint_pool_bytes = main_bytes_during_fingerprint_pool(geoms, baseline)
-    est.max_npfp = max_workers_that_fit(fp, main_pool, cap_bytes, margin, cpus)
+    est.max_npfp = max_workers_that_fit(fp, main_pool, cap_bytes, margin, cpus, baseline.shared_bytes)
     est.main_fingerprint_peak_bytes = predict_main_fingerprint_bytes(geoms, baseline, model)
     if est.main_fingerprint_peak_bytes * (1.0 + margin) > cap_bytes:
         est.notes.append("the main process alone is predicted to exceed the cap at the end of the fingerprint "
@@ -545,7 +548,8 @@ def estimate(dataset: RawDataset, plans: dict | None, configurations: Iterable[s
             continue
         est.target_spacings[cfg] = [None if math.isnan(s) else round(s, 6) for s in spacing]
         peaks = add("preprocessing", cfg, spacing)
-        est.max_np[cfg] = max_workers_that_fit(peaks, baseline.main_bytes, cap_bytes, margin, cpus)
+        est.max_np[cfg] = max_workers_that_fit(peaks, baseline.main_bytes, cap_bytes, margin, cpus,
+                                               baseline.shared_bytes)
     return est
 
 

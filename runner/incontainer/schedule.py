@@ -25,7 +25,10 @@ Two things the host asks for through files in the run folder:
   never preceded by an idle worker it cannot afford, and small cases run side
   by side.  An idle worker is stopped when the next case only fits alone.
   A case always runs when nothing else does (the host refused, before the
-  run, a case whose point estimate does not fit the cap alone).
+  run, a case whose point estimate does not fit the cap alone).  Each
+  finished case's measured peak feeds back (``MemoryModel.learn``): the
+  cases still to run are re-predicted with the worst measured/predicted
+  ratio seen so far.
 
 Every case is computed by nnU-Net's own ``run_case_save`` with nnU-Net's
 arguments, as in its own pool: outputs are the same whatever the schedule.
@@ -39,7 +42,7 @@ import threading
 import time
 from multiprocessing import get_context
 
-from runner.incontainer.events import DEAD_WORKER_MESSAGE, current_phase, emit, kill_hook
+from runner.incontainer.events import DEAD_WORKER_MESSAGE, current_phase, emit, kill_hook, peak_rss_bytes
 from runner.rundir import AGENT_EVENTS_ENV, CONFIGURATION_ENV, EV_WORKER_DIED, PHASE_ENV, WARM_FILE
 
 _WARM: dict | None = None        # {"configuration", "kind", "pools": [Pool], "procs": [Process]}
@@ -47,11 +50,17 @@ _WARM: dict | None = None        # {"configuration", "kind", "pools": [Pool], "p
 
 # -- tasks --------------------------------------------------------------------------------------
 
-def call_in_phase(phase: str | None, configuration: str | None, fn, args: tuple):
-    """Run one case in a worker with the phase in its environment (a warm worker started before it was set)."""
+def call_in_phase(phase: str | None, configuration: str | None, fn, args: tuple) -> int | None:
+    """Run one case in a worker with the phase in its environment (a warm worker started before it was set).
+
+    Returns the worker's peak RSS on the case (the agent's per-case wrapper reset it when the case began;
+    without the wrapper it is the worker's lifetime peak, never less): the memory-aware admission learns
+    from it.  nnU-Net's ``run_case_save`` returns nothing.
+    """
     os.environ[PHASE_ENV] = phase or ""
     os.environ[CONFIGURATION_ENV] = configuration or ""
-    return fn(*args)
+    fn(*args)
+    return peak_rss_bytes()
 
 
 def _dead_worker_error() -> RuntimeError:
@@ -153,21 +162,62 @@ class _Slot:
         self.result = None
 
 
+# Feedback never scales the predictions below this fraction, and lowers them only once this many cases
+# were measured: a run learns from a few cases only (the model's per-case error spread is ~13 %).
+MIN_FEEDBACK_RATIO = 0.85
+MIN_CASES_TO_LOWER = 2
+
+
 class MemoryModel:
-    """The cgroup charge the plan predicts for a set of workers and running cases."""
+    """The cgroup charge the plan predicts for a set of workers and running cases.
+
+    **Feedback** (:meth:`learn`): each finished case's measured peak is compared with its predicted peak;
+    the remaining estimated cases are re-predicted with the worst ratio seen so far (not below
+    ``MIN_FEEDBACK_RATIO``, and below 1 only after ``MIN_CASES_TO_LOWER`` cases), with the same margin.
+    So a dataset the model over-predicts (e.g. smooth anatomy that crops well) packs tighter as the run
+    goes, and one it under-predicts reserves more.  A
+    running case's reservation only ever grows; cases an earlier run measured (``measured_cases``) are
+    known and keep their need.
+    """
 
     def __init__(self, plan: dict, cases) -> None:
         needs = plan.get("need_bytes") or {}
-        self.need = {c: int(needs.get(c, (plan.get("case_bytes") or {}).get(c, 0))) for c in cases}
+        self.extra = {c: int((plan.get("case_bytes") or {}).get(c, 0)) for c in cases}
+        self.need = {c: int(needs.get(c, self.extra[c])) for c in cases}
         if "main_bytes" in plan:
             self.cap = int(plan["cap_bytes"])
             self.main = int(plan["main_bytes"])
             self.worker = int(plan["worker_added_bytes"])
         else:       # a model-1 plan: a budget for the cases' extra bytes, the workers' baselines set aside
             self.cap, self.main, self.worker = int(plan["budget_bytes"]), 0, 0
+        # What feedback needs: a worker's whole baseline and the margin (plans from nnrun >= 0.1.0 with it).
+        self.worker_bytes = int(plan.get("worker_bytes") or 0)
+        self.margin = float(plan.get("margin") or 0.0)
+        self.known = set(plan.get("measured_cases") or ())
+        self.ratio: float | None = None
+        self.learnt = 0
 
     def free(self, workers: int, running) -> int:
         return self.cap - self.main - workers * self.worker - sum(self.need[c] for c in running)
+
+    def predicted_peak(self, case: str) -> int:
+        return self.worker_bytes + self.extra.get(case, 0)
+
+    def learn(self, case: str, peak: int | None, unfinished, running) -> float | None:
+        """A finished case's measured peak: re-predict the unfinished estimated cases; the new ratio (or None)."""
+        if not peak or case in self.known or not self.worker_bytes or case not in self.extra:
+            return None
+        ratio = peak / max(1, self.predicted_peak(case))
+        self.ratio = ratio if self.ratio is None else max(self.ratio, ratio)
+        self.learnt += 1
+        scale = max(self.ratio, MIN_FEEDBACK_RATIO if self.learnt >= MIN_CASES_TO_LOWER else 1.0)
+        for c in unfinished:
+            if c in self.known or c not in self.extra:
+                continue
+            p = scale * self.predicted_peak(c)
+            new = max(0, int(p) - self.worker_bytes) + int(round(self.margin * p))
+            self.need[c] = max(self.need[c], new) if c in running else new
+        return self.ratio
 
 
 def plan_admissions(model: MemoryModel, pending: list[str], running: list[str], idle: int, alive: int,
@@ -240,8 +290,13 @@ def run_memory_aware(preprocessor, args: dict, plan: dict) -> None:
                 raise _dead_worker_error()
             for s in slots:
                 if s.case is not None and s.result.ready():
-                    s.result.get()              # a case's exception fails the run, as in nnU-Net's pool
-                    s.case, s.result = None, None
+                    peak = s.result.get()       # a case's exception fails the run, as in nnU-Net's pool
+                    case, s.case, s.result = s.case, None, None
+                    running = [x.case for x in slots if x.case]
+                    ratio = model.learn(case, peak, pending + running, running)
+                    if ratio is not None:
+                        emit("schedule_feedback", case=case, peak_rss_bytes=peak, ratio=round(ratio, 4),
+                             need_bytes={c: model.need[c] for c in pending})
                     finished += 1
                     if finished == 1:
                         kill_hook("between_cases")

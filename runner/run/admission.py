@@ -8,7 +8,8 @@
   the main process and every live worker's baseline (measured in the image),
   plus, per running case, its predicted extra bytes and the safety margin of
   its predicted peak (the model's error was measured on per-case peaks; the
-  baselines carry none).  Workers start on demand, so a case that needs the
+  baselines carry none); a case an earlier run measured is known: its
+  measured peak and ``MEASURED_MARGIN``.  Workers start on demand, so a case that needs the
   cap to itself never shares it with an idle worker.  ``admission_plan``
   gives the agent these numbers and the most workers that can ever run.
 * Warm workers: when nnrun chose the worker count and the fingerprint exists,
@@ -24,7 +25,7 @@ from dataclasses import replace
 
 from runner.errors import NotEnoughMemoryError
 from runner.estimate.model import Estimate
-from runner.estimate.need import MemoryNeed, PeakKey, mem_hint, memory_needed
+from runner.estimate.need import MEASURED_MARGIN, MemoryNeed, PeakKey, mem_hint, memory_needed
 from runner.options import PreprocessOptions
 from runner.units import format_bytes
 
@@ -34,22 +35,42 @@ def case_extras(est: Estimate, configuration: str) -> dict[str, int]:
             if row["phase"] == "preprocessing" and row["configuration"] == configuration}
 
 
-def case_needs(est: Estimate, configuration: str) -> dict[str, int]:
-    """What admitting a case reserves: its predicted extra bytes + the margin of its predicted peak."""
-    return {c: e + int(round(est.margin * (est.baseline.worker_bytes + e)))
-            for c, e in case_extras(est, configuration).items()}
+def measured_peaks_of(measured: Mapping[PeakKey, int] | None, configuration: str) -> dict[str, int]:
+    """The worker peaks earlier runs measured for this configuration's cases (runner.run.history)."""
+    return {case: int(v) for (phase, cfg, case), v in (measured or {}).items()
+            if phase == "preprocessing" and cfg == configuration and v}
 
 
-def admission_plan(est: Estimate, configuration: str, max_workers: int) -> dict | None:
+def case_needs(est: Estimate, configuration: str, measured: Mapping[PeakKey, int] | None = None) -> dict[str, int]:
+    """What admitting a case reserves: its extra bytes above the worker baseline + a margin of its peak.
+
+    A case an earlier run of this dataset measured (same image and plans) is known: its measured peak
+    with ``MEASURED_MARGIN``; the others: the estimate with the model's margin.
+    """
+    known = measured_peaks_of(measured, configuration)
+    worker = est.baseline.worker_bytes
+    out = {}
+    for c, e in case_extras(est, configuration).items():
+        if c in known:
+            out[c] = max(0, known[c] - worker) + int(round(MEASURED_MARGIN * known[c]))
+        else:
+            out[c] = e + int(round(est.margin * (worker + e)))
+    return out
+
+
+def admission_plan(est: Estimate, configuration: str, max_workers: int,
+                   measured: Mapping[PeakKey, int] | None = None) -> dict | None:
     """The memory model of one configuration for the agent's admission (None: no such configuration).
 
     ``workers``: the most workers that can ever run at once, the smallest cases side by side (at most
-    ``max_workers``, the cores and the cases); the agent starts them only as cases fit.
+    ``max_workers``, the cores and the cases); the agent starts them only as cases fit.  ``measured``:
+    per-case peaks of earlier runs (those cases are known, not estimated).
     """
     extras = case_extras(est, configuration)
     if not extras:
         return None
-    need = case_needs(est, configuration)
+    need = case_needs(est, configuration, measured)
+    known = sorted(set(measured_peaks_of(measured, configuration)) & set(extras))
     main, per_worker, cap = est.baseline.main_bytes, est.baseline.worker_added_bytes, est.cap_bytes
     smallest = sorted(need.values())
     workers = 1
@@ -57,7 +78,8 @@ def admission_plan(est: Estimate, configuration: str, max_workers: int) -> dict 
         if main + w * per_worker + sum(smallest[:w]) <= cap:
             workers = w
     return {"model": 2, "workers": workers, "cap_bytes": cap, "main_bytes": main, "worker_added_bytes": per_worker,
-            "need_bytes": need, "case_bytes": extras, "margin": est.margin,
+            "worker_bytes": est.baseline.worker_bytes,      # the agent's feedback compares whole peaks
+            "need_bytes": need, "case_bytes": extras, "margin": est.margin, "measured_cases": known,
             # model 1 (an agent without main_bytes): a budget for the cases' extra bytes
             "budget_bytes": max(cap - main - workers * per_worker, max(need.values()))}
 
@@ -86,13 +108,13 @@ def warm_workers(opts: PreprocessOptions, est: Estimate | None, schedule: str, n
 
 
 def resolve_workers(opts: PreprocessOptions, est: Estimate, np_auto: bool, npfp_auto: bool,
-                    schedule: str) -> PreprocessOptions:
-    """Fill in the worker counts nnrun chooses."""
+                    schedule: str, measured: Mapping[PeakKey, int] | None = None) -> PreprocessOptions:
+    """Fill in the worker counts nnrun chooses (``measured``: per-case peaks of earlier runs)."""
     new = opts
     if npfp_auto:
         new = replace(new, npfp=max(1, est.max_npfp))
     if schedule == "memory":
-        plans = {c: admission_plan(est, c, max_workers=est.cpus) for c in opts.configurations}
+        plans = {c: admission_plan(est, c, max_workers=est.cpus, measured=measured) for c in opts.configurations}
         values = tuple(max(1, (p or {}).get("workers", 1)) for p in plans.values())
         new = replace(new, np=values if len(set(values)) > 1 else values[:1])
     elif np_auto:

@@ -138,7 +138,8 @@ class Preprocess:
         self.estimate = est
         if not choose:
             return
-        self.opts = resolve_workers(self.opts, est, settings.np_auto, settings.npfp_auto, settings.schedule)
+        self.opts = resolve_workers(self.opts, est, settings.np_auto, settings.npfp_auto, settings.schedule,
+                                    measured=self.earlier_peaks)
         chosen = self.opts.workers_per_configuration()
         self.sink.stage(f"workers: -npfp {self.opts.npfp}; " + ", ".join(f"{c} {n}" for c, n in chosen.items())
                         + (" (memory-aware admission)" if settings.schedule == "memory" else ""))
@@ -319,7 +320,8 @@ class Preprocess:
         if settings.schedule == "memory" and self.estimate is not None:
             from runner.run.admission import admission_plan
             per_config = opts.workers_per_configuration()
-            plan = {"configurations": {c: admission_plan(self.estimate, c, max_workers=per_config.get(c, 1))
+            plan = {"configurations": {c: admission_plan(self.estimate, c, max_workers=per_config.get(c, 1),
+                                                         measured=self.earlier_peaks)
                                        for c in opts.configurations}}
             try_write_json(run_dir / SCHEDULE_FILE, plan)   # without it the agent uses a fixed pool
         from runner.run.admission import warm_workers

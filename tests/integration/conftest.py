@@ -40,6 +40,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/integration" in str(item.fspath) and item.get_closest_marker("slurm") is None:
             item.add_marker(pytest.mark.docker)
+    # The cgroup v2 guest's tests last: scripts/test.sh builds the guest in the background meanwhile.
+    items.sort(key=lambda item: item.get_closest_marker("cgroup_v2") is not None)
 
 
 def _docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ import pytest
 
 from runner.incontainer import events as agent_events
 from runner.incontainer import schedule as agent_schedule
-from runner.incontainer.schedule import MemoryModel, plan_admissions, run_fixed, run_memory_aware
+from runner.incontainer.schedule import MIN_FEEDBACK_RATIO, MemoryModel, plan_admissions, run_fixed, run_memory_aware
 
 PRE = ("preprocessing", "3d_fullres")
 
@@ -58,6 +58,52 @@ def test_smaller_cases_fill_the_gap_next_to_a_running_one():
 def test_a_model_one_plan_is_a_budget_for_the_extras():
     m = MemoryModel({"workers": 2, "budget_bytes": 500, "case_bytes": {"a": 300, "b": 300, "c": 100}}, ["a", "b", "c"])
     assert plan_admissions(m, ["a", "b", "c"], [], idle=2, alive=2, max_workers=2) == [("run", "a"), ("run", "c")]
+
+
+def _feedback_model(**extra) -> MemoryModel:
+    # whole worker baseline 100, margin 10 %: need = extra + 10 % of (100 + extra)
+    need = {c: e + round(0.1 * (100 + e)) for c, e in extra.items()}
+    return MemoryModel({"cap_bytes": 2000, "main_bytes": 100, "worker_added_bytes": 50, "worker_bytes": 100,
+                        "margin": 0.1, "need_bytes": need, "case_bytes": dict(extra), "measured_cases": ["K"]},
+                       list(extra))
+
+
+def test_feedback_packs_tighter_when_the_model_over_predicts():
+    m = _feedback_model(L=900, M=900, a=400, b=400, K=400)
+    before = dict(m.need)
+    assert m.learn("L", 900, ["M", "a", "b", "K"], []) == 0.9        # measured 900 of a predicted 1000...
+    assert m.need == before                                           # ...one case is not enough to lower
+    assert m.learn("M", 850, ["a", "b", "K"], []) == 0.9             # the worst ratio of the two
+    assert m.need["a"] == m.need["b"] == 450 - 100 + 45               # peak 500 * 0.9: 350 extra + 45 margin
+    assert m.need["K"] == before["K"]                                 # measured by an earlier run: known
+    assert m.need["L"] == before["L"]                                 # finished: not re-predicted
+
+
+def test_feedback_never_below_the_floor_and_the_worst_ratio_wins():
+    m = _feedback_model(L=900, M=900, a=400, b=400)
+    m.learn("L", 500, ["M", "a", "b"], [])
+    m.learn("M", 500, ["a", "b"], [])                                  # 0.5: floored at MIN_FEEDBACK_RATIO
+    assert m.need["a"] == int(MIN_FEEDBACK_RATIO * 500) - 100 + round(0.1 * MIN_FEEDBACK_RATIO * 500)
+    assert m.learn("a", 550, ["b"], []) == 1.1                         # under-predicted: the worst ratio wins
+    assert m.need["b"] == 550 - 100 + 55
+
+
+def test_feedback_raises_at_once_and_only_grows_a_running_cases_reservation():
+    m = _feedback_model(L=900, a=400, b=400)
+    before = m.need["a"]
+    m.learn("L", 1200, ["a", "b"], ["a"])                              # 1.2 after one case: raised at once
+    assert m.need["a"] == m.need["b"] == 600 - 100 + 60
+    m2 = _feedback_model(L=900, M=900, a=400, b=400)
+    m2.learn("L", 800, ["M", "a", "b"], ["a"])
+    m2.learn("M", 800, ["a", "b"], ["a"])
+    assert m2.need["a"] == before and m2.need["b"] < before           # a running case keeps its reservation
+
+
+def test_no_feedback_without_the_baseline_or_a_peak():
+    m = MemoryModel({"cap_bytes": 1000, "main_bytes": 100, "worker_added_bytes": 50, "need_bytes": {"a": 1, "b": 1}},
+                    ["a", "b"])
+    assert m.learn("a", 500, ["b"], []) is None and m.need["b"] == 1
+    assert _feedback_model(a=1, b=1).learn("a", None, ["b"], []) is None
 
 
 # --------------------------------------------------------------------------- real spawn pools

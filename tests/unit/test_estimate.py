@@ -227,7 +227,13 @@ def test_model_file_documents_coefficients_margin_errors_and_provenance():
 # --------------------------------------------------------------------------- -np arithmetic
 
 def test_max_workers_that_fit_arithmetic():
-    # main 400 + 1000 + 900 = 2300 * 1.1 = 2530 <= 2600; + 800 -> 3100 * 1.1 > 2600
+    # main 400 + (1000 + 900) * 1.1 = 2490 <= 2600; + 800 * 1.1 -> 3370 > 2600
+    assert max_workers_that_fit([1000, 900, 800, 100], 400, 2600, 0.10, cpus=8) == 2
+    # the margin is on the cases, not on the measured main process: 2000 + 500 * 1.2 = 2600 fits
+    assert max_workers_that_fit([500], 2000, 2600, 0.20, cpus=1) == 1
+    # each peak given less the shared pages; the margin is on the whole peak: 2000 + 400 + 0.2 * 500 = 2500
+    assert max_workers_that_fit([400], 2000, 2499, 0.20, cpus=1, shared_bytes=100) == 0
+    assert max_workers_that_fit([400], 2000, 2500, 0.20, cpus=1, shared_bytes=100) == 1
     assert max_workers_that_fit([1000, 900, 800, 100], 400, 2600, 0.10, cpus=8) == 2
     # exactly at the cap fits
     assert max_workers_that_fit([1000], 100, 1100, 0.0, cpus=1) == 1
@@ -278,8 +284,8 @@ def test_too_large_cases_are_listed(mixed_raw):
     geoms = dataset_geometry(mixed_raw)
     peaks = {g.case_id: predict_peak(g, "preprocessing", planned_target_spacing(None, "3d_fullres", geoms), base, model)
              for g in geoms}
-    # a cap between (smallest + main) and (largest + main), with the margin
-    cap = int((max(peaks.values()) + base.main_bytes) * (1 + model["margin"])) - 1
+    # a cap just below the largest case next to the main process, with the margin on the case's peak
+    cap = int(max(peaks.values()) * (1 + model["margin"])) + base.main_bytes - 1
     est = estimate(mixed_raw, None, ["3d_fullres"], cap, base, model, cpus=2)
     big = [t for t in est.too_large if t["configuration"] == "3d_fullres"]
     assert [t["case"] for t in big] == [max(peaks, key=peaks.get)]

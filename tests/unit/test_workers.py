@@ -96,3 +96,28 @@ def test_check_fits_ignores_preprocessing_for_a_no_pp_run():
     check_fits(est, None, fingerprint_needed=True, preprocessing=False)
     with pytest.raises(BadInputError, match="big"):
         check_fits(est, None, fingerprint_needed=True, preprocessing=True)
+
+
+def test_a_case_measured_by_an_earlier_run_is_known_not_estimated():
+    measured = {("preprocessing", "3d_fullres", "case003"): 3000 * MIB,      # the estimate said 402 + 3540
+                ("preprocessing", "2d", "case001"): 9000 * MIB,              # another configuration: ignored
+                ("fingerprint", None, "case000"): 9000 * MIB}                # another phase: ignored
+    need = case_needs(_est(4412, MIXED), "3d_fullres", measured)
+    assert need["case003"] == (3000 - 402) * MIB + round(0.10 * 3000 * MIB)
+    assert need["case001"] == case_needs(_est(4412, MIXED), "3d_fullres")["case001"]
+    assert need["case000"] == case_needs(_est(4412, MIXED), "3d_fullres")["case000"]
+    plan = admission_plan(_est(4412, MIXED), "3d_fullres", max_workers=2, measured=measured)
+    assert plan["measured_cases"] == ["case003"] and plan["need_bytes"] == need
+    # measured lower than predicted, the large case now fits next to its worker and the main process
+    assert plan["main_bytes"] + plan["worker_added_bytes"] + need["case003"] <= plan["cap_bytes"]
+
+
+def test_a_measured_peak_above_the_estimate_raises_the_need_and_can_lower_the_workers():
+    small = {"a": 300, "b": 300}
+    assert admission_plan(_est(2200, small), "3d_fullres", 2)["workers"] == 2
+    measured = {("preprocessing", "3d_fullres", c): 1400 * MIB for c in small}
+    plan = admission_plan(_est(2200, small), "3d_fullres", 2, measured=measured)
+    assert plan["workers"] == 1
+    opts = resolve_workers(PreprocessOptions(dataset_id=502, configurations=("3d_fullres",)), _est(2200, small),
+                           np_auto=False, npfp_auto=False, schedule="memory", measured=measured)
+    assert opts.workers_per_configuration() == {"3d_fullres": 1}

@@ -86,7 +86,8 @@ export -f keep_run_folder
 
 docker_scenarios() {   # SUFFIX: the Docker scenarios under the daemon's current cgroup driver
     local sfx=$1
-    preprocess "ok$sfx" 601 1g
+    # ok once, under the systemd driver (the OOM paths are what differ by driver; 47 s of emulated CPU saved)
+    [ -z "$sfx" ] && preprocess "ok$sfx" 601 1g
     preprocess "worker_oom$sfx" 602 300m NNRUN_TEST_OOM_VICTIM=worker
     preprocess "main_oom$sfx" 603 300m NNRUN_TEST_OOM_VICTIM=main
 }
