@@ -2,7 +2,7 @@
 """Cap sweep and user journey: nnrun's defaults against the best fixed pool a user could find, at every cap.
 
     python bench/capsweep.py                      # both datasets, 5 caps each (~40 min on 2 cores)
-    python bench/capsweep.py --datasets heads --caps 3 --no-journey   # a quicker look
+    python bench/capsweep.py --datasets heads --caps 3 --journey ''   # a quicker look
 
 For each dataset (``heads``: MRI-like head phantoms of real size, 0.75-1.5 mm and one 0.7 x 0.7 x 2.5 mm
 case, smooth tissue in a field of exact zeros; ``mixed``: bench/run.py's mixed-size set):
@@ -16,7 +16,7 @@ case, smooth tissue in a field of exact zeros; ``mixed``: bench/run.py's mixed-s
    3d_fullres -np k -npfp k`` for k = 1..cores, and ``nnrun preprocess -c 3d_fullres`` with its
    defaults, on copies of the reference's fingerprint and plans; ratio T(best surviving fixed pool) /
    T(nnrun), and whether nnrun's first try was OOM-free;
-4. the user journey at each cap (``--no-journey`` leaves it out): native from nnU-Net's defaults for
+4. the user journey at each cap (``--journey`` names the datasets): native from nnU-Net's defaults for
    ``-c 3d_fullres`` (``-np 4 -npfp 8``), halving both after each failure and running the same command
    again in the same folder (nnU-Net reuses a fingerprint it finished), until one attempt succeeds; its
    total time against nnrun's first try from an empty folder (fingerprint included).
@@ -150,7 +150,8 @@ def sweep_dataset(name: str, ds: Path, work: Path, n_caps: int, reps: int, with_
     try:
         for cap in caps:
             mem = oom_mem_fmt(cap)
-            sw = _sweep(ds, ref_pre / ds.name, base / f"sweep-{mem}", mem, cores, ev, out["physical_limit_s"], reps)
+            sw = _sweep(ds, ref_pre / ds.name, base / f"sweep-{mem}", mem, cores, ev, out["physical_limit_s"], reps,
+                        np_auto=False)
             row = {"mem": mem, "cap_bytes": cap, "best_fixed_np": sw["best_fixed_np"], "best_fixed_s": sw["best_fixed_s"],
                    "runs": sw["runs"], "ratio_best_fixed_over_nnrun": sw["speedup_nnrun_default"],
                    "nnrun_first_try_oom_free": (sw["runs"].get("nnrun_default") or {}).get("first_try_oom_free")}
@@ -225,9 +226,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", default="heads,mixed", help="comma-separated: heads, mixed")
     ap.add_argument("--caps", type=int, default=5, help="caps per dataset")
+    ap.add_argument("--mixed-caps", type=int, default=None, help="caps for the mixed set (default: --caps)")
     ap.add_argument("--reps", type=int, default=1, help="rounds of each sweep (medians)")
     ap.add_argument("--head-repeat", type=int, default=2, help="the six head specs, this many times (new seeds)")
-    ap.add_argument("--no-journey", action="store_true", help="leave the user journey out")
+    ap.add_argument("--journey", default="heads,mixed", help="datasets to run the user journey on ('' for none)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "capsweep.png")
     ap.add_argument("--docs", type=Path, default=None, help="markdown file to write the table to")
@@ -243,7 +245,8 @@ def main(argv=None) -> int:
     ev = DockerEvents()
     try:
         for name, ds in make_datasets(work / "raw", a.datasets.split(","), a.head_repeat).items():
-            res["datasets"][name] = sweep_dataset(name, ds, work, a.caps, a.reps, not a.no_journey, ev)
+            caps = a.mixed_caps if name == "mixed" and a.mixed_caps else a.caps
+            res["datasets"][name] = sweep_dataset(name, ds, work, caps, a.reps, name in a.journey.split(","), ev)
     finally:
         ev.close()
         if a.work is None:

@@ -451,14 +451,14 @@ NATIVE_SWEEP_ENTRY = "nnUNetv2_plan_and_preprocess"
 
 
 def _sweep(mixed: Path, plans_src: Path, base: Path, mem: str, max_np: int, ev: DockerEvents,
-           limit_s: float, reps: int = 1) -> dict:
+           limit_s: float, reps: int = 1, np_auto: bool = True) -> dict:
     """Interleaved under one cap: native -np 1, nnrun default, native -np 2, nnrun -np auto, native -np 3 ...
 
     Native runs the command nnrun wraps (nnUNetv2_plan_and_preprocess, fingerprint reused, plans made
     again), so both sides do the same work.  ``reps`` rounds, each in the same order; medians.
     """
     plan = []
-    extra = [("nnrun_default", []), ("nnrun_np_auto", ["-np", "auto"])]
+    extra = [("nnrun_default", []), ("nnrun_np_auto", ["-np", "auto"])][:2 if np_auto else 1]
     for n in range(1, max_np + 1):
         plan.append((f"native_np{n}", n))
         if extra:
