@@ -28,7 +28,6 @@ for the kernel's OOM kills of each run's own container), on an otherwise idle ma
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import shutil
@@ -60,6 +59,7 @@ from bench.run import (  # noqa: E402
     oom_mem_fmt,
     rnd,
     summary,
+    write_results,
 )
 
 # Six heads of real size (x, y, z voxels at mm spacings): 0.75-1.5 mm, one anisotropic, labels of
@@ -251,11 +251,7 @@ def main(argv=None) -> int:
         ev.close()
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    res["duration_s"] = round(time.time() - started, 1)
-    res["table_markdown"] = tab = table(res)
-    a.out.mkdir(parents=True, exist_ok=True)
-    path = a.out / f"{_dt.datetime.now().strftime('%Y-%m-%dT%H%M%S')}-capsweep.json"
-    path.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    tab, path = write_results(res, table, a.out, "-capsweep", started)
     plot(res, a.plot)
     if a.docs:
         a.docs.write_text(tab)

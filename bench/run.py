@@ -889,10 +889,21 @@ DOC_NOTES = """
   run one after the other.  On this dataset the two large cases are ~80 % of the work and cannot
   share the cap, so the 1.3x target for the memory schedule is above the ceiling.
 - OOM kills are counted from the kernel log for the run's own container only.
-""" + (Path(__file__).resolve().parent / "estimate_error.md").read_text()
+""" + (Path(__file__).resolve().parent / "estimate_error.md").read_text() + (
+    Path(__file__).resolve().parent / "capsweep.md").read_text()
 
 
 # --------------------------------------------------------------------------- main
+
+def write_results(res: dict, render, out: Path, suffix: str, started: float) -> tuple[str, Path]:
+    """Duration, the rendered table, and ``out/<stamp><suffix>.json`` (bench/capsweep.py and bench/scale.py)."""
+    res["duration_s"] = round(time.time() - started, 1)
+    res["table_markdown"] = tab = render(res)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{_dt.datetime.now().strftime('%Y-%m-%dT%H%M%S')}{suffix}.json"
+    path.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    return tab, path
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

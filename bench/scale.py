@@ -20,7 +20,6 @@ Writes ``bench/results/<stamp>-scale.json`` and prints the table.  Run as root o
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ for p in (str(REPO), str(REPO / "scripts")):
 
 from head_phantoms import HeadSpec, make_head_dataset  # noqa: E402
 
-from bench.run import DockerEvents, fresh, log, machine, med, native, nnrun, rnd  # noqa: E402
+from bench.run import DockerEvents, fresh, log, machine, med, native, nnrun, rnd, write_results  # noqa: E402
 from runner.demo import CaseSpec, make_dataset  # noqa: E402
 
 ARGS = ["-c", "3d_fullres", "-np", "2", "-npfp", "2"]
@@ -163,11 +162,7 @@ def main(argv=None) -> int:
             ev.close()
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    res["duration_s"] = round(time.time() - started, 1)
-    res["table_markdown"] = tab = table(res)
-    a.out.mkdir(parents=True, exist_ok=True)
-    path = a.out / f"{_dt.datetime.now().strftime('%Y-%m-%dT%H%M%S')}-scale.json"
-    path.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    tab, path = write_results(res, table, a.out, "-scale", started)
     print(tab)
     print(f"results: {path}")
     return 0

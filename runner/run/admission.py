@@ -25,7 +25,7 @@ from dataclasses import replace
 
 from runner.errors import NotEnoughMemoryError
 from runner.estimate.model import Estimate
-from runner.estimate.need import MEASURED_MARGIN, MemoryNeed, PeakKey, mem_hint, memory_needed
+from runner.estimate.need import MEASURED_MARGIN, MemoryNeed, Part, PeakKey, mem_hint, memory_needed
 from runner.options import PreprocessOptions
 from runner.units import format_bytes
 
@@ -123,13 +123,28 @@ def resolve_workers(opts: PreprocessOptions, est: Estimate, np_auto: bool, npfp_
     return new
 
 
+def _refusal_bytes(part: Part, est: Estimate) -> int:
+    """What must fit for a part to be worth a try: nnU-Net's main process alone less its library pages.
+
+    The main process's peak RSS counts the shared libraries it maps (torch, numpy: ``shared_bytes``),
+    file pages the kernel can drop and read again under the cap; its anonymous memory cannot go.
+    Measured: native nnU-Net finished the fingerprint of six head phantoms under a 1536 MiB cap (one
+    channel, ``-npfp 2``) where the main process's predicted RSS peak was 1.6 GiB.  A case part already
+    counts those pages once (the worker's peak less them).  The --mem nnrun advises keeps the whole peak.
+    """
+    if part.kind in ("main", "main_pool", "main_end"):
+        return part.bytes - est.baseline.shared_bytes
+    return part.bytes
+
+
 def check_fits(est: Estimate, host_mem_bytes: int | None, fingerprint_needed: bool,
                preprocessing: bool = True, configurations: Iterable[str] | None = None,
                measured: Mapping[PeakKey, int] | None = None, main_only: bool = False) -> MemoryNeed:
     """The memory the run needs with one worker per pool; NotEnoughMemoryError (bad_input) when even that
     cannot fit the cap.
 
-    Refuse only when the point value itself exceeds the cap: the margin (the
+    Refuse only when the point value itself exceeds the cap (for nnU-Net's main process: less the
+    library pages it maps, :func:`_refusal_bytes`): the margin (the
     model's worst error) decides how cases are packed, and the advised --mem
     includes it, but a cap between the point value and point + margin is worth
     a try (measured: a case predicted at 2.10 GB peaked at 1.99 GB).  Every
@@ -142,7 +157,8 @@ def check_fits(est: Estimate, host_mem_bytes: int | None, fingerprint_needed: bo
     """
     need = memory_needed(est, fingerprint=fingerprint_needed, configurations=configurations if preprocessing else (),
                          measured=measured)
-    over = [p for p in need.parts if p.bytes > est.cap_bytes and (p.kind in ("main", "main_pool") or not main_only)]
+    over = [p for p in need.parts if _refusal_bytes(p, est) > est.cap_bytes
+            and (p.kind in ("main", "main_pool") or not main_only)]
     if over:
         worst = max(over, key=lambda p: p.bytes)
         more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""

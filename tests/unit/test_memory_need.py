@@ -101,6 +101,18 @@ def test_pinned_workers_are_refused_only_when_the_main_process_cannot_run(two_ch
         check_fits(middle, None, fingerprint_needed=True)
 
 
+def test_the_main_process_is_refused_only_when_its_anonymous_part_cannot_fit(tmp_path):
+    """Native nnU-Net finished a fingerprint under 1536 MiB where the main process's RSS was predicted 1.6 GiB:
+    its library pages (shared_bytes) can be dropped under the cap, its samples cannot."""
+    make_dataset(tmp_path, 612, "One", [CaseSpec((64, 64, 32), (1.0, 1.0, 1.0))] * 3)
+    one = load_raw_dataset(tmp_path, "612")
+    peak = _est(one, 8 * GIB).main_fingerprint_peak_bytes
+    check_fits(_est(one, peak - BASE.shared_bytes), None, fingerprint_needed=True)          # worth a try
+    with pytest.raises(NotEnoughMemoryError) as refused:
+        check_fits(_est(one, peak - BASE.shared_bytes - MIB), None, fingerprint_needed=True)
+    assert parse_mem(refused.value.mem_arg) >= peak * 1.1           # the advice keeps the whole peak and its margin
+
+
 def test_refusal_above_the_host_names_no_mem(two_channel):
     with pytest.raises(NotEnoughMemoryError) as refused:
         check_fits(_est(two_channel, 300 * MIB), 1 * GIB, fingerprint_needed=True)
