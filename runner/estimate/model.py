@@ -512,7 +512,8 @@ def estimate(dataset: RawDataset, plans: dict | None, configurations: Iterable[s
             row = {"case": g.case_id, "phase": phase, "configuration": configuration,
                    "predicted_peak_bytes": peak, "extra_bytes": extra}
             est.per_case.append(row)
-            if peak - baseline.shared_bytes + baseline.main_bytes + margin * peak > cap_bytes:   # as max_workers_that_fit
+            if max_workers_that_fit([peak - baseline.shared_bytes], baseline.main_bytes, cap_bytes, margin, 1,
+                                    baseline.shared_bytes) == 0:
                 est.too_large.append({k: row[k] for k in ("case", "phase", "configuration", "predicted_peak_bytes")})
         key = phase if configuration is None else configuration
         order = sorted(range(len(geoms)), key=lambda i: -peaks[i])

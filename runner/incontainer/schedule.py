@@ -175,9 +175,8 @@ class MemoryModel:
     the remaining estimated cases are re-predicted with the worst ratio seen so far (not below
     ``MIN_FEEDBACK_RATIO``, and below 1 only after ``MIN_CASES_TO_LOWER`` cases), with the same margin.
     So a dataset the model over-predicts (e.g. smooth anatomy that crops well) packs tighter as the run
-    goes, and one it under-predicts reserves more.  A
-    running case's reservation only ever grows; cases an earlier run measured (``measured_cases``) are
-    known and keep their need.
+    goes, and one it under-predicts reserves more.  A running case's reservation only ever grows; cases
+    an earlier run measured (``measured_cases``) are known and keep their need.
     """
 
     def __init__(self, plan: dict, cases) -> None:
