@@ -698,6 +698,8 @@ def bench_advice(demo: Path, mixed: Path, work: Path, tiny: bool) -> dict:
               (demo, "1200m", ["-c", "3d_fullres", "-np", "1", "-npfp", "1"]),
               (mixed, "1g" if tiny else "1500m", ["-c", "3d_fullres", "-np", "2", "-npfp", "2"]),
               (mixed, "900m", ["-c", "3d_fullres"])]
+    if tiny:    # the smoke test: one start runs _follow end to end (tests/integration/test_advice_real.py has 8)
+        starts = starts[:1]
     rows = []
     for n, (ds, mem, args) in enumerate(starts):
         row = _follow(ds, fresh(work / "advice" / f"start{n}"), mem, args)

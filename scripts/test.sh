@@ -2,8 +2,8 @@
 # The whole test suite, from a fresh machine: set-up (idempotent; as root also
 # scripts/ensure-podman.sh and scripts/host-env.sh), then the fast pure suite and the integration
 # suite (real Docker, Podman and docker-compose, real nnU-Net, real OOM
-# kills; and, with NNRUN_CGROUP_V2=1, the cgroup_v2 tests, which build and boot a cgroup v2 Debian guest
-# under QEMU with scripts/cgroup-v2-guest.sh, cached in $NNRUN_CACHE), after ruff and mypy.  Extra arguments go to pytest (e.g. -m "not docker" for the pure
+# kills; and the cgroup_v2 tests, which build and boot a cgroup v2 Debian guest under QEMU with
+# scripts/cgroup-v2-guest.sh, cached in $NNRUN_CACHE; NNRUN_CGROUP_V2=0 leaves them out), after ruff and mypy.  Extra arguments go to pytest (e.g. -m "not docker" for the pure
 # suite alone).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,9 +19,9 @@ if [ -z "${NNRUN_HOST_PYTHON:-}" ]; then
     export NNRUN_HOST_PYTHON
 fi
 cd "$REPO"
-# With NNRUN_CGROUP_V2=1 the cgroup v2 guest (about 3 minutes cold: debootstrap, disk image) builds in the
-# background while the rest of the suite runs; its tests run last and wait for it (scripts/cgroup-v2-guest.sh takes a lock).
-if [ "$#" = 0 ] && [ "$(id -u)" = 0 ] && [ "${NNRUN_CGROUP_V2:-}" = 1 ] && [ "$(uname -m)" = x86_64 ]; then
+# The cgroup v2 guest (about 3 minutes cold: debootstrap, disk image) builds in the background while the
+# rest of the suite runs; its tests run last and wait for it (scripts/cgroup-v2-guest.sh takes a lock).
+if [ "$#" = 0 ] && [ "$(id -u)" = 0 ] && [ "${NNRUN_CGROUP_V2:-1}" != 0 ] && [ "$(uname -m)" = x86_64 ]; then
     mkdir -p "${NNRUN_CACHE:-/var/cache/nnrun}"
     "$REPO/scripts/cgroup-v2-guest.sh" build >"${NNRUN_CACHE:-/var/cache/nnrun}/cgroup-v2-guest-build.log" 2>&1 &
 fi

@@ -67,7 +67,7 @@ def test_bench_quick_tiny(docker_ready, tmp_path):
     assert mon["runs"] > 0 and _num(mon["median_cpu_percent_of_one_core"])
 
     adv = res["advice"]
-    assert adv["of"] == 4 and adv["reached_ok"] >= 3, adv
+    assert adv["of"] == 1 and adv["reached_ok"] == 1, adv     # tiny: one start (the refusal, then its command)
     assert all(r["runs"] for r in adv["starts"]) and _num(adv["mean_runs_to_ok"])
     assert "runs to ok when following the advice" in res["table_markdown"]
 
