@@ -420,13 +420,11 @@ def _draw_case_bars(axc, cases: list[CaseSpan], lanes: list[int], lane_labels: l
     finished = [(i, c) for i, c in enumerate(cases) if c.end is not None and _finite(c.end)]
     unfinished = [(i, c) for i, c in enumerate(cases) if not (c.end is not None and _finite(c.end))]
     if finished:
-        axc.barh([lanes[i] for i, _ in finished], [max(c.end - c.start, 0.0) for _, c in finished],
-                 left=[c.start - t0 for _, c in finished], height=_BAR_HEIGHT, color=_CASE_COLOR,
-                 edgecolor=_CASE_EDGE, linewidth=0.6, zorder=3)
+        _bars(axc, [(lanes[i], c.start - t0, max(c.end - c.start, 0.0)) for i, c in finished],
+              facecolor=_CASE_COLOR, edgecolor=_CASE_EDGE, linewidth=0.6)
     if unfinished:
-        axc.barh([lanes[i] for i, _ in unfinished], [max(t_last - c.start, 0.0) for _, c in unfinished],
-                 left=[c.start - t0 for _, c in unfinished], height=_BAR_HEIGHT, color=_UNFINISHED_FACE,
-                 edgecolor=_OOM_COLOR, hatch="///", linewidth=1.0, zorder=3)
+        _bars(axc, [(lanes[i], c.start - t0, max(t_last - c.start, 0.0)) for i, c in unfinished],
+              facecolor=_UNFINISHED_FACE, edgecolor=_OOM_COLOR, linewidth=1.0, hatch="///")
 
     # Which bars get a label (the budget): all of them while there are few, else the
     # unfinished ones and the largest by peak RSS.
@@ -455,6 +453,17 @@ def _draw_case_bars(axc, cases: list[CaseSpan], lanes: list[int], lane_labels: l
     axc.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(handles),
                fontsize=_FONT - 1, frameon=False, borderaxespad=0.1, handlelength=1.6)
     return chosen, many
+
+
+def _bars(axc, bars: list[tuple[int, float, float]], **style) -> None:
+    """Horizontal bars (lane, left, width) as one collection: barh's one Rectangle artist per bar took
+    0.9 s to draw 1,000 cases (a 500-case dataset), the collection a few milliseconds.  The axes' limits
+    are set by the caller."""
+    from matplotlib.collections import PolyCollection
+    half = _BAR_HEIGHT / 2
+    verts = [[(left, lane - half), (left + width, lane - half), (left + width, lane + half), (left, lane + half)]
+             for lane, left, width in bars]
+    axc.add_collection(PolyCollection(verts, zorder=3, **style), autolim=False)
 
 
 def _case_fontsize(n_lanes: int) -> float:

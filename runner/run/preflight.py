@@ -87,7 +87,7 @@ def check_case_geometry(dataset: RawDataset, unreadable_ok: bool = False, check_
     reader = reader_for(dataset.dataset_json, dataset.cases[0].images[0])
     for case in dataset.cases:
         try:
-            info = case_info(case, reader)
+            info = case_info(case, reader, dataset.header_memo)
         except DamagedFileError:
             if unreadable_ok:      # --skip-file-check: a header no library reads is the user's to judge
                 continue

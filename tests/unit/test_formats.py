@@ -339,3 +339,37 @@ def test_a_missing_reader_library_is_infra_not_a_damaged_file(tmp_path, monkeypa
         headers.read_info(path, headers.SIMPLEITK)
     assert not isinstance(err.value, DamagedFileError)
     assert "'nibabel' is missing" in err.value.one_line() and "pip install nibabel" in err.value.one_line()
+
+
+def test_a_datasets_headers_are_read_once_per_run(tmp_path, monkeypatch):
+    """The pre-flight geometry check and the estimate both need every case's headers: read once (the
+    dataset's header_memo), not once each (1,000 files a pass on a 500-case dataset)."""
+    from runner.estimate.model import dataset_geometry
+    from runner.run.preflight import check_case_geometry
+    ds = _dataset(tmp_path, ".nii.gz")
+    reads = []
+    real = headers.read_info
+    monkeypatch.setattr(headers, "read_info", lambda path, *a, **kw: reads.append(path) or real(path, *a, **kw))
+    check_case_geometry(ds)
+    geoms = dataset_geometry(ds)
+    assert sorted(reads) == sorted(ds.all_files())          # each file once, for both
+    assert [g.case_id for g in geoms] == ["case000", "case001", "case002"]
+    fresh = _dataset(tmp_path / "again", ".nii.gz")            # another load of the data: read again
+    dataset_geometry(fresh)
+    assert len(reads) == 2 * len(ds.all_files())
+
+
+@pytest.mark.parametrize("kind", ["Nifti1Image", "Nifti2Image"])
+@pytest.mark.parametrize("ending", [".nii", ".nii.gz"])
+def test_nifti_header_only_read_matches_nibabel_load(tmp_path, kind, ending):
+    """The header-only NIfTI-1 read gives what nibabel.load's header gives; NIfTI-2 falls back to it."""
+    import nibabel
+    img = getattr(nibabel, kind)(np.zeros((7, 6, 5), np.int16), np.diag([0.5, 0.7, 2.5, 1.0]))
+    path = tmp_path / f"x{ending}"
+    nibabel.save(img, path)
+    info = headers._nibabel_info(str(path), headers.NIBABEL)
+    loaded = nibabel.load(path)
+    assert info.shape == tuple(loaded.shape) == (7, 6, 5)
+    assert np.allclose(info.spacing, loaded.header.get_zooms()) and np.allclose(info.spacing, (0.5, 0.7, 2.5))
+    assert info.itemsize == 2 and info.components == 1
+    assert (headers._nifti1_header(str(path)) is None) == (kind == "Nifti2Image")
