@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """nnrun's costs against the number and the size of the cases: pre-flight file check and whole-command overhead.
 
-    python bench/scale.py                          # both sections (~25 min on 2 cores)
-    python bench/scale.py --only preflight         # the file check alone (~2 min, no Docker)
+    python bench/scale.py                          # both sections (7.5 min on 2 cores, measured 2026-12-06)
+    python bench/scale.py --only preflight         # the file check alone (~40 s with making its files, no Docker)
 
 * ``preflight``: nnrun's pre-flight file check (``runner.formats.check_cache.check_files_once``, one worker,
   an empty cache) against ``gzip -t`` (one process) on the same ``.nii.gz`` files, head phantoms of real
