@@ -160,7 +160,9 @@ def shape_mismatches(dataset: RawDataset) -> list[str]:
     from runner.formats.headers import case_infos
     found = []
     try:
-        infos = case_infos(dataset)
+        # Read again, not from the run's header memo: this explains a failure, and the files may have
+        # changed since the pre-flight read them (tests/integration/test_worker_deaths_real.py swaps a label).
+        infos = case_infos(replace(dataset, header_memo={}))
     except NnrunError:
         return found
     for info in infos:

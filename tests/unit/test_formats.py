@@ -373,3 +373,18 @@ def test_nifti_header_only_read_matches_nibabel_load(tmp_path, kind, ending):
     assert np.allclose(info.spacing, loaded.header.get_zooms()) and np.allclose(info.spacing, (0.5, 0.7, 2.5))
     assert info.itemsize == 2 and info.components == 1
     assert (headers._nifti1_header(str(path)) is None) == (kind == "Nifti2Image")
+
+
+def test_shape_mismatches_reads_the_files_again_not_the_runs_memo(tmp_path):
+    """After nnU-Net failed, the explanation reads the headers as they are now: a label replaced since the
+    pre-flight (which filled the memo) is seen."""
+    import nibabel
+
+    from runner.run.preflight import check_case_geometry, shape_mismatches
+    ds = _dataset(tmp_path, ".nii.gz")
+    check_case_geometry(ds)
+    assert ds.header_memo and shape_mismatches(ds) == []
+    label = ds.cases[1].label
+    nibabel.save(nibabel.Nifti1Image(np.zeros((32, 24, 5), np.uint8), np.eye(4)), label)
+    found = shape_mismatches(ds)
+    assert len(found) == 1 and found[0].startswith(ds.cases[1].case_id), found
