@@ -121,6 +121,7 @@ def slim_image(guest: Path, share: Path) -> None:
             "--build-arg", f"NNRUN_VERSION={__version__}", "-t", IMAGE, str(ctx))
     shutil.rmtree(ctx)
     _docker("save", "-o", str(share / "slim.tar"), IMAGE)
+    _docker("rmi", IMAGE)      # the guest loads the saved tar; only the cached base stays on the host
     (share / "slim.tar").chmod(0o644)   # rootless Podman loads it as a non-root user
 
 
