@@ -222,6 +222,19 @@ def plot(res: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def run_capsweep(work: Path, which: list[str], n_caps: int, mixed_caps: int | None, reps: int, head_repeat: int,
+                 journey_sets: list[str], ev: DockerEvents) -> dict:
+    """Every dataset's sweep (and journey), in ``work``: what ``main`` and ``bench/run.py``'s full run record."""
+    for d in (work, work / "raw"):
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)
+    out: dict = {}
+    for name, ds in make_datasets(work / "raw", which, head_repeat).items():
+        caps = mixed_caps if name == "mixed" and mixed_caps else n_caps
+        out[name] = sweep_dataset(name, ds, work, caps, reps, name in journey_sets, ev)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", default="heads,mixed", help="comma-separated: heads, mixed")
@@ -237,16 +250,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     started = time.time()
     work = a.work or Path(f"/tmp/nnrun-capsweep-{uuid.uuid4().hex[:8]}")
-    work.mkdir(parents=True, exist_ok=True)
-    os.chmod(work, 0o755)
-    (work / "raw").mkdir(exist_ok=True)
-    os.chmod(work / "raw", 0o755)
     res: dict = {"schema": 1, "machine": machine(), "argv": sys.argv[1:], "datasets": {}}
     ev = DockerEvents()
     try:
-        for name, ds in make_datasets(work / "raw", a.datasets.split(","), a.head_repeat).items():
-            caps = a.mixed_caps if name == "mixed" and a.mixed_caps else a.caps
-            res["datasets"][name] = sweep_dataset(name, ds, work, caps, a.reps, name in a.journey.split(","), ev)
+        res["datasets"] = run_capsweep(work, a.datasets.split(","), a.caps, a.mixed_caps, a.reps, a.head_repeat,
+                                       a.journey.split(","), ev)
     finally:
         ev.close()
         if a.work is None:

@@ -130,6 +130,25 @@ def table(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_scale(work: Path, only: set[str], reps: int, sizes: list[str], ev: DockerEvents | None) -> dict:
+    """The sections in ``only``, in ``work``: what ``main`` and ``bench/run.py``'s full run record."""
+    raw = work / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for d in (work, raw):
+        os.chmod(d, 0o755)
+    res: dict = {}
+    if "preflight" in only:
+        heads = make_head_dataset(raw, 790, "CheckHeads", [HeadSpec((256, 256, 180), (1.0, 1.0, 1.0)),
+                                                           HeadSpec((320, 320, 64), (0.7, 0.7, 2.5)),
+                                                           HeadSpec((288, 288, 200), (0.75, 0.75, 0.75))] * 2)
+        big = make_dataset(raw, 791, "CheckLarge", [LARGE] * 3)
+        res["preflight"] = bench_preflight([heads, big])
+        log(f"preflight: {json.dumps(res['preflight'])}")
+    if "overhead" in only and ev is not None:
+        res["overhead"] = bench_overhead(raw, work, reps, sizes, ev)
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default="preflight,overhead", help="comma-separated: preflight, overhead")
@@ -140,23 +159,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     started = time.time()
     work = a.work or Path(f"/tmp/nnrun-scale-{uuid.uuid4().hex[:8]}")
-    raw = work / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for d in (work, raw):
-        os.chmod(d, 0o755)
     only = set(a.only.split(","))
     res: dict = {"schema": 1, "machine": machine(), "argv": sys.argv[1:]}
     ev = DockerEvents() if "overhead" in only else None
     try:
-        if "preflight" in only:
-            heads = make_head_dataset(raw, 790, "CheckHeads", [HeadSpec((256, 256, 180), (1.0, 1.0, 1.0)),
-                                                               HeadSpec((320, 320, 64), (0.7, 0.7, 2.5)),
-                                                               HeadSpec((288, 288, 200), (0.75, 0.75, 0.75))] * 2)
-            big = make_dataset(raw, 791, "CheckLarge", [LARGE] * 3)
-            res["preflight"] = bench_preflight([heads, big])
-            log(f"preflight: {json.dumps(res['preflight'])}")
-        if "overhead" in only:
-            res["overhead"] = bench_overhead(raw, work, a.reps, a.sizes.split(","), ev)
+        res.update(run_scale(work, only, a.reps, a.sizes.split(","), ev))
     finally:
         if ev:
             ev.close()

@@ -2,14 +2,14 @@
 
 Two things the host asks for through files in the run folder:
 
-* **Warm workers** (``warm.json``): when the fingerprint exists (so no
-  fingerprint pool runs first) and nnrun chose the worker count from the
-  estimate, the first configuration's workers are started when the agent
-  starts, before nnU-Net's main process imports torch and plans.  A spawned
-  worker spends ~2 s importing nnU-Net; here that overlaps the main
-  process's own imports and planning instead of following them.  The host
-  checked that the idle workers fit next to the main process (they hold only
-  their baseline, which the estimate counts).
+* **Warm workers** (``warm.json``): the first configuration's workers are
+  started when the agent starts, before nnU-Net's main process imports torch
+  (and extracts the fingerprint, when there is none yet).  A spawned worker
+  spends ~2 s importing nnU-Net; here that overlaps the main process's own
+  imports, on the core they leave idle, instead of following the planning.
+  The host checked that the idle workers fit next to the main process (and
+  the fingerprint pool): they hold only their baseline, which the estimate
+  counts.
 * **Memory-aware admission** (``schedule.json``, model 2): cases are admitted
   largest first while the cgroup's predicted charge fits the cap::
 

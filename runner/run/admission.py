@@ -12,9 +12,10 @@
   measured peak and ``MEASURED_MARGIN``.  Workers start on demand, so a case that needs the
   cap to itself never shares it with an idle worker.  ``admission_plan``
   gives the agent these numbers and the most workers that can ever run.
-* Warm workers: when nnrun chose the worker count and the fingerprint exists,
-  the first configuration's workers start while nnU-Net's main process imports
-  and plans (``warm_workers``).
+* Warm workers: the first configuration's workers start while nnU-Net's main
+  process imports (``warm_workers``), when their idle baselines fit next to it
+  (and, before a fingerprint, next to the fingerprint pool and the main
+  process's peak at its end).
 * A case predicted not to fit the cap even alone is ``bad_input`` before the
   run, with the ``--mem`` it needs.
 """
@@ -24,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from runner.errors import NotEnoughMemoryError
-from runner.estimate.model import Estimate
+from runner.estimate.model import Estimate, max_workers_that_fit
 from runner.estimate.need import MEASURED_MARGIN, MemoryNeed, Part, PeakKey, mem_hint, memory_needed
 from runner.options import PreprocessOptions
 from runner.units import format_bytes
@@ -88,23 +89,40 @@ def warm_workers(opts: PreprocessOptions, est: Estimate | None, schedule: str, n
                  fingerprint_exists: bool) -> dict | None:
     """The workers to start with nnU-Net's main process (None: none), for ``warm.json``.
 
-    Only when no fingerprint pool runs first (the fingerprint exists, no --clean, no dataset
-    verification), preprocessing follows (no --no_pp), and nnrun chose the first configuration's
-    workers from the estimate: one for memory-aware admission (it starts the others as cases fit),
-    the ``-np auto`` pool otherwise.  Idle, they hold their baselines next to the main process.
+    When preprocessing follows (no --no_pp, no dataset verification) and the estimate is known: one worker
+    for memory-aware admission (it starts the others as cases fit), the first configuration's fixed pool
+    otherwise (``-np auto`` or a count given).  A spawned worker spends ~2 s importing nnU-Net; started
+    with the main process it uses the core the main process's own imports leave idle, instead of
+    following the planning.  Idle, the workers hold their baselines next to the main process: when the
+    fingerprint is still to be made (none yet, or --clean) they must also fit beside the fingerprint
+    pool and beside the main process's peak at the end of the fingerprint, or none is started.
     """
-    if est is None or not fingerprint_exists or opts.clean or opts.no_pp or opts.verify_dataset_integrity:
+    if est is None or opts.no_pp or opts.verify_dataset_integrity:
         return None
     first = opts.configurations[0]
     if schedule == "memory":
         kind, n = "memory", 1
-    elif np_auto:
-        kind, n = "fixed", opts.workers_per_configuration().get(first, 1)
     else:
+        kind, n = "fixed", opts.workers_per_configuration().get(first, 1)
+    added = n * est.baseline.worker_added_bytes
+    if est.baseline.main_bytes + added > est.cap_bytes:
         return None
-    if est.baseline.main_bytes + n * est.baseline.worker_added_bytes > est.cap_bytes:
+    if (opts.clean or not fingerprint_exists) and not fingerprint_fits_beside(est, opts.npfp, added):
         return None
     return {"configuration": first, "kind": kind, "workers": n}
+
+
+def fingerprint_fits_beside(est: Estimate, npfp: int, added_bytes: int) -> bool:
+    """Whether ``added_bytes`` more (idle warm workers) leave room for the fingerprint phase: ``npfp``
+    workers with the largest predicted cases (margin included) beside the main process while the pool
+    runs, and the main process's predicted peak at the end of the phase (margin included)."""
+    shared = est.baseline.shared_bytes
+    peaks = [r["predicted_peak_bytes"] - shared for r in est.per_case if r["phase"] == "fingerprint"]
+    want = min(max(1, npfp), len(peaks))
+    fits_pool = not peaks or max_workers_that_fit(peaks, est.main_fingerprint_pool_bytes + added_bytes,
+                                                  est.cap_bytes, est.margin, want, shared) >= want
+    main_end = est.main_fingerprint_peak_bytes or est.baseline.main_bytes
+    return fits_pool and main_end * (1.0 + est.margin) + added_bytes <= est.cap_bytes
 
 
 def resolve_workers(opts: PreprocessOptions, est: Estimate, np_auto: bool, npfp_auto: bool,

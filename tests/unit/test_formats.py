@@ -324,9 +324,12 @@ def test_a_missing_reader_library_is_infra_not_a_damaged_file(tmp_path, monkeypa
     call a good file damaged: it is nnrun's installation that is incomplete."""
     import builtins
 
-    from runner.errors import InfraError
+    import nibabel
 
-    path = write_sitk(tmp_path / "case_0000.nii.gz", compress=True)
+    from runner.errors import InfraError
+    path = tmp_path / "case_0000.nii.gz"      # NIfTI-2: the standard-library header read leaves it to nibabel
+    nibabel.save(nibabel.Nifti2Image(np.zeros((4, 3, 2), np.int16), np.eye(4)), path)
+    nifti1 = write_sitk(tmp_path / "case_0001.nii.gz", compress=True)
     real_import = builtins.__import__
 
     def no_nibabel(name, *args, **kwargs):
@@ -335,6 +338,7 @@ def test_a_missing_reader_library_is_infra_not_a_damaged_file(tmp_path, monkeypa
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_nibabel)
+    assert headers.read_info(nifti1, headers.SIMPLEITK).shape      # NIfTI-1 needs no nibabel
     with pytest.raises(InfraError) as err:
         headers.read_info(path, headers.SIMPLEITK)
     assert not isinstance(err.value, DamagedFileError)
@@ -361,18 +365,52 @@ def test_a_datasets_headers_are_read_once_per_run(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["Nifti1Image", "Nifti2Image"])
 @pytest.mark.parametrize("ending", [".nii", ".nii.gz"])
-def test_nifti_header_only_read_matches_nibabel_load(tmp_path, kind, ending):
-    """The header-only NIfTI-1 read gives what nibabel.load's header gives; NIfTI-2 falls back to it."""
+@pytest.mark.parametrize("shape,dtype,zooms", [((7, 6, 5), "<i2", (0.5, 0.7, 2.5)), ((7, 6, 5), ">f4", (1.0, -0.9, 3.0)),
+                                               ((9, 8), "<u1", (0.3, 0.4)), ((6, 5, 4, 2), "<f8", (1.0, 1.0, 2.0, 1.0)),
+                                               ((6, 5, 4), ">u2", (0.8, 0.8, 0.8))])
+def test_nifti_header_only_read_matches_nibabel_load(tmp_path, kind, ending, shape, dtype, zooms):
+    """The standard-library NIfTI-1 header read gives what nibabel.load's header gives (both byte orders, 2D to
+    4D, several voxel types); NIfTI-2 falls back to nibabel."""
     import nibabel
-    img = getattr(nibabel, kind)(np.zeros((7, 6, 5), np.int16), np.diag([0.5, 0.7, 2.5, 1.0]))
+    img = getattr(nibabel, kind)(np.zeros(shape, np.dtype(dtype)), np.eye(4))
+    img.header.set_zooms([abs(z) for z in zooms])
     path = tmp_path / f"x{ending}"
     nibabel.save(img, path)
     info = headers._nibabel_info(str(path), headers.NIBABEL)
     loaded = nibabel.load(path)
-    assert info.shape == tuple(loaded.shape) == (7, 6, 5)
-    assert np.allclose(info.spacing, loaded.header.get_zooms()) and np.allclose(info.spacing, (0.5, 0.7, 2.5))
-    assert info.itemsize == 2 and info.components == 1
-    assert (headers._nifti1_header(str(path)) is None) == (kind == "Nifti2Image")
+    expect = tuple((list(loaded.shape) + [1, 1])[:3])
+    assert info.shape == expect
+    assert np.allclose(info.spacing[:len(shape[:3])], [abs(z) for z in loaded.header.get_zooms()][:3])
+    assert info.itemsize == loaded.get_data_dtype().itemsize
+    assert info.components == (shape[3] if len(shape) > 3 else 1) and info.is_2d == (len(shape) == 2)
+    assert (headers._nifti1_struct(str(path)) is None) == (kind == "Nifti2Image")
+
+
+def test_nifti_header_read_does_not_import_nibabel(tmp_path):
+    """Start-up cost: reading NIfTI-1 geometry must not import nibabel (0.18 s with numpy)."""
+    import subprocess
+    import sys
+
+    import nibabel
+    path = tmp_path / "x.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.zeros((4, 3, 2), np.int16), np.eye(4)), path)
+    code = (f"import sys; from runner.formats import headers; i = headers.read_info({str(path)!r}, headers.NIBABEL); "
+            "print(i.shape, 'nibabel' in sys.modules, 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["(4,", "3,", "2)", "False", "False"], out
+
+
+def test_a_broken_nifti_header_falls_back_to_nibabel_and_is_named(tmp_path):
+    """A header the standard-library read refuses (here dim[0] = 0) goes to nibabel, whose error names the file."""
+    path = tmp_path / "bad.nii"
+    raw = bytearray(348 + 4 + 8)
+    raw[:4] = (348).to_bytes(4, "little")
+    raw[344:348] = b"n+1\0"
+    path.write_bytes(bytes(raw))
+    assert headers._nifti1_struct(str(path)) is None
+    with pytest.raises(Exception) as err:
+        headers.read_info(path, headers.NIBABEL)
+    assert "bad.nii" in str(err.value) or "bad.nii" in getattr(err.value, "one_line", lambda: "")()
 
 
 def test_shape_mismatches_reads_the_files_again_not_the_runs_memo(tmp_path):

@@ -61,23 +61,50 @@ def test_resolve_workers_memory_schedule_takes_the_plans_workers():
 
 
 def _opts(**kw) -> PreprocessOptions:
-    return PreprocessOptions(dataset_id=502, configurations=("3d_fullres",), np=(1,), **kw)
+    return PreprocessOptions(dataset_id=502, configurations=("3d_fullres",), **{"np": (1,), **kw})
 
 
-def test_warm_workers_when_nnrun_chose_and_the_fingerprint_exists():
+def _with_fingerprint(est: Estimate, fp_extra_mib: int, main_end_mib: int, main_pool_mib: int) -> Estimate:
+    for case in MIXED:
+        est.per_case.append({"case": case, "phase": "fingerprint", "configuration": None,
+                             "predicted_peak_bytes": BASE.worker_bytes + fp_extra_mib * MIB,
+                             "extra_bytes": fp_extra_mib * MIB})
+    est.main_fingerprint_peak_bytes, est.main_fingerprint_pool_bytes = main_end_mib * MIB, main_pool_mib * MIB
+    return est
+
+
+def test_warm_workers_when_the_fingerprint_exists():
     est = _est(4412, MIXED)
     assert warm_workers(_opts(), est, "memory", False, True) == {"configuration": "3d_fullres", "kind": "memory",
                                                                   "workers": 1}
     assert warm_workers(_opts(), est, "fixed", True, True) == {"configuration": "3d_fullres", "kind": "fixed",
                                                                "workers": 1}
+    # a count the user gave: that pool, started early
+    assert warm_workers(_opts(np=(2,)), est, "fixed", False, True) == {"configuration": "3d_fullres",
+                                                                        "kind": "fixed", "workers": 2}
+
+
+def test_warm_workers_beside_the_fingerprint_only_when_it_still_fits():
+    """No fingerprint yet (or --clean): the idle warm workers must leave room for the fingerprint pool and for
+    the main process's peak at the end of the fingerprint, margins included."""
+    roomy = _with_fingerprint(_est(4412, MIXED), fp_extra_mib=300, main_end_mib=1600, main_pool_mib=800)
+    assert warm_workers(_opts(npfp=2), roomy, "memory", False, False)["workers"] == 1
+    assert warm_workers(_opts(npfp=2, clean=True), roomy, "memory", False, True)["workers"] == 1
+    assert warm_workers(_opts(np=(2,), npfp=2), roomy, "fixed", False, False)["workers"] == 2
+    # the fingerprint pool of 2 fits alone but not beside a warm worker: 800 + 2 x (545 + 0.15 x 702) = 2101 MiB
+    # of a 2300 MiB cap, and a warm worker adds 245 MiB
+    pool_tight = _with_fingerprint(_est(2300, MIXED), fp_extra_mib=300, main_end_mib=1000, main_pool_mib=800)
+    assert warm_workers(_opts(npfp=1), pool_tight, "memory", False, False) is not None     # one fingerprint worker
+    assert warm_workers(_opts(npfp=2), pool_tight, "memory", False, False) is None
+    # the main process at the end of the fingerprint: 1900 MiB x 1.15 = 2185 MiB, + 245 MiB > 2300 MiB
+    end_tight = _with_fingerprint(_est(2300, MIXED), fp_extra_mib=10, main_end_mib=1900, main_pool_mib=500)
+    assert warm_workers(_opts(npfp=1), end_tight, "memory", False, False) is None
+    assert warm_workers(_opts(npfp=1), end_tight, "memory", False, True) is not None       # no fingerprint phase
 
 
 def test_no_warm_workers_otherwise():
     est = _est(4412, MIXED)
     assert warm_workers(_opts(), None, "memory", False, True) is None            # no estimate
-    assert warm_workers(_opts(), est, "fixed", False, True) is None              # -np given by the user
-    assert warm_workers(_opts(), est, "memory", False, False) is None            # a fingerprint pool runs first
-    assert warm_workers(_opts(clean=True), est, "memory", False, True) is None
     assert warm_workers(_opts(no_pp=True), est, "memory", False, True) is None
     assert warm_workers(_opts(verify_dataset_integrity=True), est, "memory", False, True) is None
     assert warm_workers(_opts(), _est(500, MIXED), "memory", False, True) is None   # not even idle ones fit
