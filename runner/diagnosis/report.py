@@ -8,7 +8,7 @@ stderr.  Both are pure: the CLI is the only place that prints.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 
 from runner import __version__
@@ -88,7 +88,9 @@ class RunReport:
 
 
 def to_json(report: RunReport) -> dict:
-    data = asdict(report)
+    # Shallow: every field holds plain JSON values already (dataclasses.asdict's deep copy of the per-case
+    # records took 0.04 s a call on a 500-case run, and a run serializes its report three times).
+    data = {f.name: getattr(report, f.name) for f in fields(report)}
     data.pop("recommendation_text")
     data.pop("interrupt_signal")
     data["outcome"] = report.outcome.value

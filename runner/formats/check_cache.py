@@ -21,6 +21,7 @@ without reading anything again (:func:`case_data_stats`).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -41,6 +42,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "nnrun" / "checked-files"
 
 
+@functools.lru_cache(maxsize=65536)
+def _real(path: str) -> str:
+    """``Path(path).resolve()`` as a string, once per file and process: the check and the estimate both look
+    every file up (five resolutions a file, ~0.15 s on a 500-case dataset)."""
+    return os.path.realpath(path)
+
+
 def _key(path: Path) -> list | None:
     try:
         st = os.stat(path)
@@ -51,7 +59,7 @@ def _key(path: Path) -> list | None:
 
 def cache_file(paths: list[Path], cache_dir: Path) -> Path:
     """One record per folder that holds the files (a raw dataset folder)."""
-    common = os.path.commonpath([str(Path(p).resolve().parent) for p in paths]) if paths else ""
+    common = os.path.commonpath([os.path.dirname(_real(str(p))) for p in paths]) if paths else ""
     return Path(cache_dir) / (hashlib.sha256(common.encode()).hexdigest()[:24] + ".json")
 
 
@@ -81,9 +89,9 @@ def check_files_once(paths: Iterable, workers: int = 2, progress: Callable[[int,
         return check_files(paths, workers=workers, progress=progress)
     record = cache_file(paths, cache_dir or default_cache_dir())
     known = _load(record)
-    keys = {str(p.resolve()): _key(p) for p in paths}
-    todo = [p for p in paths
-            if keys[str(p.resolve())] is None or _recorded_key(known, str(p.resolve())) != keys[str(p.resolve())]]
+    names = {p: _real(str(p)) for p in paths}
+    keys = {names[p]: _key(p) for p in paths}
+    todo = [p for p in paths if keys[names[p]] is None or _recorded_key(known, names[p]) != keys[names[p]]]
     skipped = len(paths) - len(todo)
 
     def shifted(done: int, total: int) -> None:
@@ -96,10 +104,10 @@ def check_files_once(paths: Iterable, workers: int = 2, progress: Callable[[int,
     problems = check_files(todo, workers=workers, progress=shifted, stats=stats) if todo else []
     if any(getattr(p, "path", None) is None for p in problems):
         return problems                   # cannot tell which file failed: record nothing
-    bad = {str(Path(p.path).resolve()) for p in problems}
+    bad = {_real(str(p.path)) for p in problems}
     if todo:
         for p in todo:
-            name = str(p.resolve())
+            name = names[p]
             if name not in bad and keys[name] is not None and _key(p) == keys[name]:
                 known[name] = {"key": keys[name], "stats": stats.get(str(p))}
         for name in bad:
@@ -121,7 +129,7 @@ def cached_stats(paths: Iterable, cache_dir: Path | None = None) -> dict[str, di
     known = _load(cache_file(paths, cache_dir or default_cache_dir()))
     out: dict[str, dict | None] = {}
     for p in paths:
-        name = str(p.resolve())
+        name = _real(str(p))
         key = _key(p)
         if key is not None and _recorded_key(known, name) == key:
             entry = known[name]
