@@ -49,6 +49,7 @@ from bench.run import (  # noqa: E402
     Kmsg,
     MiB,
     _sweep,
+    compile_runner,
     datasets,
     estimate,
     fresh,
@@ -248,6 +249,7 @@ def main(argv=None) -> int:
     ap.add_argument("--docs", type=Path, default=None, help="markdown file to write the table to")
     ap.add_argument("--work", type=Path, default=None)
     a = ap.parse_args(argv)
+    compile_runner()
     started = time.time()
     work = a.work or Path(f"/tmp/nnrun-capsweep-{uuid.uuid4().hex[:8]}")
     res: dict = {"schema": 1, "machine": machine(), "argv": sys.argv[1:], "datasets": {}}

@@ -37,7 +37,7 @@ for p in (str(REPO), str(REPO / "scripts")):
 
 from head_phantoms import HeadSpec, make_head_dataset  # noqa: E402
 
-from bench.run import DockerEvents, fresh, log, machine, med, native, nnrun, rnd, write_results  # noqa: E402
+from bench.run import DockerEvents, compile_runner, fresh, log, machine, med, native, nnrun, rnd, write_results  # noqa: E402
 from runner.demo import CaseSpec, make_dataset  # noqa: E402
 
 ARGS = ["-c", "3d_fullres", "-np", "2", "-npfp", "2"]
@@ -157,6 +157,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--work", type=Path, default=None)
     a = ap.parse_args(argv)
+    compile_runner()
     started = time.time()
     work = a.work or Path(f"/tmp/nnrun-scale-{uuid.uuid4().hex[:8]}")
     only = set(a.only.split(","))

@@ -18,6 +18,9 @@ if ! python3 -c "import runner.cli.app, docker, typer, psutil, pytest, hypothesi
     python3 -m pip install -q --disable-pip-version-check -e "$REPO[test]" 2>&1 | grep -v -e '^WARNING: Location' -e 'Running pip as the' >&2 || true
     python3 -c "import runner.cli.app" || { log "installing nnrun failed"; exit 1; }
 fi
+# An editable install leaves the package uncompiled, and where PYTHONDONTWRITEBYTECODE is set (CI
+# machines) every nnrun command compiled its ~95 modules again: 0.15 s on `nnrun --version`.
+python3 -m compileall -q "$REPO/runner" >/dev/null 2>&1 || true
 
 # 2. A Docker engine that answers (installed and started when we are root).
 "$REPO/scripts/ensure-docker.sh"

@@ -4,12 +4,16 @@ Rendering the plot after the container is gone used to add ~0.7 s to every
 run (importing matplotlib, loading fonts, drawing).  :class:`PlotJob` moves
 that work to where nobody waits for it:
 
-* :meth:`PlotJob.prewarm`, called when the container starts: a thread
-  imports matplotlib and renders a tiny throw-away figure (fonts, Agg) while
-  nnU-Net's main process imports its own modules on one core, so it uses a
-  core that is idle then.  (Not at a lower priority: an unprivileged thread
-  cannot raise it again, and the final render must never wait for a starved
-  thread that holds an import lock.);
+* :meth:`PlotJob.prewarm`, called when :class:`WarmUpCue` says a core is
+  likely idle: a thread imports matplotlib and renders a tiny throw-away
+  figure (fonts, Agg; ~0.7 CPU-seconds).  Not at container start: nnU-Net's
+  main process and its warm workers import on both cores then, and the
+  warm-up slowed them.  The cue is the end of the fingerprint's last case
+  (nnU-Net's main process then computes the intensity statistics alone, ~3 s
+  on 10 small cases), else planning (main process alone), else 30 s into the
+  run.  (Not at a lower priority: an unprivileged thread cannot raise it
+  again, and the final render must never wait for a starved thread that
+  holds an import lock or the GIL.);
 * :meth:`PlotJob.speculate`, called when the supervisor has written its
   status and the host has taken its last reading (nnU-Net has ended, the
   run's JSON-lines files are complete): a thread renders ``memory.png`` with
@@ -32,6 +36,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from runner.plot.data import PlotData, plot_data_from_files
@@ -57,9 +62,35 @@ def _warm_up() -> None:
             pass
 
 
+class WarmUpCue:
+    """Says when to start the plot's warm-up, from the run's events (pure: no clock of its own)."""
+
+    FALLBACK_S = 30.0
+
+    def __init__(self, fingerprint_cases: int, started: float) -> None:
+        self.fingerprint_cases = max(1, fingerprint_cases)
+        self.started = started
+        self.fingerprint_done = 0
+        self.fired = False
+
+    def due(self, event: dict, now: float) -> bool:
+        """Whether the warm-up should start now (True once; ``event`` may be ``{}``)."""
+        if self.fired:
+            return False
+        kind, phase = event.get("event"), event.get("phase")
+        if kind == "case_end" and phase == "fingerprint":
+            self.fingerprint_done += 1
+        self.fired = (self.fingerprint_done >= self.fingerprint_cases
+                      or kind == "phase_end"                                  # the agent's
+                      or (kind == "phase" and phase in ("planning", "preprocessing"))   # the supervisor's
+                      or now - self.started >= self.FALLBACK_S)
+        return self.fired
+
+
 class PlotJob:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, cue: WarmUpCue | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self.cue = cue
         self._warm: threading.Thread | None = None
         self._render: threading.Thread | None = None
         self._title: str | None = None
@@ -79,6 +110,11 @@ class PlotJob:
         self._warm = threading.Thread(target=run, name="plot-warm", daemon=True)
         self._warm.start()
         return self
+
+    def observe(self, event: dict) -> None:
+        """One of the run's events (``{}``: none, the time only): warm up when the cue says so."""
+        if self.cue is not None and self.cue.due(event, time.monotonic()):
+            self.prewarm()
 
     def speculate(self, title: str | None, limit_bytes: int | None) -> None:
         """Render now, in the background, with this title and cap (nnU-Net has ended; the data is complete)."""

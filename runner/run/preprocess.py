@@ -358,7 +358,7 @@ class Preprocess:
                                     cgroup_dir=cgroup_dir(self.container_id) if cgroup_dir else None).start()
             log_thread = threading.Thread(target=self._pump_logs, name="logs", daemon=True)
             log_thread.start()
-            threading.Thread(target=self._watch_run_dir, args=(monitor, run_dir), name="watch",
+            threading.Thread(target=self._watch_run_dir, args=(monitor, run_dir, len(dataset.cases)), name="watch",
                              daemon=True).start()
             exit_code = engine.wait(self.container_id)
         except RunInterrupted as stop:
@@ -432,18 +432,21 @@ class Preprocess:
         return report
 
     # -- helpers ------------------------------------------------------------
-    def _watch_run_dir(self, monitor: CgroupMonitor, run_dir: Path) -> None:
-        """Pass the supervisor's and the agent's events on as progress; when the supervisor
-        has written its status, read the cgroup once more, then let the supervisor exit."""
+    def _watch_run_dir(self, monitor: CgroupMonitor, run_dir: Path, fingerprint_cases: int) -> None:
+        """Pass the supervisor's and the agent's events on as progress (warm the plot up when they say a
+        core is idle); once the supervisor has written its status, read the cgroup again, let it exit."""
         tails = [JsonlTail(run_dir / EVENTS_FILE), JsonlTail(run_dir / AGENT_EVENTS_FILE)]
         status = run_dir / STATUS_FILE
         acked = False
-        from runner.run.plot_job import PlotJob, guess_title
-        plot_job = self._plot_job = PlotJob(run_dir).prewarm() if self.settings.plot else None
+        from runner.run.plot_job import PlotJob, WarmUpCue, guess_title
+        cue = WarmUpCue(fingerprint_cases, time.monotonic())
+        plot_job = self._plot_job = PlotJob(run_dir, cue) if self.settings.plot else None
         while not self._container_done.is_set():
-            for tail in tails:
-                for event in tail.read_new():
+            for event in [*(e for tail in tails for e in tail.read_new()), {}]:     # {}: the cue's clock
+                if event:
                     self.sink.event(event)
+                if plot_job is not None:
+                    plot_job.observe(event)
             if not acked and status.exists():
                 monitor.final_sample()
                 if plot_job is not None:    # nnU-Net has ended: draw memory.png while the container goes

@@ -318,3 +318,17 @@ def test_make_demo_without_raw_folder_is_bad_input(monkeypatch, capsys):
     code, out, err = run(["make-demo"], capsys)
     assert code == 2
     assert_one_clean_line(err)
+
+
+def test_the_nnrun_process_exits_with_its_code_and_complete_output_when_piped(tmp_path):
+    # entry() ends with os._exit (no interpreter finalization): stdout must still be flushed whole.
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "runner.cli", "preprocess", "-d", "1", "--mem", "abc", "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["outcome"] == "bad_input"
+    assert proc.stderr.strip().startswith("nnrun: bad_input: invalid --mem 'abc'")
+    version = subprocess.run([sys.executable, "-m", "runner.cli", "--version"], capture_output=True, text=True,
+                             timeout=60)
+    assert (version.returncode, version.stdout.strip()) == (0, __import__("runner").__version__)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,47 @@ def test_importing_plot_job_does_not_import_matplotlib():
                          cwd=Path(__file__).resolve().parents[2]).stdout
     assert out.strip() == "False"
     assert plot_job.PLOT_FILE == "memory.png"
+
+
+# -- when the warm-up starts ----------------------------------------------------------------------
+
+def test_warm_up_cue_waits_for_the_last_fingerprint_case():
+    from runner.run.plot_job import WarmUpCue
+    cue = WarmUpCue(fingerprint_cases=3, started=0.0)
+    assert not cue.due({"event": "warm_workers"}, 0.5)
+    assert not cue.due({"event": "phase_start", "phase": "fingerprint"}, 1.0)
+    assert not cue.due({"event": "phase", "phase": "fingerprint"}, 1.0)      # the supervisor's
+    assert not cue.due({"event": "case_end", "phase": "fingerprint", "case": "a"}, 2.0)
+    assert not cue.due({"event": "case_end", "phase": "fingerprint", "case": "b"}, 2.1)
+    assert not cue.due({}, 2.2)
+    assert cue.due({"event": "case_end", "phase": "fingerprint", "case": "c"}, 2.3)
+    assert not cue.due({"event": "phase_end", "phase": "fingerprint"}, 5.0)   # once only
+
+
+@pytest.mark.parametrize("event", [{"event": "phase_end", "phase": "fingerprint"},
+                                   {"event": "phase", "phase": "planning"},
+                                   {"event": "phase", "phase": "preprocessing"}])
+def test_warm_up_cue_fires_at_a_phase_change_when_the_cases_are_not_counted(event):
+    from runner.run.plot_job import WarmUpCue
+    cue = WarmUpCue(fingerprint_cases=100, started=0.0)
+    assert not cue.due({"event": "case_end", "phase": "preprocessing", "case": "a"}, 1.0)
+    assert cue.due(event, 1.0)
+
+
+def test_warm_up_cue_falls_back_to_a_time():
+    from runner.run.plot_job import WarmUpCue
+    cue = WarmUpCue(fingerprint_cases=10, started=100.0)
+    assert not cue.due({}, 100.0 + WarmUpCue.FALLBACK_S - 0.1)
+    assert cue.due({}, 100.0 + WarmUpCue.FALLBACK_S)
+
+
+def test_plot_job_warms_up_once_when_its_cue_fires(tmp_path, monkeypatch):
+    from runner.run.plot_job import WarmUpCue
+    warmed = []
+    monkeypatch.setattr(PlotJob, "prewarm", lambda self: warmed.append(1) or self)
+    job = PlotJob(tmp_path, WarmUpCue(fingerprint_cases=1, started=time.monotonic()))
+    job.observe({"event": "phase_start", "phase": "fingerprint"})
+    assert warmed == []
+    job.observe({"event": "case_end", "phase": "fingerprint", "case": "a"})
+    job.observe({})
+    assert warmed == [1]
