@@ -281,11 +281,13 @@ def dataset_id(ds: Path) -> int:
     return int(ds.name[len("Dataset"):len("Dataset") + 3])
 
 
+def _estimate_cmd(ds: Path, pre: Path, mem: str) -> list[str]:
+    return [sys.executable, "-m", "runner.cli", "estimate", "-d", str(dataset_id(ds)), "--mem", mem,
+            "-c", "3d_fullres", "--raw", str(ds.parent), "--preprocessed", str(pre), "--image", IMAGE, "--json"]
+
+
 def estimate(ds: Path, pre: Path, mem: str) -> dict | None:
-    p = subprocess.run([sys.executable, "-m", "runner.cli", "estimate", "-d", str(dataset_id(ds)), "--mem", mem,
-                        "-c", "3d_fullres", "--raw", str(ds.parent), "--preprocessed", str(pre), "--image", IMAGE,
-                        "--json"],
-                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    p = subprocess.run(_estimate_cmd(ds, pre, mem), capture_output=True, text=True, cwd=REPO, timeout=300)
     try:
         return {**json.loads(p.stdout), "_rc": p.returncode}     # rc 2: nnrun would refuse this cap
     except ValueError:
@@ -345,6 +347,15 @@ def bench_overhead(demo: Path, work: Path, reps: int, ev: DockerEvents) -> dict:
     args = ["-c", "3d_fullres", "-np", "2", "-npfp", "2"]
     variants = {"native": None, "nnrun_no_plot": ["--no-plot"], "nnrun_plot": []}
     runs: dict[str, list[dict]] = {k: [] for k in variants}
+    # The per-worker baseline is measured once per image id and cached (a throw-away container): the
+    # cost of a first-ever run, timed here apart (`nnrun estimate` with an empty user cache, then again).
+    first_est = timed(_estimate_cmd(demo, fresh(work / "overhead" / "estimate"), mem),
+                      env={"XDG_CACHE_HOME": str(work / "xdg" / "baseline")})
+    again_est = timed(_estimate_cmd(demo, work / "overhead" / "estimate", mem),
+                      env={"XDG_CACHE_HOME": str(work / "xdg" / "baseline")})
+    baseline_cache = work / "xdg" / "baseline" / "nnrun" / "baseline"
+    log(f"overhead: nnrun estimate {first_est['wall_s']:.1f} s with an empty user cache (the baseline measured), "
+        f"{again_est['wall_s']:.1f} s with it cached")
     for rep in range(reps):
         order = list(variants) if rep % 2 == 0 else list(reversed(variants))   # A B C, C B A, ...
         for name in order:
@@ -352,17 +363,21 @@ def bench_overhead(demo: Path, work: Path, reps: int, ev: DockerEvents) -> dict:
             if variants[name] is None:
                 r = native(demo, pre, mem, "nnUNetv2_plan_and_preprocess", args, events=ev)
             else:
-                # A fresh user cache: nnrun reads every file to the end as on a first run (it skips files it
-                # verified before in later runs).  The fixed -np needs no cached baseline.
-                r = nnrun(demo, pre, mem, [*args, *variants[name]], events=ev,
-                          env={"XDG_CACHE_HOME": str(work / "xdg" / f"{name}-{rep}")})
+                # A fresh user cache holding only the image's baseline: nnrun reads every file to the end,
+                # as on the first run of a dataset (it skips files it verified before in later runs).
+                xdg = work / "xdg" / f"{name}-{rep}"
+                if baseline_cache.is_dir():
+                    shutil.copytree(baseline_cache, xdg / "nnrun" / "baseline", dirs_exist_ok=True)
+                r = nnrun(demo, pre, mem, [*args, *variants[name]], events=ev, env={"XDG_CACHE_HOME": str(xdg)})
             ok = r["rc"] == 0
             log(f"overhead rep {rep + 1}/{reps} {name}: {r['wall_s']:.1f} s rc={r['rc']}")
             if not ok:
                 log(r["stderr"][-1500:])
             runs[name].append(r)
     out: dict = {"dataset": demo.name, "mem": mem, "nnunet_args": args, "repetitions": reps,
-                 "file_check": "on (nnrun default; --skip-file-check not used)", "runs": {}}
+                 "file_check": "on (nnrun default; --skip-file-check not used)", "runs": {},
+                 "baseline": "cached (measured once per image id)",
+                 "first_ever_estimate_s": rnd(first_est["wall_s"]), "cached_estimate_s": rnd(again_est["wall_s"])}
     for name, rs in runs.items():
         out["runs"][name] = [summary(r) for r in rs]
         walls = [r["wall_s"] for r in rs if r["rc"] == 0]
@@ -803,6 +818,10 @@ def table(res: dict) -> str:
     row(1, "teardown delta (container die → command exit), --no-plot / plot",
         f"{fmt(o.get('teardown_delta_s_nnrun_no_plot'), ' s')} / {fmt(o.get('teardown_delta_s_nnrun_plot'), ' s')}",
         "—", None)
+    if o.get("first_ever_estimate_s") is not None:
+        row(1, "once per image id (not in the rows above): `nnrun estimate` with an empty user cache "
+            "(measures the per-worker baseline in a throw-away container) / with it cached",
+            f"{fmt(o.get('first_ever_estimate_s'), ' s', 1)} / {fmt(o.get('cached_estimate_s'), ' s', 1)}", "—", None)
     for victim in ("worker", "main"):
         v = lat.get(victim) or {}
         nn, nat = v.get("nnrun") or {}, v.get("native") or {}
@@ -880,8 +899,9 @@ DOC_NOTES = """
 
 - Every T is the wall time of the whole command as a user sees it: nnrun's pre-flight, estimate,
   container, report and `memory.png` included (the plot is drawn while the container is removed and
-  is on disk when the command returns).  Caches: the overhead runs start with an empty user cache
-  (every file read to the end, as on a first run).  In the throughput sweep nnrun skips re-reading
+  is on disk when the command returns).  Caches: the overhead runs start with a user cache that
+  holds only the image's per-worker baseline (every file read to the end, as on a first run of a
+  dataset; the baseline's one-time measurement is timed in its own row).  In the throughput sweep nnrun skips re-reading
   the files its reference run verified (~0.7 s here), and the per-worker baseline (~5 s, once per
   image) was measured by the benchmark's own `nnrun estimate` calls: a first-ever run pays both.
 - Throughput: native and nnrun run the same nnU-Net command (`nnUNetv2_plan_and_preprocess`, the
