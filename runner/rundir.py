@@ -268,10 +268,10 @@ def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1
     os.replace(tmp, path)
 
 
-def try_write_json(path: Path, data: Any) -> bool:
+def try_write_json(path: Path, data: Any, indent: int | None = 1) -> bool:
     """nnrun's own records are best effort: a full disk must not turn the verdict into a crash."""
     try:
-        write_json_atomic(path, data)
+        write_json_atomic(path, data, indent=indent)
         return True
     except OSError:
         return False

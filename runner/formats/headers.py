@@ -180,12 +180,10 @@ def _nifti1_struct(path: str) -> tuple[list[int], list[float], int] | None:
             else:   # the first bytes of the gzip stream only (zlib directly: GzipFile costs ~0.1 ms a file)
                 inflate, raw = zlib.decompressobj(wbits=31), b""
                 while len(raw) < 348:
-                    chunk = fh.read(4096)
-                    if not chunk:
+                    data = inflate.unconsumed_tail or fh.read(4096)    # what the last call left, else more
+                    if not data:
                         break
-                    raw += inflate.decompress(chunk, 348 - len(raw))
-                    while inflate.unconsumed_tail and len(raw) < 348:
-                        raw += inflate.decompress(inflate.unconsumed_tail, 348 - len(raw))
+                    raw += inflate.decompress(data, 348 - len(raw))
     except (OSError, zlib.error):
         return None
     if len(raw) < 348:

@@ -73,16 +73,18 @@ class WarmUpCue:
         self.fingerprint_done = 0
         self.fired = False
 
-    def due(self, event: dict, now: float) -> bool:
-        """Whether the warm-up should start now (True once; ``event`` may be ``{}``)."""
+    def due(self, events: list[dict], now: float) -> bool:
+        """Whether the warm-up should start now, given the events read since the last call (True once)."""
         if self.fired:
             return False
-        kind, phase = event.get("event"), event.get("phase")
-        if kind == "case_end" and phase == "fingerprint":
-            self.fingerprint_done += 1
-        self.fired = (self.fingerprint_done >= self.fingerprint_cases
-                      or kind == "phase_end"                                  # the agent's
-                      or (kind == "phase" and phase in ("planning", "preprocessing"))   # the supervisor's
+        phase_changed = False
+        for event in events:
+            kind, phase = event.get("event"), event.get("phase")
+            if kind == "case_end" and phase == "fingerprint":
+                self.fingerprint_done += 1
+            phase_changed = phase_changed or (kind == "phase_end"                                  # the agent's
+                                              or (kind == "phase" and phase in ("planning", "preprocessing")))
+        self.fired = (phase_changed or self.fingerprint_done >= self.fingerprint_cases
                       or now - self.started >= self.FALLBACK_S)
         return self.fired
 
@@ -111,9 +113,9 @@ class PlotJob:
         self._warm.start()
         return self
 
-    def observe(self, event: dict) -> None:
-        """One of the run's events (``{}``: none, the time only): warm up when the cue says so."""
-        if self.cue is not None and self.cue.due(event, time.monotonic()):
+    def observe(self, events: list[dict]) -> None:
+        """The run's events read since the last call (maybe none): warm up when the cue says so."""
+        if self.cue is not None and self.cue.due(events, time.monotonic()):
             self.prewarm()
 
     def speculate(self, title: str | None, limit_bytes: int | None) -> None:

@@ -65,7 +65,6 @@ from runner.rundir import (
     read_status,
     remove_empty_fault_files,
     try_write_json,
-    write_json_atomic,
 )
 from runner.units import format_bytes, format_mem_arg, format_mem_arg_at_most, parse_mem
 
@@ -439,14 +438,14 @@ class Preprocess:
         status = run_dir / STATUS_FILE
         acked = False
         from runner.run.plot_job import PlotJob, WarmUpCue, guess_title
-        cue = WarmUpCue(fingerprint_cases, time.monotonic())
-        plot_job = self._plot_job = PlotJob(run_dir, cue) if self.settings.plot else None
+        plot_job = self._plot_job = (PlotJob(run_dir, WarmUpCue(fingerprint_cases, time.monotonic()))
+                                     if self.settings.plot else None)
         while not self._container_done.is_set():
-            for event in [*(e for tail in tails for e in tail.read_new()), {}]:     # {}: the cue's clock
-                if event:
-                    self.sink.event(event)
-                if plot_job is not None:
-                    plot_job.observe(event)
+            events = [e for tail in tails for e in tail.read_new()]
+            for event in events:
+                self.sink.event(event)
+            if plot_job is not None:
+                plot_job.observe(events)
             if not acked and status.exists():
                 monitor.final_sample()
                 if plot_job is not None:    # nnU-Net has ended: draw memory.png while the container goes
@@ -639,10 +638,7 @@ class Preprocess:
 
     def _write_report(self, run_dir: Path, report: RunReport) -> None:
         # Not indented: json's C encoder, 5x faster than the indenting one on a 500-case report.
-        try:
-            write_json_atomic(run_dir / REPORT_FILE, to_json(report), indent=None)
-        except OSError:
-            pass        # best effort, as every record of nnrun's own
+        try_write_json(run_dir / REPORT_FILE, to_json(report), indent=None)
 
 
 def recover_dead_run(preprocessed_dataset: Path, engine: Engine, plans_name: str, active: Path | None = None,

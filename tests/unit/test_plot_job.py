@@ -142,14 +142,21 @@ def test_importing_plot_job_does_not_import_matplotlib():
 def test_warm_up_cue_waits_for_the_last_fingerprint_case():
     from runner.run.plot_job import WarmUpCue
     cue = WarmUpCue(fingerprint_cases=3, started=0.0)
-    assert not cue.due({"event": "warm_workers"}, 0.5)
-    assert not cue.due({"event": "phase_start", "phase": "fingerprint"}, 1.0)
-    assert not cue.due({"event": "phase", "phase": "fingerprint"}, 1.0)      # the supervisor's
-    assert not cue.due({"event": "case_end", "phase": "fingerprint", "case": "a"}, 2.0)
-    assert not cue.due({"event": "case_end", "phase": "fingerprint", "case": "b"}, 2.1)
-    assert not cue.due({}, 2.2)
-    assert cue.due({"event": "case_end", "phase": "fingerprint", "case": "c"}, 2.3)
-    assert not cue.due({"event": "phase_end", "phase": "fingerprint"}, 5.0)   # once only
+    assert not cue.due([{"event": "warm_workers"}], 0.5)
+    assert not cue.due([{"event": "phase_start", "phase": "fingerprint"}], 1.0)
+    assert not cue.due([{"event": "phase", "phase": "fingerprint"}], 1.0)      # the supervisor's
+    assert not cue.due([{"event": "case_end", "phase": "fingerprint", "case": "a"}], 2.0)
+    assert not cue.due([{"event": "case_end", "phase": "fingerprint", "case": "b"}], 2.1)
+    assert not cue.due([], 2.2)
+    assert cue.due([{"event": "case_end", "phase": "fingerprint", "case": "c"}], 2.3)
+    assert not cue.due([{"event": "phase_end", "phase": "fingerprint"}], 5.0)   # once only
+
+
+def test_warm_up_cue_counts_every_event_of_a_batch():
+    from runner.run.plot_job import WarmUpCue
+    cue = WarmUpCue(fingerprint_cases=2, started=0.0)
+    assert cue.due([{"event": "case_end", "phase": "fingerprint", "case": "a"},
+                    {"event": "case_end", "phase": "fingerprint", "case": "b"}], 1.0)
 
 
 @pytest.mark.parametrize("event", [{"event": "phase_end", "phase": "fingerprint"},
@@ -158,15 +165,15 @@ def test_warm_up_cue_waits_for_the_last_fingerprint_case():
 def test_warm_up_cue_fires_at_a_phase_change_when_the_cases_are_not_counted(event):
     from runner.run.plot_job import WarmUpCue
     cue = WarmUpCue(fingerprint_cases=100, started=0.0)
-    assert not cue.due({"event": "case_end", "phase": "preprocessing", "case": "a"}, 1.0)
-    assert cue.due(event, 1.0)
+    assert not cue.due([{"event": "case_end", "phase": "preprocessing", "case": "a"}], 1.0)
+    assert cue.due([event], 1.0)
 
 
 def test_warm_up_cue_falls_back_to_a_time():
     from runner.run.plot_job import WarmUpCue
     cue = WarmUpCue(fingerprint_cases=10, started=100.0)
-    assert not cue.due({}, 100.0 + WarmUpCue.FALLBACK_S - 0.1)
-    assert cue.due({}, 100.0 + WarmUpCue.FALLBACK_S)
+    assert not cue.due([], 100.0 + WarmUpCue.FALLBACK_S - 0.1)
+    assert cue.due([], 100.0 + WarmUpCue.FALLBACK_S)
 
 
 def test_plot_job_warms_up_once_when_its_cue_fires(tmp_path, monkeypatch):
@@ -174,8 +181,8 @@ def test_plot_job_warms_up_once_when_its_cue_fires(tmp_path, monkeypatch):
     warmed = []
     monkeypatch.setattr(PlotJob, "prewarm", lambda self: warmed.append(1) or self)
     job = PlotJob(tmp_path, WarmUpCue(fingerprint_cases=1, started=time.monotonic()))
-    job.observe({"event": "phase_start", "phase": "fingerprint"})
+    job.observe([{"event": "phase_start", "phase": "fingerprint"}])
     assert warmed == []
-    job.observe({"event": "case_end", "phase": "fingerprint", "case": "a"})
-    job.observe({})
+    job.observe([{"event": "case_end", "phase": "fingerprint", "case": "a"}])
+    job.observe([])
     assert warmed == [1]
